@@ -1,0 +1,80 @@
+"""The messages gridloop services exchange with each other and the outside world, as pydantic models.
+
+Routing names live in ``gridloop_common.contracts.routing`` and are imported from there.
+"""
+
+from gridloop_common.contracts.agent import DeviceAction, DeviceAvailability, DeviceOutcome
+from gridloop_common.contracts.flux import (
+    MARKET_DATA_TYPES,
+    BessReading,
+    CommandSource,
+    DeviceRegistryEntry,
+    MarketData,
+    MarketDataType,
+    MarketDataTypeId,
+    MeterAggregateRequest,
+    MeterReading,
+    MeterReading5m,
+    MeterReading30m,
+)
+from gridloop_common.contracts.grid_services import (
+    DayAheadCoordinationRequest,
+    DirectControlDevice,
+    FlatTariffRequest,
+    FlexibilityRequest,
+    MpcRequest,
+    OptimizationStatusRequest,
+    PaidControlRequest,
+    PowerLimitRequest,
+    SetpointRequest,
+    ShiftConsumptionTariffRequest,
+    TimeOfUseTariffRequest,
+)
+from gridloop_common.contracts.upstream import (
+    BatteryCommand,
+    BatteryMode,
+    Command,
+    CommandAcknowledgement,
+    CommandStatus,
+    DeviceStatus,
+    EventType,
+    PowerMode,
+    UpstreamEvent,
+)
+
+__all__ = [
+    "MARKET_DATA_TYPES",
+    "BatteryCommand",
+    "BatteryMode",
+    "BessReading",
+    "Command",
+    "CommandAcknowledgement",
+    "CommandSource",
+    "CommandStatus",
+    "DayAheadCoordinationRequest",
+    "DeviceAction",
+    "DeviceAvailability",
+    "DeviceOutcome",
+    "DeviceRegistryEntry",
+    "DeviceStatus",
+    "DirectControlDevice",
+    "EventType",
+    "FlatTariffRequest",
+    "FlexibilityRequest",
+    "MarketData",
+    "MarketDataType",
+    "MarketDataTypeId",
+    "MeterAggregateRequest",
+    "MeterReading",
+    "MeterReading5m",
+    "MeterReading30m",
+    "MpcRequest",
+    "OptimizationStatusRequest",
+    "PaidControlRequest",
+    "PowerLimitRequest",
+    "PowerMode",
+    "SetpointRequest",
+    "ShiftConsumptionTariffRequest",
+    "TimeOfUseTariffRequest",
+    "UpstreamEvent",
+]

@@ -1,0 +1,86 @@
+"""Composition root of the device agent: broker, registry access, device loops, health server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from starlette.applications import Starlette
+
+from device_agent import handlers
+from device_agent.fleet import Fleet
+from device_agent.modbus.bus import ModbusBus
+from device_agent.settings import DeviceAgentSettings
+from device_agent.telemetry import TelemetryPoller
+from gridloop_common.contracts import routing
+from gridloop_common.db import database_ready, open_pool
+from gridloop_common.messaging import open_broker
+from gridloop_common.observability import Health, configure_logging, health_routes, serve_http
+
+__all__ = ["SERVICE", "migrate", "run"]
+
+SERVICE = "device-agent"
+logger = logging.getLogger(__name__)
+
+
+async def migrate(settings: DeviceAgentSettings) -> None:
+    """The agent owns no tables (it reads flux.mg_device_registry); nothing to migrate."""
+    configure_logging(service=SERVICE, level=settings.observability.log_level)
+    logger.info("migrations done", extra={"applied": []})
+
+
+async def run(settings: DeviceAgentSettings) -> None:
+    """Run the device agent until cancelled (SIGTERM)."""
+    configure_logging(service=SERVICE, level=settings.observability.log_level)
+    health = Health(service=SERVICE)
+    startup_timeout_s = settings.observability.startup_timeout_s
+    async with contextlib.AsyncExitStack() as stack:
+        pool = await stack.enter_async_context(
+            open_pool(
+                str(settings.database.database_url),
+                min_size=settings.database.database_pool_min,
+                max_size=settings.database.database_pool_max,
+                startup_timeout_s=startup_timeout_s,
+                application_name=SERVICE,
+            )
+        )
+        health.add_check("database", lambda: database_ready(pool))
+        broker = await stack.enter_async_context(
+            open_broker(settings.amqp, client_name=SERVICE, startup_timeout_s=startup_timeout_s)
+        )
+        health.add_check("broker", broker.ready)
+        await stack.enter_async_context(
+            serve_http(Starlette(routes=health_routes(health)), host=settings.agent_host, port=settings.agent_port)
+        )
+        bus = await stack.enter_async_context(ModbusBus(timeout_s=2.0))
+        fleet = Fleet(
+            pool=pool,
+            bus=bus,
+            publisher=broker.publisher,
+            revert_timeout_s=settings.agent_revert_timeout_s,
+            refresh_interval_s=settings.agent_registry_refresh_s,
+        )
+        tasks = await stack.enter_async_context(asyncio.TaskGroup())
+        fleet_task = tasks.create_task(fleet.run_forever(), name="fleet")
+        stack.callback(fleet_task.cancel)
+        # Telemetry: every registered battery and meter, polled on the interval grid from the fleet's
+        # registry view; it starts after the first registry load and shares the bus at poll priority.
+        poller = TelemetryPoller(
+            bus=bus,
+            publisher=broker.publisher,
+            devices=fleet.registered_devices,
+            interval_s=settings.agent_poll_interval_s,
+        )
+        poller_task = tasks.create_task(poller.run_forever(ready=fleet.loaded), name="telemetry")
+        stack.callback(poller_task.cancel)
+        await stack.enter_async_context(
+            broker.consumer(
+                routing.Queues.AGENT_DEVICE_ACTIONS,
+                handlers.device_action_handler(fleet, broker.publisher),
+                drain_timeout_s=settings.observability.shutdown_timeout_s,
+            )
+        )
+        stack.callback(setattr, health, "shutting_down", True)
+        logger.info("device-agent ready")
+        await asyncio.Event().wait()

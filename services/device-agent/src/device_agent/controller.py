@@ -1,0 +1,267 @@
+"""One battery under control: apply actions, keep the revert timer fresh, follow load, report outcomes.
+
+Each battery has its own task, so one dead or slow device never stalls another. Actions arrive in a
+single-slot mailbox (the newest wins); writes use the bus's control priority, so they never queue
+behind telemetry polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from device_agent.control import ControlIntent, ControlMode, IntentExpired, InvalidIntent, WritePlan
+from device_agent.device import SunSpecBattery
+from device_agent.meter import SiteMeter
+from device_agent.modbus.bus import ModbusBus
+from device_agent.modbus.errors import DeviceError, DeviceUnavailable
+from device_agent.repository import RegisteredDevice
+from gridloop_common.contracts import BatteryMode, DeviceAction, DeviceAvailability, DeviceOutcome, PowerMode, routing
+from gridloop_common.messaging import Publisher, PublishError
+
+__all__ = ["BatteryController", "intent_for"]
+
+logger = logging.getLogger(__name__)
+
+FOLLOW_LOAD_PERIOD_S = 1.0
+AVAILABILITY_HEARTBEAT_S = 60.0
+
+
+class UnsupportedAction(Exception):
+    """The action cannot be expressed on this device."""
+
+
+def intent_for(action: DeviceAction, *, site_power_w: float | None = None) -> ControlIntent:
+    """Map a scheduler action onto the device-level control intent."""
+    reserve = float(action.backup_reserve_percentage) if action.backup_reserve_percentage is not None else None
+    if action.power_mode == PowerMode.FOLLOW_LOAD:
+        if action.mode != BatteryMode.DISCHARGE:
+            raise UnsupportedAction("FOLLOW_LOAD is a discharge mode; it cannot be combined with CHARGE")
+        return ControlIntent(
+            mode=ControlMode.FOLLOW_LOAD,
+            site_power_w=site_power_w,
+            enable_grid_import=action.enable_grid_import,
+            backup_reserve_pct=reserve,
+            valid_until=action.valid_until,
+        )
+    mode = {
+        BatteryMode.CHARGE: ControlMode.CHARGE,
+        BatteryMode.DISCHARGE: ControlMode.DISCHARGE,
+        BatteryMode.STANDBY: ControlMode.STANDBY,
+        BatteryMode.BACKUP: ControlMode.BACKUP,
+        BatteryMode.SELF_CONSUMPTION: ControlMode.SELF_CONSUMPTION,
+        # Without a tariff plan from the optimizer, SAVINGS behaves as self-consumption (the safe default).
+        BatteryMode.SAVINGS: ControlMode.SELF_CONSUMPTION,
+    }[action.mode]
+    return ControlIntent(
+        mode=mode,
+        setpoint_w=float(action.setpoint_w) if action.setpoint_w is not None else None,
+        enable_grid_import=action.enable_grid_import,
+        backup_reserve_pct=reserve,
+        valid_until=action.valid_until,
+    )
+
+
+@dataclass
+class _Request:
+    action: DeviceAction
+    done: asyncio.Future[DeviceOutcome | None]
+
+
+class BatteryController:
+    """Drives one SunSpec battery; ``submit`` hands it an action and returns the outcome."""
+
+    def __init__(
+        self,
+        *,
+        device: RegisteredDevice,
+        bus: ModbusBus,
+        publisher: Publisher,
+        revert_timeout_s: int,
+        site_meter: SiteMeter | None = None,
+    ) -> None:
+        self.device = device
+        self._battery = SunSpecBattery(
+            bus=bus, address=device.address, revert_timeout_s=revert_timeout_s, ac_power_sign=device.ac_power_sign
+        )
+        self._publisher = publisher
+        self._revert_timeout_s = revert_timeout_s
+        self._site_meter = site_meter
+        self._mailbox: _Request | None = None
+        self._wake = asyncio.Event()
+        self._desired: DeviceAction | None = None  # what should hold on the device now
+        self._plan: WritePlan | None = None
+        self._online: bool | None = None
+        self._offline_reason: str | None = None
+        self._discovered = False
+        self._last_availability_sent = 0.0
+
+    @property
+    def online(self) -> bool | None:
+        return self._online
+
+    async def submit(self, action: DeviceAction, *, timeout_s: float = 15.0) -> DeviceOutcome | None:
+        """Queue ``action`` (replacing any not yet applied) and wait for its outcome (None: superseded)."""
+        if self._desired is not None and action.issued_at < self._desired.issued_at:
+            logger.info("older action ignored", extra={"device": self.device.name, "action_id": str(action.action_id)})
+            return None
+        future: asyncio.Future[DeviceOutcome | None] = asyncio.get_running_loop().create_future()
+        if self._mailbox is not None and not self._mailbox.done.done():
+            self._mailbox.done.set_result(None)
+        self._mailbox = _Request(action, future)
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        except TimeoutError:
+            return DeviceOutcome(
+                action_id=action.action_id,
+                command_id=action.command_id,
+                device_name=self.device.name,
+                applied=False,
+                reason=f"device {self.device.name} did not answer within {timeout_s:g} s",
+                observed_at=datetime.now(tz=UTC),
+            )
+
+    async def run_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._ensure_discovered()
+            request, self._mailbox = self._mailbox, None
+            if request is not None and not request.done.done():
+                outcome = await self._apply(request.action)
+                if not request.done.done():
+                    request.done.set_result(outcome)
+            elif self._desired is not None:
+                await self._maintain()
+            if loop.time() - self._last_availability_sent > AVAILABILITY_HEARTBEAT_S:
+                await self._send_availability()
+            self._wake.clear()
+            if self._mailbox is not None:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._sleep_s())
+
+    def _sleep_s(self) -> float:
+        if not self._discovered:
+            return 5.0
+        if self._desired is not None and self._desired.power_mode == PowerMode.FOLLOW_LOAD:
+            return FOLLOW_LOAD_PERIOD_S
+        # Refresh the revert timer well inside it: at a third, so two misses still leave a margin.
+        return max(1.0, self._revert_timeout_s / 3)
+
+    async def _ensure_discovered(self) -> None:
+        if self._discovered:
+            return
+        try:
+            identity = await self._battery.discover()
+        except DeviceError as error:
+            await self._set_availability(False, f"{type(error).__name__}: {error}")
+            return
+        self._discovered = True
+        logger.info(
+            "battery discovered",
+            extra={"device": self.device.name, "model": identity.model, "serial": identity.serial_number},
+        )
+        await self._set_availability(True, None)
+        if self._desired is not None:
+            # Back after an outage: put the wanted state on the device again.
+            await self._apply(self._desired)
+
+    async def _apply(self, action: DeviceAction) -> DeviceOutcome:
+        now = datetime.now(tz=UTC)
+        self._desired = action
+        try:
+            site_power = await self._site_power() if action.power_mode == PowerMode.FOLLOW_LOAD else None
+            intent = intent_for(action, site_power_w=site_power)
+            if not self._discovered:
+                raise DeviceUnavailable(self._offline_reason or "not reachable")
+            self._plan = await self._battery.apply(intent, self.device.limits, now=now)
+        except IntentExpired as error:
+            self._desired = None
+            return self._outcome(action, applied=False, reason=f"action expired before it could be applied: {error}")
+        except (InvalidIntent, UnsupportedAction) as error:
+            return self._outcome(action, applied=False, reason=f"unsupported on {self.device.name}: {error}")
+        except DeviceUnavailable as error:
+            self._discovered = False
+            await self._set_availability(False, str(error))
+            return self._outcome(action, applied=False, reason=f"device {self.device.name} is offline: {error}")
+        except DeviceError as error:
+            return self._outcome(action, applied=False, reason=f"device {self.device.name} refused: {error}")
+        await self._set_availability(True, None)
+        clamped = "; ".join(clamp.reason for clamp in self._plan.clamps) or None
+        notes = "; ".join(self._plan.notes) or None
+        return self._outcome(
+            action,
+            applied=True,
+            reason=clamped or notes,
+            applied_setpoint_w=int(abs(self._plan.power_w)) if action.setpoint_w is not None else None,
+        )
+
+    async def _maintain(self) -> None:
+        """Between actions: follow load, refresh the revert timer, release control after valid_until."""
+        desired = self._desired
+        assert desired is not None
+        now = datetime.now(tz=UTC)
+        try:
+            if desired.valid_until is not None and now >= desired.valid_until:
+                logger.info("action validity ended; releasing control", extra={"device": self.device.name})
+                release = DeviceAction(device_name=self.device.name, mode=BatteryMode.SELF_CONSUMPTION, issued_at=now)
+                await self._apply(release)
+            elif desired.power_mode == PowerMode.FOLLOW_LOAD:
+                intent = intent_for(desired, site_power_w=await self._site_power())
+                self._plan = await self._battery.apply(intent, self.device.limits, now=now)
+            elif self._plan is not None and self._plan.revert_timeout_s > 0:
+                await self._battery.refresh_revert_timer(now=now)
+        except DeviceUnavailable as error:
+            self._discovered = False
+            await self._set_availability(False, str(error))
+        except DeviceError as error:
+            logger.warning("control upkeep failed", extra={"device": self.device.name, "error": str(error)})
+
+    async def _site_power(self) -> float:
+        if self._site_meter is None:
+            raise UnsupportedAction(f"no site meter configured for {self.device.name}")
+        return await self._site_meter.site_power_w()
+
+    def _outcome(
+        self, action: DeviceAction, *, applied: bool, reason: str | None, applied_setpoint_w: int | None = None
+    ) -> DeviceOutcome:
+        return DeviceOutcome(
+            action_id=action.action_id,
+            command_id=action.command_id,
+            device_name=self.device.name,
+            applied=applied,
+            reason=reason,
+            applied_setpoint_w=applied_setpoint_w,
+            observed_at=datetime.now(tz=UTC),
+        )
+
+    async def _set_availability(self, online: bool, reason: str | None) -> None:
+        if online == self._online:
+            return
+        self._online, self._offline_reason = online, reason
+        if online:
+            logger.info("device available", extra={"device": self.device.name})
+        else:
+            logger.warning("device unavailable", extra={"device": self.device.name, "reason": reason})
+        await self._send_availability()
+
+    async def _send_availability(self) -> None:
+        if self._online is None:
+            return
+        self._last_availability_sent = asyncio.get_running_loop().time()
+        report = DeviceAvailability(
+            device_name=self.device.name,
+            online=self._online,
+            reason=self._offline_reason,
+            observed_at=datetime.now(tz=UTC),
+        )
+        try:
+            await self._publisher.publish(
+                exchange=routing.DEVICES_EXCHANGE, routing_key=routing.RoutingKeys.DEVICE_AVAILABILITY, body=report
+            )
+        except PublishError as error:
+            logger.warning("availability not published", extra={"device": self.device.name, "error": str(error)})

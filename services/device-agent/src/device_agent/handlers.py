@@ -1,0 +1,60 @@
+"""Message handlers of the device agent."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from device_agent.fleet import Fleet
+from gridloop_common.contracts import DeviceAction, DeviceOutcome, routing
+from gridloop_common.messaging import Delivery, Publisher, model_handler
+
+__all__ = ["device_action_handler"]
+
+logger = logging.getLogger(__name__)
+
+
+def device_action_handler(fleet: Fleet, publisher: Publisher) -> Callable[[Delivery], Awaitable[None]]:
+    """Apply an action on its device and publish the outcome; ack only after the outcome is confirmed."""
+
+    async def handle(action: DeviceAction, delivery: Delivery) -> None:
+        await asyncio.wait_for(fleet.loaded.wait(), 30)
+        controller = fleet.controller(action.device_name)
+        if controller is None:
+            # Registered since the last periodic re-read? Look again before refusing.
+            await fleet.refresh()
+            controller = fleet.controller(action.device_name)
+        if controller is None:
+            outcome: DeviceOutcome | None = DeviceOutcome(
+                action_id=action.action_id,
+                command_id=action.command_id,
+                device_name=action.device_name,
+                applied=False,
+                reason=f"device {action.device_name!r} is not driven by this agent "
+                "(not an active battery with a modbus address in the registry)",
+                observed_at=datetime.now(tz=UTC),
+            )
+        else:
+            outcome = await controller.submit(action)
+        if outcome is None:
+            return  # superseded by a newer action before it was applied
+        await publisher.publish(
+            exchange=routing.DEVICES_EXCHANGE,
+            routing_key=routing.RoutingKeys.DEVICE_OUTCOME,
+            body=outcome,
+            message_id=str(action.action_id),
+        )
+        logger.info(
+            "action applied" if outcome.applied else "action failed",
+            extra={
+                "device": action.device_name,
+                "mode": str(action.mode),
+                "setpoint_w": action.setpoint_w,
+                "applied_setpoint_w": outcome.applied_setpoint_w,
+                "reason": outcome.reason,
+            },
+        )
+
+    return model_handler(DeviceAction, handle)

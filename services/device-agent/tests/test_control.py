@@ -1,0 +1,169 @@
+"""plan_writes and follow_load_setpoint: pure control planning, clamping and revert timers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from device_agent.control import (
+    ControlIntent,
+    ControlLimits,
+    ControlMode,
+    DeviceLimits,
+    IntentExpired,
+    InvalidIntent,
+    WritePlan,
+    follow_load_setpoint,
+    plan_writes,
+)
+
+NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
+LIMITS = ControlLimits(
+    max_charge_w=5000, rate_scale_factor=-2, reserve_scale_factor=-1, soc_pct=60, reserve_pct=10, revert_timeout_s=60
+)
+
+
+def _values(plan: WritePlan) -> dict[str, float]:
+    return {write.point: write.value for write in plan.writes}
+
+
+def test_discharge_setpoint_becomes_a_discharge_rate() -> None:
+    plan = plan_writes(ControlIntent(ControlMode.DISCHARGE, setpoint_w=3000), LIMITS, NOW)
+    values = _values(plan)
+    assert values["OutWRte"] == pytest.approx(60.0)
+    assert values["InWRte"] == 0
+    assert values["StorCtl_Mod"] == 2
+    assert values["InOutWRte_RvrtTms"] == 60
+    assert plan.power_w == pytest.approx(-3000)
+    assert not plan.clamped
+    raw = {write.point: write.registers for write in plan.writes}
+    assert raw["OutWRte"] == (6000,)  # 60.00 % with InOutWRte_SF = -2
+
+
+def test_values_then_timer_then_mode_last() -> None:
+    plan = plan_writes(ControlIntent(ControlMode.CHARGE, setpoint_w=1000, backup_reserve_pct=20), LIMITS, NOW)
+    assert [write.point for write in plan.writes] == [
+        "MinRsvPct",
+        "OutWRte",
+        "InWRte",
+        "InOutWRte_WinTms",
+        "InOutWRte_RvrtTms",
+        "InOutWRte_RmpTms",
+        "ChaGriSet",
+        "StorCtl_Mod",
+    ]
+    # Three function-code-16 writes: reserve, the contiguous rate/timer block, then the mode.
+    assert plan.blocks() == [(7, [200]), (12, [0, 2000, 0, 60, 0, 1]), (5, [1])]
+
+
+def test_setpoint_above_the_device_maximum_is_clamped() -> None:
+    plan = plan_writes(ControlIntent(ControlMode.CHARGE, setpoint_w=9000), LIMITS, NOW)
+    assert _values(plan)["InWRte"] == pytest.approx(100.0)
+    assert plan.power_w == pytest.approx(5000)
+    assert [(clamp.requested, clamp.applied) for clamp in plan.clamps] == [(9000, 5000)]
+    assert "WChaMax" in plan.clamps[0].reason
+
+
+def test_registry_limit_below_the_device_maximum_wins() -> None:
+    limits = ControlLimits(max_charge_w=5000, rate_scale_factor=-2, max_power_w=4000)
+    plan = plan_writes(ControlIntent(ControlMode.DISCHARGE, setpoint_w=4500), limits, NOW)
+    assert plan.power_w == pytest.approx(-4000)
+    assert _values(plan)["OutWRte"] == pytest.approx(80.0)
+    assert "max_power_kw" in plan.clamps[0].reason
+
+
+def test_discharge_at_the_reserve_is_clamped_to_zero() -> None:
+    limits = ControlLimits(max_charge_w=5000, rate_scale_factor=-2, soc_pct=20, reserve_pct=10)
+    plan = plan_writes(ControlIntent(ControlMode.DISCHARGE, setpoint_w=2000, backup_reserve_pct=25), limits, NOW)
+    assert plan.power_w == 0
+    assert _values(plan)["MinRsvPct"] == 25
+    assert "reserve" in plan.clamps[0].reason
+
+
+def test_reserve_out_of_range_is_clamped() -> None:
+    plan = plan_writes(ControlIntent(ControlMode.STANDBY, backup_reserve_pct=140), LIMITS, NOW)
+    assert _values(plan)["MinRsvPct"] == 100
+    assert plan.clamps[0].quantity == "backup_reserve_pct"
+
+
+def test_standby_holds_zero_under_control() -> None:
+    plan = plan_writes(ControlIntent(ControlMode.STANDBY), LIMITS, NOW)
+    values = _values(plan)
+    assert (values["InWRte"], values["OutWRte"], values["StorCtl_Mod"]) == (0, 0, 3)
+    assert plan.revert_timeout_s == 60
+    assert plan.power_w == 0
+
+
+def test_backup_charges_at_the_maximum_and_holds() -> None:
+    plan = plan_writes(ControlIntent(ControlMode.BACKUP), LIMITS, NOW)
+    values = _values(plan)
+    assert values["InWRte"] == pytest.approx(100.0)
+    assert values["StorCtl_Mod"] == 1  # charge only: no discharge while holding full
+
+
+def test_self_consumption_releases_control_without_a_timer() -> None:
+    plan = plan_writes(ControlIntent(ControlMode.SELF_CONSUMPTION), LIMITS, NOW)
+    values = _values(plan)
+    assert values["StorCtl_Mod"] == 0
+    assert values["InOutWRte_RvrtTms"] == 0
+    assert plan.revert_timeout_s == 0
+
+
+def test_grid_import_disabled_sets_pv_only_charging() -> None:
+    plan = plan_writes(ControlIntent(ControlMode.CHARGE, setpoint_w=2000, enable_grid_import=False), LIMITS, NOW)
+    assert _values(plan)["ChaGriSet"] == 0
+    assert plan.notes
+    allowed = plan_writes(ControlIntent(ControlMode.CHARGE, setpoint_w=2000), LIMITS, NOW)
+    assert _values(allowed)["ChaGriSet"] == 1
+
+
+def test_revert_timer_ends_with_the_intent() -> None:
+    intent = ControlIntent(ControlMode.DISCHARGE, setpoint_w=1000, valid_until=NOW + timedelta(seconds=25.2))
+    assert plan_writes(intent, LIMITS, NOW).revert_timeout_s == 26
+
+
+def test_expired_intent_is_never_planned() -> None:
+    intent = ControlIntent(ControlMode.DISCHARGE, setpoint_w=1000, valid_until=NOW)
+    with pytest.raises(IntentExpired):
+        plan_writes(intent, LIMITS, NOW)
+
+
+@pytest.mark.parametrize(
+    "intent",
+    [
+        ControlIntent(ControlMode.CHARGE),
+        ControlIntent(ControlMode.DISCHARGE, setpoint_w=-5),
+        ControlIntent(ControlMode.FOLLOW_LOAD),
+    ],
+)
+def test_incomplete_intents_are_rejected(intent: ControlIntent) -> None:
+    with pytest.raises(InvalidIntent):
+        plan_writes(intent, LIMITS, NOW)
+
+
+def test_naive_now_is_rejected() -> None:
+    with pytest.raises(ValueError, match="timezone"):
+        plan_writes(ControlIntent(ControlMode.STANDBY), LIMITS, datetime(2026, 1, 1))
+
+
+def test_follow_load_discharges_the_site_load() -> None:
+    limits = ControlLimits(max_charge_w=5000, rate_scale_factor=-2, battery_power_w=-1000)
+    # The meter sees 800 W import while the battery already gives 1000 W: the load is 1800 W.
+    plan = plan_writes(ControlIntent(ControlMode.FOLLOW_LOAD, site_power_w=800), limits, NOW)
+    assert plan.power_w == pytest.approx(-1800)
+    assert _values(plan)["StorCtl_Mod"] == 2
+
+
+def test_follow_load_setpoint_never_exports() -> None:
+    assert follow_load_setpoint(800, 1000, 5000) == 1800
+    assert follow_load_setpoint(-300, 1000, 5000) == 700  # exporting 300 W: back off by 300 W
+    assert follow_load_setpoint(-2000, 1000, 5000) == 0
+    assert follow_load_setpoint(9000, 0, 5000) == 5000
+    assert follow_load_setpoint(500, 0, 5000, target_import_w=50) == 450
+
+
+def test_device_limits_from_registry_metadata() -> None:
+    limits = DeviceLimits.from_metadata({"capacity_kwh": 13.5, "max_power_kw": 5, "modbus": {}})
+    assert (limits.max_power_w, limits.capacity_wh) == (5000, 13500)
+    assert DeviceLimits.from_metadata({"max_power_kw": "five"}) == DeviceLimits()

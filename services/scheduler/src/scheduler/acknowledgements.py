@@ -1,0 +1,102 @@
+"""Delivering acknowledgements upstream from the outbox: PATCH, retried with backoff until accepted."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import timedelta
+
+import asyncpg
+import httpx
+
+from gridloop_common.clock import Clock
+from scheduler import planning
+from scheduler.metrics import ACK_FAILURES, ACKS_DELIVERED, ACKS_PENDING
+from scheduler.repository import AckRow, CommandRepository
+
+__all__ = ["AckSender"]
+
+logger = logging.getLogger(__name__)
+
+
+class AckSender:
+    """Claims due acks (FOR UPDATE SKIP LOCKED) and PATCHes them to the upstream."""
+
+    def __init__(
+        self,
+        *,
+        repository: CommandRepository,
+        client: httpx.AsyncClient,
+        path_template: str,
+        clock: Clock,
+        poll_interval_s: float = 0.5,
+        batch_size: int = 50,
+    ) -> None:
+        self._repository = repository
+        self._client = client
+        self._path_template = path_template
+        self._clock = clock
+        self._poll_interval_s = poll_interval_s
+        self._batch_size = batch_size
+        self._wake = asyncio.Event()
+
+    def wake(self, *_: object) -> None:
+        """Run the next pass now (called on NOTIFY scheduler_acks)."""
+        self._wake.set()
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                while await self.deliver_due() > 0:
+                    pass
+                ACKS_PENDING.set(await self._repository.pending_acks())
+            except (asyncpg.PostgresError, OSError) as error:
+                logger.warning("ack pass failed; will retry", extra={"error": repr(error)})
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval_s)
+
+    async def deliver_due(self) -> int:
+        """Try every due ack once; returns how many were tried."""
+        repository = self._repository
+        async with repository.pool.acquire() as connection, connection.transaction():
+            acks = await repository.claim_due_acks(connection, now=self._clock.now(), limit=self._batch_size)
+            results = await asyncio.gather(*(self._patch(ack) for ack in acks))
+            now = self._clock.now()
+            for ack, error in zip(acks, results, strict=True):
+                if error is None:
+                    await repository.ack_delivered(connection, ack, now=now)
+                    ACKS_DELIVERED.labels(ack.device_status).inc()
+                    logger.info(
+                        "acknowledged upstream",
+                        extra={
+                            "command_id": str(ack.command_id),
+                            "device_status": ack.device_status,
+                            "reason": ack.device_status_reason,
+                        },
+                    )
+                else:
+                    delay = planning.ack_retry_delay_s(ack.attempts + 1)
+                    await repository.ack_failed(connection, ack, retry_at=now + timedelta(seconds=delay), error=error)
+                    logger.warning(
+                        "acknowledgement failed; will retry",
+                        extra={"command_id": str(ack.command_id), "error": error, "retry_in_s": delay},
+                    )
+        return len(acks)
+
+    async def _patch(self, ack: AckRow) -> str | None:
+        """PATCH one ack; returns None on success or the error text."""
+        body: dict[str, str | None] = {"device_status": ack.device_status}
+        if ack.device_status_reason is not None:
+            body["device_status_reason"] = ack.device_status_reason
+        path = self._path_template.replace("{id}", str(ack.command_id))
+        try:
+            response = await self._client.patch(path, json=body, headers={"Idempotency-Key": str(ack.idempotency_key)})
+        except httpx.HTTPError as error:
+            ACK_FAILURES.labels("transport").inc()
+            return f"{type(error).__name__}: {error}"
+        if response.is_success:
+            return None
+        ACK_FAILURES.labels(str(response.status_code)).inc()
+        return f"HTTP {response.status_code}: {response.text[:200]}"

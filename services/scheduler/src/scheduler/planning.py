@@ -1,0 +1,182 @@
+"""Pure decisions of the command lifecycle: accept or refuse, which command wins, what the device should do.
+
+Nothing here touches the broker, the database or the clock: time comes in as an argument.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from gridloop_common.contracts import BatteryMode, Command, CommandStatus, DeviceAction, PowerMode
+
+__all__ = [
+    "ACK_BACKOFF_CAP_S",
+    "AVAILABILITY_STALE_AFTER",
+    "ActiveCommand",
+    "Decision",
+    "DeviceFacts",
+    "VersionVerdict",
+    "ack_retry_delay_s",
+    "action_for",
+    "decide",
+    "judge_version",
+    "winner",
+]
+
+ACK_BACKOFF_CAP_S = 60.0
+# An availability report older than this says nothing about the device any more.
+AVAILABILITY_STALE_AFTER = timedelta(minutes=5)
+_STORAGE_TYPES = frozenset({"bess", "battery", "storage"})
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    """What the scheduler knows of a device from the registry and the agent's last report."""
+
+    name: str
+    device_type: str
+    active: bool
+    max_power_w: float | None
+    online: bool | None
+    offline_reason: str | None
+    observed_at: datetime | None
+    has_site_meter: bool
+
+    @classmethod
+    def from_registry(
+        cls,
+        *,
+        name: str,
+        device_type: str,
+        active: bool,
+        metadata: dict[str, Any] | None,
+        online: bool | None,
+        offline_reason: str | None,
+        observed_at: datetime | None,
+    ) -> DeviceFacts:
+        metadata = metadata or {}
+        max_power_kw = metadata.get("max_power_kw")
+        return cls(
+            name=name,
+            device_type=device_type,
+            active=active,
+            max_power_w=float(max_power_kw) * 1000 if isinstance(max_power_kw, int | float) else None,
+            online=online,
+            offline_reason=offline_reason,
+            observed_at=observed_at,
+            has_site_meter=bool(metadata.get("site_meter")),
+        )
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether a command can be scheduled, and if not, the reason to send upstream."""
+
+    accepted: bool
+    reason: str | None = None
+
+
+class VersionVerdict:
+    """How a received version relates to the stored one."""
+
+    NEW = "new"
+    NEWER = "newer"
+    SAME = "same"
+    STALE = "stale"
+
+
+def judge_version(*, stored_updated_at: datetime | None, received_updated_at: datetime) -> str:
+    """Compare a received command version with the one in force."""
+    if stored_updated_at is None:
+        return VersionVerdict.NEW
+    if received_updated_at > stored_updated_at:
+        return VersionVerdict.NEWER
+    if received_updated_at == stored_updated_at:
+        return VersionVerdict.SAME
+    return VersionVerdict.STALE
+
+
+def decide(command: Command, device: DeviceFacts | None, *, now: datetime) -> Decision:
+    """Can this command be scheduled on its device? A refusal's reason is what a person needs to act."""
+    if device is None:
+        return Decision(False, f"unknown device {command.device_id!r}: no such name in the device registry")
+    if not device.active:
+        return Decision(False, f"device {device.name!r} is deactivated in the device registry")
+    if device.device_type.lower() not in _STORAGE_TYPES:
+        return Decision(
+            False,
+            f"unsupported mode {command.battery_commands.mode}: device {device.name!r} is a "
+            f"{device.device_type!r}, not a battery",
+        )
+    fresh = device.observed_at is not None and now - device.observed_at <= AVAILABILITY_STALE_AFTER
+    if device.online is False and fresh:
+        return Decision(False, f"device {device.name!r} is offline: {device.offline_reason or 'unreachable'}")
+    battery = command.battery_commands
+    if battery.power_mode == PowerMode.FOLLOW_LOAD and not device.has_site_meter:
+        return Decision(False, f"unsupported mode FOLLOW_LOAD: device {device.name!r} has no site meter configured")
+    if battery.setpoint_w is not None and device.max_power_w is not None and battery.setpoint_w > device.max_power_w:
+        return Decision(
+            False,
+            f"setpoint {battery.setpoint_w} W is beyond the device's limit of {device.max_power_w:.0f} W",
+        )
+    if command.ends_at is not None and command.ends_at <= now:
+        return Decision(False, f"command window already ended at {command.ends_at.isoformat()}")
+    return Decision(True)
+
+
+@dataclass(frozen=True)
+class ActiveCommand:
+    """A command in force on a device, as the winner resolution sees it."""
+
+    command_id: UUID
+    created_at: datetime
+    starts_at: datetime
+    ends_at: datetime | None
+    command: Command
+
+
+def winner(candidates: list[ActiveCommand], *, now: datetime) -> ActiveCommand | None:
+    """The command that controls the device at ``now``: of those in their window, the newest created."""
+    in_window = [
+        candidate
+        for candidate in candidates
+        if candidate.starts_at <= now and (candidate.ends_at is None or now < candidate.ends_at)
+    ]
+    if not in_window:
+        return None
+    return max(in_window, key=lambda candidate: (candidate.created_at, str(candidate.command_id)))
+
+
+def action_for(device_name: str, active: ActiveCommand | None, *, now: datetime, action_id: UUID) -> DeviceAction:
+    """The device action for the winning command, or the default mode when none is in force."""
+    if active is None:
+        return DeviceAction(
+            device_name=device_name, mode=BatteryMode.SELF_CONSUMPTION, issued_at=now, action_id=action_id
+        )
+    battery = active.command.battery_commands
+    if active.command.status != CommandStatus.OK:
+        return DeviceAction(
+            device_name=device_name, mode=BatteryMode.SELF_CONSUMPTION, issued_at=now, action_id=action_id
+        )
+    return DeviceAction(
+        command_id=active.command_id,
+        device_name=device_name,
+        mode=battery.mode,
+        power_mode=battery.power_mode,
+        setpoint_w=battery.setpoint_w,
+        enable_grid_import=battery.enable_grid_import,
+        enable_grid_export=battery.enable_grid_export,
+        backup_reserve_percentage=battery.backup_reserve_percentage,
+        maximum_charge_percentage=battery.maximum_charge_percentage,
+        issued_at=now,
+        action_id=action_id,
+        valid_until=active.ends_at if active.ends_at is not None and active.ends_at > now else None,
+    )
+
+
+def ack_retry_delay_s(attempts: int) -> float:
+    """Seconds before retrying an acknowledgement after ``attempts`` failures (exponential, capped)."""
+    return float(min(2 ** max(attempts - 1, 0), ACK_BACKOFF_CAP_S))

@@ -1,0 +1,34 @@
+"""Settings of the scheduler, read from the environment once at start-up."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gridloop_common.settings import AmqpSettings, ObservabilitySettings, PostgresSettings, UpstreamSettings
+
+__all__ = ["SchedulerSettings"]
+
+
+class SchedulerSettings(BaseSettings):
+    """Everything the scheduler needs; see README.md for each variable."""
+
+    model_config = SettingsConfigDict(env_prefix="GRIDLOOP_", extra="ignore")
+
+    scheduler_host: str = Field(default="0.0.0.0", description="Address the health/metrics server binds.")
+    scheduler_port: int = Field(default=9101, ge=1, le=65535, description="Health and metrics port.")
+    upstream_ack_path: str = Field(
+        default="/v1/commands/{id}",
+        description="PATCH path template for acknowledgements ({id} = command id).",
+    )
+    amqp: AmqpSettings = Field(default_factory=AmqpSettings)
+    database: PostgresSettings = Field(default_factory=PostgresSettings)
+    upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+
+    @field_validator("upstream_ack_path")
+    @classmethod
+    def _path_names_the_command(cls, value: str) -> str:
+        if "{id}" not in value or not value.startswith("/"):
+            raise ValueError("must start with / and contain {id}")
+        return value

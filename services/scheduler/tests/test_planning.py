@@ -1,0 +1,134 @@
+"""The pure lifecycle decisions: versions, acceptance, overlap resolution, default actions, backoff."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from gridloop_common.contracts import BatteryMode, Command
+from scheduler import planning
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+
+def _command(**changes: Any) -> Command:
+    battery = {"mode": "DISCHARGE", "power_mode": "SETPOINT", "setpoint_w": 3000}
+    battery.update(changes.pop("battery", {}))
+    base: dict[str, Any] = {
+        "id": str(uuid.uuid4()),
+        "event_id": None,
+        "device_id": "battery-1",
+        "starts_at": (NOW + timedelta(minutes=10)).isoformat(),
+        "ends_at": (NOW + timedelta(hours=1)).isoformat(),
+        "duration_s": 3000,
+        "is_preparatory_action": False,
+        "battery_commands": battery,
+        "status": "OK",
+        "device_status": "PENDING",
+        "created_at": NOW.isoformat(),
+        "updated_at": NOW.isoformat(),
+    }
+    base.update(changes)
+    return Command.model_validate(base)
+
+
+def _device(**changes: Any) -> planning.DeviceFacts:
+    values: dict[str, Any] = {
+        "name": "battery-1",
+        "device_type": "bess",
+        "active": True,
+        "metadata": {"max_power_kw": 5, "site_meter": "meter-1"},
+        "online": True,
+        "offline_reason": None,
+        "observed_at": NOW,
+    }
+    values.update(changes)
+    return planning.DeviceFacts.from_registry(**values)
+
+
+def test_versions_are_judged_by_updated_at() -> None:
+    assert planning.judge_version(stored_updated_at=None, received_updated_at=NOW) == "new"
+    assert planning.judge_version(stored_updated_at=NOW, received_updated_at=NOW) == "same"
+    assert planning.judge_version(stored_updated_at=NOW, received_updated_at=NOW + timedelta(seconds=1)) == "newer"
+    assert planning.judge_version(stored_updated_at=NOW, received_updated_at=NOW - timedelta(seconds=1)) == "stale"
+
+
+@pytest.mark.parametrize(
+    ("device", "command", "reason"),
+    [
+        (None, _command(), "unknown device 'battery-1'"),
+        (_device(active=False), _command(), "deactivated"),
+        (_device(device_type="meter"), _command(), "unsupported mode DISCHARGE"),
+        (_device(online=False, offline_reason="connection refused"), _command(), "offline: connection refused"),
+        (_device(), _command(battery={"setpoint_w": 8000}), "setpoint 8000 W is beyond the device's limit of 5000 W"),
+        (
+            _device(metadata={"max_power_kw": 5}),
+            _command(battery={"power_mode": "FOLLOW_LOAD", "setpoint_w": None}),
+            "unsupported mode FOLLOW_LOAD",
+        ),
+        (
+            _device(),
+            _command(starts_at=(NOW - timedelta(hours=2)).isoformat(), ends_at=(NOW - timedelta(hours=1)).isoformat()),
+            "already ended",
+        ),
+    ],
+)
+def test_refusals_carry_an_actionable_reason(
+    device: planning.DeviceFacts | None, command: Command, reason: str
+) -> None:
+    decision = planning.decide(command, device, now=NOW)
+    assert not decision.accepted
+    assert decision.reason is not None and reason in decision.reason
+
+
+def test_an_old_offline_report_does_not_refuse() -> None:
+    stale_report = _device(online=False, observed_at=NOW - timedelta(minutes=30))
+    assert planning.decide(_command(), stale_report, now=NOW).accepted
+
+
+def test_a_late_command_is_accepted_for_the_rest_of_its_window() -> None:
+    late = _command(starts_at=(NOW - timedelta(minutes=30)).isoformat())
+    assert planning.decide(late, _device(), now=NOW).accepted
+
+
+def _active(command: Command) -> planning.ActiveCommand:
+    return planning.ActiveCommand(command.id, command.created_at, command.starts_at, command.ends_at, command)
+
+
+def test_overlaps_resolve_to_the_most_recently_created() -> None:
+    older = _command(starts_at=NOW.isoformat(), created_at=(NOW - timedelta(hours=1)).isoformat())
+    newer = _command(
+        starts_at=(NOW + timedelta(minutes=5)).isoformat(),
+        created_at=(NOW - timedelta(minutes=1)).isoformat(),
+        battery={"mode": "CHARGE", "setpoint_w": 1000},
+    )
+    candidates = [_active(older), _active(newer)]
+    early, late = (planning.winner(candidates, now=NOW + timedelta(minutes=m)) for m in (1, 6))
+    assert early is not None and early.command_id == older.id
+    assert late is not None and late.command_id == newer.id
+    assert planning.winner(candidates, now=NOW + timedelta(hours=2)) is None
+
+
+def test_no_end_runs_until_replaced() -> None:
+    endless = _command(starts_at=NOW.isoformat(), ends_at=None, duration_s=None)
+    assert planning.winner([_active(endless)], now=NOW + timedelta(days=30)) is not None
+
+
+def test_action_for_winner_and_default() -> None:
+    command = _command(starts_at=NOW.isoformat())
+    action_id = uuid.uuid4()
+    action = planning.action_for("battery-1", _active(command), now=NOW, action_id=action_id)
+    assert (action.mode, action.setpoint_w, action.command_id) == (BatteryMode.DISCHARGE, 3000, command.id)
+    assert action.valid_until == command.ends_at
+    default = planning.action_for("battery-1", None, now=NOW, action_id=action_id)
+    assert (default.mode, default.command_id, default.setpoint_w) == (BatteryMode.SELF_CONSUMPTION, None, None)
+
+
+def test_ack_backoff_grows_and_is_capped() -> None:
+    delays = [planning.ack_retry_delay_s(attempt) for attempt in range(1, 10)]
+    assert delays[:4] == [1, 2, 4, 8]
+    assert max(delays) == planning.ACK_BACKOFF_CAP_S
+    assert delays == sorted(delays)

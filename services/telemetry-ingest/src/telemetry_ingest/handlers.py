@@ -1,0 +1,133 @@
+"""The readings consumer handler (batch in, valid rows stored, bad rows dead-lettered) and the device status route."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gridloop_common.contracts import BessReading, MeterReading, routing
+from gridloop_common.messaging import (
+    DEAD_LETTER_REASON_HEADER,
+    Delivery,
+    PoisonMessage,
+    Publisher,
+    PublishError,
+    RetryableError,
+)
+from telemetry_ingest.repository import ReadingKind, ReadingsRepository
+
+__all__ = ["device_status_route", "readings_handler"]
+
+logger = logging.getLogger(__name__)
+
+_KINDS: Final = {
+    routing.RoutingKeys.TELEMETRY_BESS: ReadingKind.BESS,
+    routing.RoutingKeys.TELEMETRY_METER: ReadingKind.METER,
+}
+_MODELS: Final[dict[ReadingKind, type[BessReading] | type[MeterReading]]] = {
+    ReadingKind.BESS: BessReading,
+    ReadingKind.METER: MeterReading,
+}
+# Largest finite float4: the readings columns are real, and a larger value would fail the whole COPY.
+_REAL_MAX: Final = 3.4028234663852886e38
+
+
+def _invalid_reason(model: type[BaseModel], item: Any) -> tuple[BaseModel | None, str | None]:
+    try:
+        reading = model.model_validate(item)
+    except ValidationError as error:
+        parts = []
+        for detail in error.errors()[:5]:
+            location = ".".join(str(part) for part in detail["loc"]) or "reading"
+            parts.append(f"{location}: {detail['msg']}")
+        return None, "invalid reading: " + "; ".join(parts)
+    for name, value in reading:
+        if isinstance(value, float) and not (math.isfinite(value) and abs(value) <= _REAL_MAX):
+            return None, f"invalid reading: {name}: {value!r} does not fit a real column"
+    return reading, None
+
+
+def readings_handler(
+    repository: ReadingsRepository,
+    publisher: Publisher,
+    *,
+    queue_name: str = routing.Queues.INGEST_READINGS,
+) -> Callable[[Delivery], Awaitable[None]]:
+    """Handle one batch message (a JSON list of readings, kind from the routing key).
+
+    Readings that fail validation are dead-lettered one by one, with the reason, and the rest of the
+    batch is kept. The valid readings are committed first and only then are the bad ones
+    dead-lettered, so a retry after a failed dead-letter publish re-inserts nothing (the insert is
+    idempotent) and nothing is lost; the handler returns, and the message is acked, only after both.
+    """
+
+    async def handle(delivery: Delivery) -> None:
+        kind = _KINDS.get(delivery.routing_key)
+        if kind is None:
+            raise PoisonMessage(f"no reading kind for routing key {delivery.routing_key!r}")
+        items = delivery.json()
+        if not isinstance(items, list):
+            raise PoisonMessage(f"a readings batch is a JSON list, got {type(items).__name__}")
+        model = _MODELS[kind]
+        valid: list[Any] = []
+        rejected: list[tuple[int, Any, str]] = []
+        for index, item in enumerate(items):
+            reading, reason = _invalid_reason(model, item)
+            if reading is None:
+                rejected.append((index, item, reason or "invalid reading"))
+            else:
+                valid.append(reading)
+        inserted = await repository.insert(kind, valid)
+        for index, item, reason in rejected:
+            await _dead_letter(publisher, queue_name, delivery, index, item, reason)
+        logger.debug(
+            "readings stored",
+            extra={"kind": str(kind), "valid": len(valid), "new": inserted, "rejected": len(rejected)},
+        )
+
+    return handle
+
+
+async def _dead_letter(
+    publisher: Publisher, queue_name: str, delivery: Delivery, index: int, item: Any, reason: str
+) -> None:
+    # Deterministic per (message, position): a redelivered batch's rejects carry the same ids.
+    message_id = f"{delivery.message_id}:{index}" if delivery.message_id else None
+    try:
+        await publisher.publish(
+            exchange=routing.DEAD_LETTER_EXCHANGE,
+            routing_key=queue_name,
+            body=json.dumps(item).encode(),
+            message_id=message_id,
+            headers={
+                DEAD_LETTER_REASON_HEADER: reason[:1000],
+                "x-gridloop-original-exchange": delivery.exchange,
+                "x-gridloop-original-routing-key": delivery.routing_key,
+                "x-gridloop-original-message-id": delivery.message_id or "",
+                "x-gridloop-batch-index": index,
+                "x-gridloop-dead-lettered-at": datetime.now(tz=UTC).isoformat(),
+            },
+        )
+    except PublishError as error:
+        # The valid rows are committed; a retry re-inserts nothing and dead-letters again.
+        raise RetryableError(f"could not dead-letter reading {index}: {error}") from error
+    logger.warning("reading dead-lettered", extra={"index": index, "reason": reason, "message_id": message_id})
+
+
+def device_status_route(repository: ReadingsRepository, *, path: str = "/status/devices") -> Route:
+    """``GET /status/devices``: a JSON list of {device, name, last_reading_at, age_s, stale}."""
+
+    async def device_status(request: Request) -> Response:
+        statuses = await repository.device_status()
+        return JSONResponse([status.as_json() for status in statuses])
+
+    return Route(path, device_status, methods=["GET"])

@@ -1,0 +1,66 @@
+"""PostgREST semantics for the Flux API: parse a request, compile it to SQL, shape the response."""
+
+from telemetry_ingest.postgrest.catalogue import (
+    Catalogue,
+    Column,
+    Function,
+    Parameter,
+    Relation,
+    load_catalogue,
+    quote_identifier,
+)
+from telemetry_ingest.postgrest.compiler import CompiledQuery, compile_query
+from telemetry_ingest.postgrest.errors import PostgrestError, error_from_database, status_for_sqlstate
+from telemetry_ingest.postgrest.parser import QueryString, parse_request, parse_rpc
+from telemetry_ingest.postgrest.query import (
+    Argument,
+    Condition,
+    DeleteQuery,
+    Filter,
+    InsertGroup,
+    InsertQuery,
+    OrderTerm,
+    Query,
+    ReadQuery,
+    SelectItem,
+    UpdateQuery,
+)
+from telemetry_ingest.postgrest.response import (
+    JSON_CONTENT_TYPE,
+    PostgrestResponse,
+    build_response,
+    error_response,
+)
+
+__all__ = [
+    "JSON_CONTENT_TYPE",
+    "Argument",
+    "Catalogue",
+    "Column",
+    "CompiledQuery",
+    "Condition",
+    "DeleteQuery",
+    "Filter",
+    "Function",
+    "InsertGroup",
+    "InsertQuery",
+    "OrderTerm",
+    "Parameter",
+    "PostgrestError",
+    "PostgrestResponse",
+    "Query",
+    "QueryString",
+    "ReadQuery",
+    "Relation",
+    "SelectItem",
+    "UpdateQuery",
+    "build_response",
+    "compile_query",
+    "error_from_database",
+    "error_response",
+    "load_catalogue",
+    "parse_request",
+    "parse_rpc",
+    "quote_identifier",
+    "status_for_sqlstate",
+]

@@ -1,0 +1,41 @@
+"""Settings of telemetry-ingest and the Flux API, read from the environment once at start-up."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gridloop_common.settings import AmqpSettings, ObservabilitySettings, PostgresSettings, UpstreamSettings
+
+__all__ = ["IngestSettings"]
+
+
+class IngestSettings(BaseSettings):
+    """Everything telemetry-ingest needs; see README.md for each variable."""
+
+    model_config = SettingsConfigDict(env_prefix="GRIDLOOP_", extra="ignore")
+
+    ingest_host: str = Field(default="0.0.0.0", description="Address the API server binds.")
+    ingest_port: int = Field(default=8081, ge=1, le=65535, description="Flux REST/realtime API, health, metrics.")
+    jwt_secret: SecretStr = Field(description="HS256 secret that signs the anon/authenticated/service_role JWTs.")
+    ingest_batch_size: int = Field(default=1000, ge=1, le=100_000, description="Readings per COPY batch.")
+    amqp: AmqpSettings = Field(default_factory=AmqpSettings)
+    database: PostgresSettings = Field(default_factory=PostgresSettings)
+    upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    telemetry_upload: bool = Field(default=True, description="Upload battery telemetry upstream (on/off).")
+    # At most 300 s: the upstream wants every device reported at least every five minutes.
+    telemetry_upload_interval_s: float = Field(default=60.0, gt=0, le=300, description="Seconds between uploads.")
+    telemetry_upload_batch_size: int = Field(
+        default=1000, ge=1, le=1000, description="Points per upstream request (the upstream takes at most 1,000)."
+    )
+    telemetry_upload_max_batches: int = Field(
+        default=10, ge=1, le=1000, description="Requests per upload cycle; a longer backlog waits for the next."
+    )
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters")
+        return value

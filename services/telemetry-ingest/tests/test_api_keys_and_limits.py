@@ -1,0 +1,162 @@
+"""API keys (JWT validation as PostgREST does it) and the per-tier token buckets, without a server."""
+
+from __future__ import annotations
+
+import jwt
+import pytest
+
+from telemetry_ingest.auth import AuthenticationError, Authenticator, issue_key
+from telemetry_ingest.rate_limits import TIERS, RateLimiter, Tier, bucket_key
+
+SECRET = "unit-test-secret-of-the-flux-api-0123456789"
+NOW = 1_800_000_000.0
+
+
+def authenticator() -> Authenticator:
+    return Authenticator(SECRET, clock=lambda: NOW)
+
+
+def token(claims: dict[str, object], secret: str = SECRET) -> str:
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+@pytest.mark.parametrize(
+    ("headers", "role"),
+    [
+        ({"apikey": token({"role": "anon"})}, "anon"),
+        ({"Authorization": f"Bearer {token({'role': 'service_role'})}"}, "service_role"),
+        # A signed-in user's token next to the project's anon key: the bearer decides the role.
+        (
+            {"apikey": token({"role": "anon"}), "authorization": f"bearer {token({'role': 'authenticated'})}"},
+            "authenticated",
+        ),
+        # Another scheme carries no JWT; the apikey decides.
+        ({"apikey": token({"role": "anon"}), "Authorization": "Basic dXNlcjpwYXNz"}, "anon"),
+        ({"apikey": token({"role": "anon", "exp": NOW - 29})}, "anon"),  # within the 30 s skew
+        ({"apikey": token({"role": "anon", "aud": "anything"})}, "anon"),  # no audience configured
+    ],
+)
+def test_accepted_keys(headers: dict[str, str], role: str) -> None:
+    assert authenticator().authenticate(headers).role == role
+
+
+@pytest.mark.parametrize(
+    ("headers", "code", "message"),
+    [
+        ({}, "PGRST302", "No API key found in request"),
+        ({"Authorization": "Bearer"}, "PGRST301", "Empty JWT is sent in Authorization header"),
+        ({"apikey": "a.b"}, "PGRST301", "Expected 3 parts in JWT; got 2"),
+        ({"apikey": "a.b.c.d"}, "PGRST301", "Expected 3 parts in JWT; got 4"),
+        ({"apikey": "a.b.c"}, "PGRST301", "JWT couldn't be decoded"),
+        ({"apikey": token({"role": "anon"}, secret="x" * 40)}, "PGRST301", "JWT cryptographic operation failed"),
+        (
+            {"apikey": jwt.encode({"role": "anon"}, None, algorithm="none")},
+            "PGRST301",
+            "Wrong or unsupported encoding algorithm",
+        ),
+        ({"apikey": token({"role": "anon", "exp": NOW - 31})}, "PGRST303", "JWT expired"),
+        ({"apikey": token({"role": "anon", "nbf": NOW + 31})}, "PGRST303", "JWT not yet valid"),
+        ({"apikey": token({"role": "anon", "iat": NOW + 31})}, "PGRST303", "JWT issued at future"),
+        ({"apikey": token({"role": "anon", "exp": True})}, "PGRST303", "The JWT 'exp' claim must be a number"),
+        (
+            {"apikey": token({"role": "anon", "aud": 5})},
+            "PGRST303",
+            "The JWT 'aud' claim must be a string or an array of strings",
+        ),
+        ({"apikey": token({"sub": "someone"})}, "PGRST302", "Anonymous access is disabled"),
+        ({"apikey": token({"role": "postgres"})}, "PGRST303", "JWT role is not allowed"),
+        ({"apikey": token({"role": ["anon"]})}, "PGRST303", "JWT role is not allowed"),
+        # Every key sent is checked, even when the bearer decides the role.
+        (
+            {"apikey": "x.y.z", "Authorization": f"Bearer {token({'role': 'anon'})}"},
+            "PGRST301",
+            "JWT couldn't be decoded",
+        ),
+    ],
+)
+def test_refused_keys(headers: dict[str, str], code: str, message: str) -> None:
+    with pytest.raises(AuthenticationError) as refused:
+        authenticator().authenticate(headers)
+    assert (refused.value.status, refused.value.code, refused.value.message) == (401, code, message)
+    if code == "PGRST302":
+        assert refused.value.challenge == "Bearer"
+    else:
+        assert refused.value.challenge == f'Bearer error="invalid_token", error_description="{message}"'
+
+
+def test_issued_keys_carry_their_role_and_the_apikey_parameter_counts() -> None:
+    key = issue_key(SECRET, "service_role")
+    identity = Authenticator(SECRET).authenticate({}, apikey_parameter=key)
+    assert (identity.role, identity.anonymous, identity.token) == ("service_role", False, key)
+    assert Authenticator(SECRET).authenticate({"apikey": issue_key(SECRET, "anon")}).anonymous
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_seed_tiers() -> None:
+    assert dict(TIERS) == {
+        "anon": Tier(60, 100),
+        "authenticated": Tier(300, 500),
+        "service_role": Tier(1000, 2000),
+    }
+
+
+def test_burst_then_refusal_then_refill_at_the_tier_rate() -> None:
+    clock = Clock()
+    limiter = RateLimiter(clock=clock)
+    decisions = [limiter.take("anon", "address:10.0.0.1") for _ in range(100)]
+    assert all(decision.allowed for decision in decisions)
+    assert [decision.remaining for decision in decisions[:3]] == [99, 98, 97]
+    assert decisions[-1].headers() == {
+        "X-RateLimit-Limit": "60",
+        "X-RateLimit-Remaining": "0",
+        "X-RateLimit-Reset": str(int(NOW) + 100),
+    }
+    refused = limiter.take("anon", "address:10.0.0.1")
+    assert (refused.allowed, refused.retry_after, refused.headers()["Retry-After"]) == (False, 1, "1")
+    assert limiter.take("anon", "address:10.0.0.2").allowed  # another address, another bucket
+    clock.now += 0.5
+    assert limiter.take("anon", "address:10.0.0.1").retry_after == 1
+    clock.now += 0.5
+    assert limiter.take("anon", "address:10.0.0.1").allowed
+    clock.now += 30  # 30 s at 60/min: 30 requests
+    assert sum(limiter.take("anon", "address:10.0.0.1").allowed for _ in range(40)) == 30
+
+
+def test_service_role_allows_its_burst_and_refills_at_1000_per_minute() -> None:
+    clock = Clock()
+    limiter = RateLimiter(clock=clock)
+    assert sum(limiter.take("service_role", "key:a").allowed for _ in range(2100)) == 2000
+    clock.now += 6  # 1000/min: 100 in 6 s
+    assert sum(limiter.take("service_role", "key:a").allowed for _ in range(150)) == 100
+
+
+def test_a_clock_stepping_back_does_not_drain_or_fill() -> None:
+    clock = Clock()
+    limiter = RateLimiter(clock=clock)
+    limiter.take("authenticated", "key:b")
+    clock.now -= 1000
+    decision = limiter.take("authenticated", "key:b")
+    assert (decision.allowed, decision.remaining) == (True, 498)
+
+
+def test_buckets_stay_bounded() -> None:
+    clock = Clock()
+    limiter = RateLimiter(clock=clock, max_buckets=10)
+    for address in range(50):
+        limiter.take("anon", f"address:{address}")
+        clock.now += 0.01
+    assert len(limiter._buckets) <= 10
+
+
+def test_bucket_keys() -> None:
+    assert bucket_key(role="anon", token="t", client_address="1.2.3.4") == "address:1.2.3.4"
+    assert bucket_key(role="service_role", token=None, client_address="1.2.3.4") == "address:1.2.3.4"
+    keyed = bucket_key(role="authenticated", token="secret-token", client_address="1.2.3.4")
+    assert keyed.startswith("key:") and "secret-token" not in keyed

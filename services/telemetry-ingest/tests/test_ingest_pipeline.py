@@ -1,0 +1,190 @@
+"""The readings pipeline against the real broker and database: partial dead-lettering, idempotence, freshness."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+from starlette.applications import Starlette
+
+from gridloop_common.contracts import BessReading, routing
+from gridloop_common.messaging import DEAD_LETTER_REASON_HEADER
+from telemetry_ingest.handlers import device_status_route
+from telemetry_ingest.repository import ReadingKind, ReadingsRepository
+from telemetry_ingest.rollups import RollupRefresher
+
+from .pipeline_fixtures import (  # noqa: F401  (fixtures, found by pytest under their names)
+    DeadLetters,
+    HandledMessages,
+    broker_fixture,
+    dead_letters_fixture,
+    ingest_consumer_fixture,
+    publish_batch_fixture,
+    repository_fixture,
+)
+
+pytestmark = pytest.mark.connected
+
+PublishBatch = Callable[[str, list[object], str], Awaitable[None]]
+
+
+def _meter_reading(device: uuid.UUID, moment: datetime, power_kw: float, imported_kwh: float) -> dict[str, object]:
+    return {
+        "time": moment.isoformat(),
+        "device_id": str(device),
+        "power_total_active": power_kw,
+        "energy_imported_active": imported_kwh,
+        "frequency": 50.0,
+    }
+
+
+async def test_a_malformed_reading_is_dead_lettered_alone_and_redelivery_adds_nothing(
+    pool: asyncpg.Pool,
+    ingest_consumer: HandledMessages,
+    dead_letters: DeadLetters,
+    publish_batch: PublishBatch,
+) -> None:
+    device = uuid.uuid4()
+    start = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+    readings: list[object] = [
+        _meter_reading(device, start, 1.5, 100.0),
+        _meter_reading(device, start + timedelta(seconds=5), "lots", 100.1),  # type: ignore[arg-type]
+        _meter_reading(device, start + timedelta(seconds=10), 2.5, 100.2),
+        _meter_reading(device, start + timedelta(seconds=15), -0.5, 100.3),
+    ]
+    message_id = f"batch-{uuid.uuid4()}"
+
+    await publish_batch(routing.RoutingKeys.TELEMETRY_METER, readings, message_id)
+    await ingest_consumer.wait_for(message_id)
+
+    rows = await pool.fetch(
+        "SELECT time, power_total_active FROM flux.mg_meter_readings WHERE device_id = $1 ORDER BY time", device
+    )
+    assert [(row["time"], row["power_total_active"]) for row in rows] == [
+        (start, 1.5),
+        (start + timedelta(seconds=10), 2.5),
+        (start + timedelta(seconds=15), -0.5),
+    ]
+    rejected = await dead_letters.find(f"{message_id}:1")
+    reason = str((rejected.headers or {})[DEAD_LETTER_REASON_HEADER])
+    assert "power_total_active" in reason
+    assert b'"lots"' in rejected.body
+    assert (rejected.headers or {})["x-gridloop-original-routing-key"] == routing.RoutingKeys.TELEMETRY_METER
+
+    # Bulk ingest defers rollups to the refresher: nothing yet, then the right figures after one pass.
+    rollup_query = (
+        "SELECT reading_count, power_total_active_avg FROM flux.meter_reading_rollups"
+        " WHERE device_id = $1 AND bucket_minutes = 5"
+    )
+    assert await pool.fetchrow(rollup_query, device) is None
+    assert await RollupRefresher(pool=pool).refresh_once() >= 1
+    rollup = await pool.fetchrow(rollup_query, device)
+    assert rollup is not None
+    assert rollup["reading_count"] == 3
+    assert rollup["power_total_active_avg"] == 3.5 / 3
+
+    # The same message again (a redelivery after a lost ack): no duplicates, rollups unchanged.
+    await publish_batch(routing.RoutingKeys.TELEMETRY_METER, readings, message_id)
+    await ingest_consumer.wait_for(message_id, times=2)
+    await RollupRefresher(pool=pool).refresh_once()
+    assert await pool.fetchval("SELECT count(*) FROM flux.mg_meter_readings WHERE device_id = $1", device) == 3
+    assert (
+        await pool.fetchval(
+            "SELECT reading_count FROM flux.meter_reading_rollups WHERE device_id = $1 AND bucket_minutes = 30",
+            device,
+        )
+        == 3
+    )
+
+
+async def test_bess_batch_rejects_an_out_of_range_soe_and_keeps_the_rest(
+    pool: asyncpg.Pool,
+    ingest_consumer: HandledMessages,
+    dead_letters: DeadLetters,
+    publish_batch: PublishBatch,
+) -> None:
+    devices = [uuid.uuid4(), uuid.uuid4()]
+    moment = datetime(2026, 3, 2, 11, 0, tzinfo=UTC)
+    readings: list[object] = [
+        {"time": moment.isoformat(), "device_id": str(devices[0]), "soe": 65.5, "target_power": -25.0,
+         "available_inverter_blocks": 4, "command_source": 1},
+        {"time": moment.isoformat(), "device_id": str(devices[1]), "soe": 150.0, "target_power": 3.0},
+        {"time": moment.isoformat(), "device_id": str(devices[1]), "soe": 20.0, "target_power": 1e39},
+    ]  # fmt: skip
+    message_id = f"batch-{uuid.uuid4()}"
+
+    await publish_batch(routing.RoutingKeys.TELEMETRY_BESS, readings, message_id)
+    await ingest_consumer.wait_for(message_id)
+
+    rows = await pool.fetch(
+        "SELECT device_id, soe, target_power, available_inverter_blocks, command_source"
+        " FROM flux.mg_bess_readings WHERE device_id = ANY($1::uuid[])",
+        devices,
+    )
+    assert [dict(row) for row in rows] == [
+        {
+            "device_id": devices[0],
+            "soe": 65.5,
+            "target_power": -25.0,
+            "available_inverter_blocks": 4,
+            "command_source": 1,
+        }
+    ]
+    too_full = await dead_letters.find(f"{message_id}:1")
+    assert "soe" in str((too_full.headers or {})[DEAD_LETTER_REASON_HEADER])
+    too_big = await dead_letters.find(f"{message_id}:2")
+    assert "does not fit a real column" in str((too_big.headers or {})[DEAD_LETTER_REASON_HEADER])
+
+
+async def test_a_stale_device_shows_in_the_status_route_and_the_gauge(
+    pool: asyncpg.Pool, repository: ReadingsRepository
+) -> None:
+    fresh, stale, silent = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    suffix = uuid.uuid4().hex[:8]
+    await pool.executemany(
+        "INSERT INTO flux.mg_device_registry (id, name, type, site) VALUES ($1, $2, $3, 'TEST')",
+        [(fresh, f"fresh-{suffix}", "bess"), (stale, f"stale-{suffix}", "meter"), (silent, f"silent-{suffix}", "bess")],
+    )
+    now = datetime.now(UTC)
+    fresh_time = now - timedelta(seconds=2)
+    stale_time = now - timedelta(minutes=10)
+    await repository.insert(
+        ReadingKind.BESS, [BessReading(time=fresh_time, device_id=fresh, soe=50.0, target_power=0.0)]
+    )
+    # The stale device's reading was stored by "another replica": only the database knows it.
+    await pool.execute(
+        "INSERT INTO flux.mg_meter_readings (time, device_id, power_total_active) VALUES ($1, $2, 1.0)",
+        stale_time,
+        stale,
+    )
+
+    app = Starlette(routes=[device_status_route(repository)])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest") as client:
+        response = await client.get("/status/devices")
+    assert response.status_code == 200
+    by_device = {item["device"]: item for item in response.json()}
+    assert by_device[str(fresh)]["stale"] is False
+    assert by_device[str(fresh)]["name"] == f"fresh-{suffix}"
+    assert 0 <= by_device[str(fresh)]["age_s"] < repository.stale_after_s
+    assert by_device[str(stale)]["stale"] is True
+    assert datetime.fromisoformat(by_device[str(stale)]["last_reading_at"]) == stale_time
+    assert by_device[str(stale)]["age_s"] >= 600
+    assert by_device[str(silent)] == {
+        "device": str(silent),
+        "name": f"silent-{suffix}",
+        "last_reading_at": None,
+        "age_s": None,
+        "stale": True,
+    }
+    stale_ids = {status.device for status in await repository.stale_devices()}
+    assert {str(stale), str(silent)} <= stale_ids
+    assert str(fresh) not in stale_ids
+
+    gauge = "gridloop_device_last_reading_timestamp_seconds"
+    assert REGISTRY.get_sample_value(gauge, {"device": str(fresh)}) == fresh_time.timestamp()
+    assert REGISTRY.get_sample_value(gauge, {"device": str(stale)}) == stale_time.timestamp()

@@ -1,0 +1,28 @@
+"""Entry point of gridloop-gateway: `gridloop-gateway` runs it, `gridloop-gateway migrate` migrates."""
+
+from __future__ import annotations
+
+import sys
+
+from gridloop_common.lifecycle import run_service
+from gridloop_common.settings import load_settings
+from webhook_gateway import app
+from webhook_gateway.settings import GatewaySettings
+
+PROGRAM = "gridloop-gateway"
+
+
+def main(argv: list[str] | None = None) -> None:
+    arguments = sys.argv[1:] if argv is None else argv
+    settings = load_settings(GatewaySettings, program=PROGRAM)
+    if arguments[:1] == ["migrate"]:
+        run_service(lambda: app.migrate(settings), program=PROGRAM)
+        return
+    if arguments:
+        print(f"usage: {PROGRAM} [migrate]", file=sys.stderr)
+        raise SystemExit(2)
+    run_service(lambda: app.run(settings), program=PROGRAM, shutdown_deadline_s=20.0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Settings of the webhook gateway, read from the environment once at start-up."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gridloop_common.settings import AmqpSettings, ObservabilitySettings, UpstreamSettings
+
+__all__ = ["GatewaySettings"]
+
+
+class GatewaySettings(BaseSettings):
+    """Everything the gateway needs; see README.md for each variable."""
+
+    model_config = SettingsConfigDict(env_prefix="GRIDLOOP_", extra="ignore")
+
+    gateway_host: str = Field(default="0.0.0.0", description="Address the HTTP server binds.")
+    gateway_port: int = Field(default=8080, ge=1, le=65535, description="HTTP port (webhooks, health, metrics).")
+    webhook_secret: SecretStr = Field(
+        description="Standard Webhooks secret(s), whsec_..., several separated by spaces or commas."
+    )
+    webhook_tolerance_s: int = Field(default=300, ge=1, le=3600, description="Accepted webhook clock skew.")
+    webhook_max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest webhook body accepted.")
+    upstream_poll: Literal["on", "off"] = Field(default="off", description="Poll GET {upstream}/v1/commands.")
+    upstream_poll_interval_s: float = Field(default=60.0, gt=0, description="Seconds between polls (jittered).")
+    amqp: AmqpSettings = Field(default_factory=AmqpSettings)
+    upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _secrets_are_standard_webhooks_keys(cls, value: SecretStr) -> SecretStr:
+        secrets = [part for part in value.get_secret_value().replace(",", " ").split() if part]
+        if not secrets:
+            raise ValueError("at least one secret is required")
+        for secret in secrets:
+            if not secret.startswith("whsec_") or len(secret) <= len("whsec_"):
+                raise ValueError("each secret must look like whsec_<base64>")
+        return value
+
+    def webhook_secrets(self) -> list[str]:
+        """The active secrets, in the order given."""
+        return [part for part in self.webhook_secret.get_secret_value().replace(",", " ").split() if part]

@@ -1,0 +1,202 @@
+"""The AsyncAPI 3 description of gridloop's message interface, generated from the contracts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from gridloop_common.contracts import (
+    BessReading,
+    Command,
+    DeviceAction,
+    DeviceAvailability,
+    DeviceOutcome,
+    MeterReading,
+    UpstreamEvent,
+    routing,
+)
+
+__all__ = ["document", "render"]
+
+_REF_TEMPLATE = "#/components/schemas/{model}"
+
+
+def _schemas(*models: type[BaseModel]) -> dict[str, Any]:
+    collected: dict[str, Any] = {}
+    for model in models:
+        schema = model.model_json_schema(ref_template=_REF_TEMPLATE)
+        collected.update(schema.pop("$defs", {}))
+        collected[model.__name__] = schema
+    return dict(sorted(collected.items()))
+
+
+def _exchange(name: str, kind: str = "topic") -> dict[str, Any]:
+    return {
+        "amqp": {
+            "is": "routingKey",
+            "exchange": {"name": name, "type": kind, "durable": True, "autoDelete": False, "vhost": "/"},
+            "bindingVersion": "0.3.0",
+        }
+    }
+
+
+def _message(name: str, schema: str, summary: str, *, routing_key: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "title": name,
+        "summary": summary,
+        "contentType": "application/json",
+        "payload": {"$ref": _REF_TEMPLATE.format(model=schema)},
+        "headers": {
+            "type": "object",
+            "properties": {
+                "x-correlation-id": {"type": "string", "description": "Follows one command through every service."},
+                "x-source": {"type": "string", "description": "The publishing service."},
+            },
+        },
+        "bindings": {"amqp": {"contentEncoding": "utf-8", "messageType": routing_key, "bindingVersion": "0.3.0"}},
+    }
+
+
+def document() -> dict[str, Any]:
+    """The AsyncAPI document as a mapping."""
+    command_types = ["command.created", "command.updated", "command.started", "command.ended", "command.canceled"]
+    upstream_messages = {
+        event.replace(".", "_"): _message(
+            event, "UpstreamEvent", f"Upstream envelope {event}; event_object is a Command.", routing_key=event
+        )
+        for event in command_types
+    }
+    upstream_messages["other_events"] = _message(
+        "event.* / enrollment.* / settings.apply",
+        "UpstreamEvent",
+        "Other upstream envelopes: accepted, stored and routed, not dropped.",
+        routing_key="event.*",
+    )
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "gridloop message interface",
+            "version": "1.0.0",
+            "description": (
+                "How upstream producers and gridloop's services talk over RabbitMQ. Producers in message-queue "
+                "mode publish the upstream envelope to the durable topic exchange `gridloop.upstream` with "
+                "routing key = event_type, persistent (delivery mode 2), a unique message_id and content type "
+                "application/json, on a channel with publisher confirms. An envelope that breaks the schema is "
+                "dead-lettered to `scheduler.upstream.dead-letter` with the reason in the header "
+                "`x-gridloop-dead-letter-reason` and counted in gridloop_messages_consumed_total"
+                '{outcome="dead_letter"}. Generated from gridloop_common.contracts by `gridloop asyncapi`.'
+            ),
+        },
+        "defaultContentType": "application/json",
+        "servers": {
+            "local": {
+                "host": "127.0.0.1:5672",
+                "protocol": "amqp",
+                "protocolVersion": "0-9-1",
+                "description": "RabbitMQ",
+            }
+        },
+        "channels": {
+            "upstream": {
+                "address": routing.UPSTREAM_EXCHANGE,
+                "description": "Upstream events from all three delivery modes (push, queue, poll).",
+                "messages": upstream_messages,
+                "bindings": _exchange(routing.UPSTREAM_EXCHANGE),
+            },
+            "deviceActions": {
+                "address": routing.DEVICES_EXCHANGE,
+                "description": "Scheduler to device-agent, routing key device.action.<device name>.",
+                "messages": {
+                    "deviceAction": _message(
+                        "device.action",
+                        "DeviceAction",
+                        "What one device should do now.",
+                        routing_key="device.action.<device>",
+                    )
+                },
+                "bindings": _exchange(routing.DEVICES_EXCHANGE),
+            },
+            "deviceReports": {
+                "address": routing.DEVICES_EXCHANGE,
+                "description": "Device-agent to scheduler.",
+                "messages": {
+                    "deviceOutcome": _message(
+                        "device.outcome",
+                        "DeviceOutcome",
+                        "Applied, or failed with a reason.",
+                        routing_key=routing.RoutingKeys.DEVICE_OUTCOME,
+                    ),
+                    "deviceAvailability": _message(
+                        "device.availability",
+                        "DeviceAvailability",
+                        "Whether the agent reaches a device.",
+                        routing_key=routing.RoutingKeys.DEVICE_AVAILABILITY,
+                    ),
+                },
+                "bindings": _exchange(routing.DEVICES_EXCHANGE),
+            },
+            "telemetry": {
+                "address": routing.TELEMETRY_EXCHANGE,
+                "description": "Device-agent readings to telemetry-ingest (a JSON list per message).",
+                "messages": {
+                    "bessReadings": _message(
+                        "telemetry.bess",
+                        "BessReading",
+                        "Battery readings (one or a list).",
+                        routing_key=routing.RoutingKeys.TELEMETRY_BESS,
+                    ),
+                    "meterReadings": _message(
+                        "telemetry.meter",
+                        "MeterReading",
+                        "Meter readings (one or a list).",
+                        routing_key=routing.RoutingKeys.TELEMETRY_METER,
+                    ),
+                },
+                "bindings": _exchange(routing.TELEMETRY_EXCHANGE),
+            },
+        },
+        "operations": {
+            "publishUpstreamEvent": {
+                "action": "receive",
+                "channel": {"$ref": "#/channels/upstream"},
+                "summary": "gridloop receives upstream events (routing key = event_type).",
+                "messages": [{"$ref": f"#/channels/upstream/messages/{name}"} for name in upstream_messages],
+                "bindings": {"amqp": {"ack": True, "deliveryMode": 2, "mandatory": True, "bindingVersion": "0.3.0"}},
+            },
+            "dispatchDeviceAction": {
+                "action": "send",
+                "channel": {"$ref": "#/channels/deviceActions"},
+                "messages": [{"$ref": "#/channels/deviceActions/messages/deviceAction"}],
+            },
+            "reportDevice": {
+                "action": "receive",
+                "channel": {"$ref": "#/channels/deviceReports"},
+                "messages": [
+                    {"$ref": "#/channels/deviceReports/messages/deviceOutcome"},
+                    {"$ref": "#/channels/deviceReports/messages/deviceAvailability"},
+                ],
+            },
+            "ingestTelemetry": {
+                "action": "receive",
+                "channel": {"$ref": "#/channels/telemetry"},
+                "messages": [
+                    {"$ref": "#/channels/telemetry/messages/bessReadings"},
+                    {"$ref": "#/channels/telemetry/messages/meterReadings"},
+                ],
+            },
+        },
+        "components": {
+            "schemas": _schemas(
+                UpstreamEvent, Command, DeviceAction, DeviceOutcome, DeviceAvailability, BessReading, MeterReading
+            )
+        },
+    }
+
+
+def render() -> str:
+    """The document as YAML, as committed in docs/asyncapi.yaml."""
+    header = "# Generated by `gridloop asyncapi` from gridloop_common.contracts; do not edit by hand.\n"
+    return header + yaml.safe_dump(document(), sort_keys=False, allow_unicode=True, width=100)

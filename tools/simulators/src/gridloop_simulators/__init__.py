@@ -1,0 +1,1 @@
+"""Simulators for demos and tests: `battery` (SunSpec battery), `meter` (site meter), `upstream` (aggregator)."""
