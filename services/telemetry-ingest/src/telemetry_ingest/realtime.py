@@ -28,6 +28,7 @@ __all__ = [
     "ChangeFilter",
     "FilterError",
     "RealtimeHub",
+    "RealtimeUnavailable",
     "RowChange",
     "parse_filter",
     "realtime_route",
@@ -40,6 +41,9 @@ PUBLISHED_TABLES: Final = (("flux", "mg_bess_readings"), ("flux", "mg_meter_read
 PHOENIX_TOPIC: Final = "phoenix"
 # Delivery is never allowed to block the hub: a client this far behind is disconnected instead.
 OUTBOX_LIMIT: Final = 10_000
+# How long a replica's registered interest in a table lasts unless refreshed (migration 0009); the hub
+# refreshes at a third of it, so one missed refresh never lets a live subscription lapse.
+INTEREST_TTL_S: Final = 60.0
 
 CHANGES_DELIVERED = Counter(
     "gridloop_realtime_changes_delivered_total", "postgres_changes messages queued to websocket clients."
@@ -48,6 +52,10 @@ CLIENTS_DROPPED = Counter(
     "gridloop_realtime_clients_dropped_total", "Websocket clients disconnected for falling too far behind."
 )
 CONNECTED_CLIENTS = Gauge("gridloop_realtime_connected_clients", "Open realtime websocket connections.")
+
+
+class RealtimeUnavailable(RuntimeError):
+    """The hub cannot serve a new subscription now (its database connection is down)."""
 
 
 class FilterError(ValueError):
@@ -182,6 +190,11 @@ class RealtimeHub:
 
     Use as an async context manager. When the LISTEN connection is lost it reconnects with backoff;
     changes committed meanwhile are not replayed (as with Supabase Realtime), which is logged.
+
+    The database announces a table's inserts only while some replica has registered interest in it
+    (``ingest.realtime_interest``, migration 0009): ``subscribe`` registers the tables a subscriber's
+    bindings cover before it returns, a background task keeps the registrations of watched tables alive
+    and drops the rest, and closing the hub removes them.
     """
 
     def __init__(
@@ -191,6 +204,7 @@ class RealtimeHub:
         channel: str = NOTIFY_CHANNEL,
         tables: Sequence[tuple[str, str]] = PUBLISHED_TABLES,
         reconnect_max_s: float = 5.0,
+        interest_ttl_s: float = INTEREST_TTL_S,
     ) -> None:
         self._database_url = database_url
         self._channel = channel
@@ -202,20 +216,33 @@ class RealtimeHub:
         self._subscribers: set[Subscriber] = set()
         self._columns: dict[tuple[str, str], dict[str, str]] = {}
         self._binding_ids = itertools.count(1)
+        self._replica = uuid.uuid4()
+        self._interest_ttl_s = interest_ttl_s
+        # Tables this replica has registered and the monotonic time by which the registration must be renewed.
+        self._registered: dict[tuple[str, str], float] = {}
+        self._statements = asyncio.Lock()  # one query at a time on the LISTEN connection
+        self._keeper: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
         await self._connect()
         self._supervisor = asyncio.create_task(self._reconnect_forever(), name="realtime-listen")
+        self._keeper = asyncio.create_task(self._keep_interest_forever(), name="realtime-interest")
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
+        for task in (self._keeper, self._supervisor):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._connection is not None:
+            with contextlib.suppress(Exception):
+                # Best effort: rows left behind (a lost connection, a killed process) expire by themselves.
+                await self._connection.execute(
+                    "DELETE FROM ingest.realtime_interest WHERE replica = $1", self._replica, timeout=2.0
+                )
             with contextlib.suppress(Exception):
                 await self._connection.close(timeout=2.0)
             self._connection = None
@@ -235,11 +262,87 @@ class RealtimeHub:
     def next_binding_id(self) -> int:
         return next(self._binding_ids)
 
-    def subscribe(self, subscriber: Subscriber) -> None:
+    async def subscribe(self, subscriber: Subscriber) -> None:
+        """Start fanning changes out to ``subscriber``, once the database announces every table it watches.
+
+        Raises ``RealtimeUnavailable`` when the interest cannot be registered (database unreachable).
+        """
         self._subscribers.add(subscriber)
+        loop = asyncio.get_running_loop()
+        missing = [table for table in self._tables_of(subscriber) if self._registered.get(table, 0.0) <= loop.time()]
+        if not missing:
+            return
+        try:
+            await self._register(missing)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            self._subscribers.discard(subscriber)
+            raise RealtimeUnavailable(f"realtime is unavailable: {error}") from error
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
+        # The registration lapses on the keeper's next round, not here: a client that rejoins at once
+        # (token refresh, reconnect) keeps its change feed without a gap.
         self._subscribers.discard(subscriber)
+
+    def _tables_of(self, subscriber: Subscriber) -> set[tuple[str, str]]:
+        tables: set[tuple[str, str]] = set()
+        for binding in subscriber.bindings:
+            for schema, table in self._tables:
+                if schema == binding.schema and binding.table in (None, table):
+                    tables.add((schema, table))
+        return tables
+
+    def _watched_tables(self) -> set[tuple[str, str]]:
+        tables: set[tuple[str, str]] = set()
+        for subscriber in self._subscribers:
+            tables |= self._tables_of(subscriber)
+        return tables
+
+    async def _register(self, tables: Sequence[tuple[str, str]]) -> None:
+        connection = self._connection
+        if connection is None or connection.is_closed():
+            raise asyncpg.InterfaceError("the realtime database connection is down")
+        renew_by = asyncio.get_running_loop().time() + self._interest_ttl_s / 3
+        async with self._statements:
+            await connection.execute(
+                """
+                INSERT INTO ingest.realtime_interest (replica, schema_name, table_name, expires_at)
+                SELECT $1, schema_name, table_name, clock_timestamp() + make_interval(secs => $4)
+                FROM unnest($2::text[], $3::text[]) AS watched (schema_name, table_name)
+                ON CONFLICT (schema_name, table_name, replica) DO UPDATE SET expires_at = excluded.expires_at
+                """,
+                self._replica,
+                [schema for schema, _ in tables],
+                [table for _, table in tables],
+                self._interest_ttl_s,
+            )
+        for table in tables:
+            self._registered[table] = renew_by
+
+    async def _keep_interest_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._interest_ttl_s / 3)
+            watched = self._watched_tables()
+            try:
+                if watched:
+                    await self._register(sorted(watched))
+                dropped = [table for table in self._registered if table not in watched]
+                if dropped and self._connection is not None:
+                    async with self._statements:
+                        await self._connection.execute(
+                            """
+                            DELETE FROM ingest.realtime_interest
+                            WHERE replica = $1
+                              AND (schema_name, table_name) IN (SELECT * FROM unnest($2::text[], $3::text[]))
+                            """,
+                            self._replica,
+                            [schema for schema, _ in dropped],
+                            [table for _, table in dropped],
+                        )
+                    for table in dropped:
+                        self._registered.pop(table, None)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                # The reconnect loop re-registers once the connection is back.
+                logger.warning("could not renew realtime interest", extra={"error": repr(error)})
 
     async def _connect(self) -> None:
         connection = await asyncpg.connect(self._database_url, server_settings={"application_name": "realtime"})
@@ -288,6 +391,12 @@ class RealtimeHub:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self._reconnect_max_s)
             logger.info("realtime LISTEN connection back")
+            watched = self._watched_tables()
+            if watched:
+                try:
+                    await self._register(sorted(watched))
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                    logger.warning("could not re-register realtime interest", extra={"error": repr(error)})
 
     def _on_notification(self, connection: object, pid: int, channel: str, payload: str) -> None:
         try:
@@ -425,7 +534,7 @@ class _Session:
         if topic == PHOENIX_TOPIC and event == "heartbeat":
             self.send(_reply(PHOENIX_TOPIC, ref, "ok", {}))
         elif event == "phx_join":
-            self._join(topic, ref, message.get("join_ref") or ref, payload)
+            await self._join(topic, ref, message.get("join_ref") or ref, payload)
         elif topic not in self._channels:
             self.send(_reply(topic, ref, "error", {"reason": "unmatched topic"}))
         elif event == "phx_leave":
@@ -437,7 +546,7 @@ class _Session:
         else:
             self.send(_reply(topic, ref, "error", {"reason": f"event {event!r} is not supported by this server"}))
 
-    def _join(self, topic: str, ref: str | None, join_ref: str | None, payload: Mapping[str, Any]) -> None:
+    async def _join(self, topic: str, ref: str | None, join_ref: str | None, payload: Mapping[str, Any]) -> None:
         token = payload.get("access_token")
         if token is not None:
             try:
@@ -456,8 +565,12 @@ class _Session:
             # Phoenix semantics: joining a topic again replaces the earlier join.
             self._leave(topic)
         channel = _Channel(session=self, topic=topic, join_ref=join_ref, bindings=bindings)
+        try:
+            await self._hub.subscribe(channel)
+        except RealtimeUnavailable as error:
+            self.send(_reply(topic, ref, "error", {"reason": str(error)}))
+            return
         self._channels[topic] = channel
-        self._hub.subscribe(channel)
         self.send(_reply(topic, ref, "ok", {"postgres_changes": [binding.echo() for binding in bindings]}))
         if bindings:
             self.send(
