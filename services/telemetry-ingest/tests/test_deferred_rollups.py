@@ -41,3 +41,38 @@ async def test_deferred_and_immediate_rollups_agree(database_url: str) -> None:
         assert expected
         assert [dict(row) for row in await pool.fetch(query, deferred)] == expected
         assert await RollupRefresher(pool=pool).refresh_once() == 0
+
+
+async def test_a_period_is_refreshed_only_once_settled_and_new_readings_do_not_postpone_it(database_url: str) -> None:
+    async with open_pool(database_url, max_size=3) as pool:
+        await apply_migrations(pool, owner="telemetry-ingest", migrations=load_migrations("telemetry_ingest"))
+        device = uuid.uuid4()
+        period = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+        insert = "INSERT INTO flux.mg_meter_readings (device_id, time, power_total_active) VALUES ($1, $2, $3)"
+
+        async def insert_deferred(moment: datetime, power_kw: float) -> None:
+            async with pool.acquire() as connection, connection.transaction():
+                await connection.execute("SET LOCAL gridloop.rollups = 'deferred'")
+                await connection.execute(insert, device, moment, power_kw)
+
+        async def thirty_minute_count() -> int | None:
+            value = await pool.fetchval(
+                "SELECT reading_count FROM flux.meter_reading_rollups"
+                " WHERE bucket_minutes = 30 AND device_id = $1 AND time_b = $2",
+                device,
+                period,
+            )
+            return None if value is None else int(value)
+
+        settled = RollupRefresher(pool=pool, settle_s=3600)
+        await insert_deferred(period + timedelta(minutes=1), 1.0)
+        assert await settled.refresh_once() == 0  # every marker in this fresh database is younger than an hour
+        assert await thirty_minute_count() is None
+        await pool.execute(
+            "UPDATE ingest.meter_rollup_dirty SET first_marked_at = first_marked_at - interval '2 hours'"
+            " WHERE device_id = $1",
+            device,
+        )
+        await insert_deferred(period + timedelta(minutes=2), 2.0)  # marks the same period again
+        assert await settled.refresh_once() == 1  # still as old as its first mark
+        assert await thirty_minute_count() == 2

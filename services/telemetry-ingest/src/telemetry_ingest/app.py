@@ -20,6 +20,7 @@ from gridloop_common.db import (
 from gridloop_common.messaging import open_broker
 from gridloop_common.observability import Health, configure_logging, serve_http
 from telemetry_ingest import routes
+from telemetry_ingest.group_commit import GroupCommitter
 from telemetry_ingest.handlers import device_status_route, readings_handler
 from telemetry_ingest.partitions import PartitionKeeper
 from telemetry_ingest.postgrest import load_catalogue
@@ -90,7 +91,9 @@ async def run(settings: IngestSettings) -> None:
         tasks = await stack.enter_async_context(asyncio.TaskGroup())
         partition_task = tasks.create_task(PartitionKeeper(pool=pool).run_forever(), name="partitions")
         stack.callback(partition_task.cancel)
-        rollup_task = tasks.create_task(RollupRefresher(pool=pool).run_forever(), name="rollups")
+        rollup_task = tasks.create_task(
+            RollupRefresher(pool=pool, settle_s=settings.rollup_settle_s).run_forever(), name="rollups"
+        )
         stack.callback(rollup_task.cancel)
         if settings.telemetry_upload:
             token = settings.upstream.upstream_token.get_secret_value()
@@ -115,7 +118,11 @@ async def run(settings: IngestSettings) -> None:
         await stack.enter_async_context(
             broker.consumer(
                 routing.Queues.INGEST_READINGS,
-                readings_handler(repository, broker.publisher),
+                readings_handler(
+                    repository,
+                    broker.publisher,
+                    writer=GroupCommitter(repository.insert_records, max_rows=settings.ingest_batch_size),
+                ),
                 drain_timeout_s=settings.observability.shutdown_timeout_s,
             )
         )

@@ -16,18 +16,34 @@ REFRESHED = Counter("gridloop_rollup_periods_refreshed_total", "Device 30-minute
 
 
 class RollupRefresher:
-    """Drains ``ingest.meter_rollup_dirty`` in batches; several replicas share the work (SKIP LOCKED)."""
+    """Drains ``ingest.meter_rollup_dirty`` in batches; several replicas share the work (SKIP LOCKED).
 
-    def __init__(self, *, pool: asyncpg.Pool, interval_s: float = 1.0, batch_pairs: int = 5000) -> None:
+    ``settle_s``: a period is recomputed only once its first unrefreshed reading is that old. Each
+    refresh recomputes the whole 30-minute period, so a device reporting every 5 s would otherwise cost
+    a full recompute per reading; waiting lets several readings share one, and rollups lag by about that.
+    """
+
+    def __init__(
+        self, *, pool: asyncpg.Pool, interval_s: float = 1.0, batch_pairs: int = 5000, settle_s: float = 0.0
+    ) -> None:
+        if interval_s <= 0 or batch_pairs < 1 or settle_s < 0:
+            raise ValueError("interval_s and batch_pairs must be positive and settle_s not negative")
         self._pool = pool
         self._interval_s = interval_s
         self._batch_pairs = batch_pairs
+        self._settle_s = settle_s
 
     async def refresh_once(self) -> int:
-        """Recompute every marked period; returns how many (device, period) pairs were refreshed."""
+        """Recompute every settled marked period; returns how many (device, period) pairs were refreshed."""
         total = 0
         while True:
-            refreshed = int(await self._pool.fetchval("SELECT flux.refresh_dirty_meter_rollups($1)", self._batch_pairs))
+            refreshed = int(
+                await self._pool.fetchval(
+                    "SELECT flux.refresh_dirty_meter_rollups($1, make_interval(secs => $2))",
+                    self._batch_pairs,
+                    self._settle_s,
+                )
+            )
             total += refreshed
             if refreshed < self._batch_pairs:
                 break

@@ -18,7 +18,18 @@ class IngestSettings(BaseSettings):
     ingest_host: str = Field(default="0.0.0.0", description="Address the API server binds.")
     ingest_port: int = Field(default=8081, ge=1, le=65535, description="Flux REST/realtime API, health, metrics.")
     jwt_secret: SecretStr = Field(description="HS256 secret that signs the anon/authenticated/service_role JWTs.")
-    ingest_batch_size: int = Field(default=1000, ge=1, le=100_000, description="Readings per COPY batch.")
+    ingest_batch_size: int = Field(
+        default=5000,
+        ge=1,
+        le=100_000,
+        description="Most readings per transaction when the readings of concurrent messages are written together.",
+    )
+    rollup_settle_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=600,
+        description="Seconds a touched 30-minute period waits before its rollups are recomputed (their lag).",
+    )
     amqp: AmqpSettings = Field(default_factory=AmqpSettings)
     database: PostgresSettings = Field(default_factory=PostgresSettings)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
