@@ -1,16 +1,26 @@
 -- Rollup maintenance that stays cheap as the readings table grows, and that settles before it recomputes.
 --
--- 1. flux.refresh_meter_rollups (restated from 0006 with one change): the touched readings are read
+-- 1. flux.refresh_meter_rollups (restated from 0006 with two changes): the touched readings are read
 --    through a LATERAL subquery that is no longer flattened (OFFSET 0). Flattened, the planner, which
 --    guesses 200 rows for unnest() of the touched pairs, chose a hash join over a sequential scan of the
 --    whole readings partition: 77 of 213 ms for 2,000 touched pairs on a 244k-row partition, and growing
 --    with the table. Now each pair is one (device_id, time) index range scan: 6 ms for the same pairs.
+--    And a third argument, prune_emptied (default true), lets the deferred path skip looking for buckets
+--    that lost all their readings: markers come from inserts only, and a delete or update refreshes its
+--    buckets in its own statement, so that search (two index probes per pair, ~15% of a refresh) never
+--    finds anything there. Callers with two arguments are unchanged.
 -- 2. Deferred markers remember when they were first set, and flux.refresh_dirty_meter_rollups can leave
 --    markers younger than min_age alone. A device reporting every 5 s touches its 30-minute period 360
 --    times, and each refresh recomputes the whole period: refreshing a period at most every min_age
 --    instead of every second divides that work by min_age, for rollups that lag ingest by about min_age.
 
-CREATE OR REPLACE FUNCTION flux.refresh_meter_rollups(touched_devices uuid[], touched_periods timestamptz[])
+DROP FUNCTION flux.refresh_meter_rollups(uuid[], timestamptz[]);
+
+CREATE FUNCTION flux.refresh_meter_rollups(
+    touched_devices uuid[],
+    touched_periods timestamptz[],
+    prune_emptied boolean DEFAULT true
+)
 RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER   -- writers of readings need no rights on the rollup table
@@ -457,7 +467,8 @@ BEGIN
         -- each touched period be two primary-key range scans.
         DELETE FROM flux.meter_reading_rollups AS rollups
         USING touched CROSS JOIN (VALUES (5::smallint), (30::smallint)) AS widths (bucket_minutes)
-        WHERE rollups.bucket_minutes = widths.bucket_minutes
+        WHERE prune_emptied
+            AND rollups.bucket_minutes = widths.bucket_minutes
             AND rollups.device_id = touched.device_id
             AND rollups.time_b >= touched.period_start
             AND rollups.time_b < touched.period_start + interval '30 minutes'
@@ -502,6 +513,9 @@ BEGIN
 END
 $$;
 
+REVOKE EXECUTE ON FUNCTION flux.refresh_meter_rollups(uuid[], timestamptz[], boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION flux.refresh_meter_rollups(uuid[], timestamptz[], boolean) TO service_role;
+
 ALTER TABLE ingest.meter_rollup_dirty
     ADD COLUMN first_marked_at timestamptz NOT NULL DEFAULT clock_timestamp();
 
@@ -533,7 +547,7 @@ BEGIN
         RETURN 0;
     END IF;
     -- A new statement, so a new snapshot: it sees every writer that committed before the markers were taken.
-    PERFORM flux.refresh_meter_rollups(devices, periods);
+    PERFORM flux.refresh_meter_rollups(devices, periods, prune_emptied => false);
     RETURN cardinality(devices);
 END
 $$;
