@@ -29,6 +29,8 @@ fmt: setup  # Format and autofix
 	$(UV_RUN) ruff check --fix .
 
 bench: setup  # Run the benchmarks; figures are printed and written to bench/results/
+	@command -v wrk >/dev/null 2>&1 || { echo "installing wrk (bench/commands.py's load generator)"; \
+		apt-get install -y -qq wrk >/dev/null || { echo "wrk is missing: apt-get install wrk"; exit 1; }; }
 	@for script in bench/*.py; do echo "== $$script"; $(UV_RUN) python $$script || exit 1; done
 
 status:  # Health of every service, queue depths and dead letters

@@ -192,10 +192,12 @@ async def open_loop(url: str, *, rate: int, seconds: float) -> dict[str, float]:
     errors = 0
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
     async with httpx.AsyncClient(timeout=10.0, limits=limits) as client:
+        total = int(rate * seconds)
+        # Signed before the clock starts, so the generator's own CPU does not delay the schedule.
+        prepared = [signed_request() for _ in range(total)]
 
-        async def one() -> None:
+        async def one(body: bytes, headers: dict[str, str]) -> None:
             nonlocal errors
-            body, headers = signed_request()
             started = time.perf_counter()
             try:
                 response = await client.post(url, content=body, headers=headers)
@@ -207,12 +209,11 @@ async def open_loop(url: str, *, rate: int, seconds: float) -> dict[str, float]:
 
         tasks = []
         start = time.perf_counter()
-        total = int(rate * seconds)
-        for index in range(total):
+        for index, (body, headers) in enumerate(prepared):
             delay = start + index / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one()))
+            tasks.append(asyncio.create_task(one(body, headers)))
         await asyncio.gather(*tasks)
     return {
         "offered_rps": rate,

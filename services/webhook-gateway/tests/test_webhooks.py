@@ -96,6 +96,7 @@ def _bad_cases() -> list[tuple[str, int, str]]:
         ("missing webhook-timestamp", 400, "missing_headers"),
         ("missing webhook-signature", 400, "missing_headers"),
         ("timestamp not a number", 400, "malformed_header"),
+        ("webhook-id longer than an AMQP message id", 400, "malformed_header"),
         ("signature without comma", 401, "invalid_signature"),
         ("signature bad base64", 401, "invalid_signature"),
         ("wrong secret", 401, "invalid_signature"),
@@ -120,6 +121,8 @@ def _request_for(case: str) -> tuple[bytes, dict[str, str]]:
         return good, headers
     if case == "timestamp not a number":
         return good, {**headers, "webhook-timestamp": "hello"}
+    if case == "webhook-id longer than an AMQP message id":
+        return good, {**headers, "webhook-id": "a" * 256}  # refused before the signature is looked at
     if case == "signature without comma":
         return good, {**headers, "webhook-signature": "v1" + headers["webhook-signature"][3:]}
     if case == "signature bad base64":

@@ -20,6 +20,7 @@ __all__ = [
     "MissingHeaders",
     "SignatureError",
     "TimestampOutOfRange",
+    "Verifier",
     "decode_secret",
     "sign",
     "verify",
@@ -34,10 +35,12 @@ SIGNATURE_VERSION = "v1"
 EXPECTED_SIGNATURE_FORMAT = "space-separated 'v1,<base64 HMAC-SHA256 of id.timestamp.body>' entries"
 
 # The id is part of the signed text "id.timestamp.body": a "." in it would let one signature stand for
-# several (id, timestamp, body) splits, so the id is restricted to a safe charset, as the spec asks.
-WEBHOOK_ID_PATTERN = re.compile(r"[A-Za-z0-9_\-:+=/]{1,256}")
+# several (id, timestamp, body) splits, so the id is restricted to a safe charset, as the spec asks. At most
+# 255 characters: the id becomes the AMQP message-id, a short string of at most 255 bytes.
+WEBHOOK_ID_PATTERN = re.compile(r"[A-Za-z0-9_\-:+=/]{1,255}")
 # Unix seconds as an integer; "1.5", "1e9", "-1" and " 1" are refused rather than guessed at.
 TIMESTAMP_PATTERN = re.compile(r"[0-9]{1,20}")
+_DIGEST_SIZE = hashlib.sha256().digest_size
 
 
 class SignatureError(Exception):
@@ -159,49 +162,74 @@ def verify(
         raise ValueError("no webhook secret configured")
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    keys = [decode_secret(secret) for secret in secrets]
-
+    verifier = Verifier(secrets, tolerance_s=tolerance_s)
     lowered = {name.lower(): value for name, value in headers.items()}
-    webhook_id = lowered.get(ID_HEADER, "")
-    timestamp_text = lowered.get(TIMESTAMP_HEADER, "")
-    signature_text = lowered.get(SIGNATURE_HEADER, "")
-    missing = [
-        name
-        for name, value in (
-            (ID_HEADER, webhook_id),
-            (TIMESTAMP_HEADER, timestamp_text),
-            (SIGNATURE_HEADER, signature_text),
-        )
-        if not value.strip()
-    ]
-    if missing:
-        raise MissingHeaders(missing)
-    if not WEBHOOK_ID_PATTERN.fullmatch(webhook_id):
-        raise MalformedHeader(ID_HEADER, "expected 1-256 characters of letters, digits and _-:+=/ (no '.' or spaces)")
-    if not TIMESTAMP_PATTERN.fullmatch(timestamp_text):
-        raise MalformedHeader(TIMESTAMP_HEADER, f"expected integer Unix seconds, got {timestamp_text[:32]!r}")
+    return verifier.verify(
+        webhook_id=lowered.get(ID_HEADER, ""),
+        timestamp_text=lowered.get(TIMESTAMP_HEADER, ""),
+        signature_text=lowered.get(SIGNATURE_HEADER, ""),
+        body=body,
+        now_s=_unix_seconds(now),
+    )
 
-    skew_s = int(timestamp_text) - _unix_seconds(now)
-    if abs(skew_s) > tolerance_s:
-        raise TimestampOutOfRange(skew_s, tolerance_s)
 
-    expected = [_digest(key, webhook_id, timestamp_text, body) for key in keys]
-    offered = _v1_signatures(signature_text)
-    if not offered:
-        raise InvalidSignature(f"{SIGNATURE_HEADER} has no readable v1 entry; expected {EXPECTED_SIGNATURE_FORMAT}")
-    matched = False
-    # Every pair is compared, without stopping at the first match, so timing does not reveal which
-    # entry or secret matched.
-    for candidate in offered:
-        for digest in expected:
-            matched |= hmac.compare_digest(candidate, digest)
-    if not matched:
-        raise InvalidSignature(
-            f"no {SIGNATURE_HEADER} entry matches the body under the active secret(s); sign the raw body "
-            f"bytes exactly as sent, as '{{{ID_HEADER}}}.{{{TIMESTAMP_HEADER}}}.{{body}}', with the "
-            f"endpoint's current {SECRET_PREFIX} secret"
-        )
-    return webhook_id
+class Verifier:
+    """``verify`` for a fixed set of secrets, decoded once rather than on every delivery."""
+
+    __slots__ = ("_keys", "_tolerance_s")
+
+    def __init__(self, secrets: Sequence[str], *, tolerance_s: int = 300) -> None:
+        if not secrets:
+            raise ValueError("no webhook secret configured")
+        self._keys = [decode_secret(secret) for secret in secrets]
+        self._tolerance_s = tolerance_s
+
+    def verify(self, *, webhook_id: str, timestamp_text: str, signature_text: str, body: bytes, now_s: int) -> str:
+        """Verify one delivery from its three header values (empty when absent); returns the webhook id.
+
+        The same checks, in the same order and with the same errors, as the module's ``verify``;
+        ``now_s`` is the current Unix time in whole seconds.
+        """
+        missing = [
+            name
+            for name, value in (
+                (ID_HEADER, webhook_id),
+                (TIMESTAMP_HEADER, timestamp_text),
+                (SIGNATURE_HEADER, signature_text),
+            )
+            if not value.strip()
+        ]
+        if missing:
+            raise MissingHeaders(missing)
+        if not WEBHOOK_ID_PATTERN.fullmatch(webhook_id):
+            raise MalformedHeader(
+                ID_HEADER, "expected 1-255 characters of letters, digits and _-:+=/ (no '.' or spaces)"
+            )
+        if not TIMESTAMP_PATTERN.fullmatch(timestamp_text):
+            raise MalformedHeader(TIMESTAMP_HEADER, f"expected integer Unix seconds, got {timestamp_text[:32]!r}")
+
+        tolerance_s = self._tolerance_s
+        skew_s = int(timestamp_text) - now_s
+        if abs(skew_s) > tolerance_s:
+            raise TimestampOutOfRange(skew_s, tolerance_s)
+
+        expected = [_digest(key, webhook_id, timestamp_text, body) for key in self._keys]
+        offered = _v1_signatures(signature_text)
+        if not offered:
+            raise InvalidSignature(f"{SIGNATURE_HEADER} has no readable v1 entry; expected {EXPECTED_SIGNATURE_FORMAT}")
+        matched = False
+        # Every pair is compared, without stopping at the first match, so timing does not reveal which
+        # entry or secret matched.
+        for candidate in offered:
+            for digest in expected:
+                matched |= hmac.compare_digest(candidate, digest)
+        if not matched:
+            raise InvalidSignature(
+                f"no {SIGNATURE_HEADER} entry matches the body under the active secret(s); sign the raw body "
+                f"bytes exactly as sent, as '{{{ID_HEADER}}}.{{{TIMESTAMP_HEADER}}}.{{body}}', with the "
+                f"endpoint's current {SECRET_PREFIX} secret"
+            )
+        return webhook_id
 
 
 def _v1_signatures(signature_text: str) -> list[bytes]:
@@ -215,14 +243,14 @@ def _v1_signatures(signature_text: str) -> list[bytes]:
             decoded = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
             continue
-        if len(decoded) == hashlib.sha256().digest_size:
+        if len(decoded) == _DIGEST_SIZE:
             signatures.append(decoded)
     return signatures
 
 
 def _digest(key: bytes, webhook_id: str, timestamp_text: str, body: bytes) -> bytes:
     signed = b"%s.%s.%s" % (webhook_id.encode("ascii"), timestamp_text.encode("ascii"), body)
-    return hmac.new(key, signed, hashlib.sha256).digest()
+    return hmac.digest(key, signed, "sha256")  # one-shot, in C; the same bytes as hmac.new(...).digest()
 
 
 def _unix_seconds(moment: datetime) -> int:
