@@ -44,6 +44,8 @@ OUTBOX_LIMIT: Final = 10_000
 # How long a replica's registered interest in a table lasts unless refreshed (migration 0009); the hub
 # refreshes at a third of it, so one missed refresh never lets a live subscription lapse.
 INTEREST_TTL_S: Final = 60.0
+# What a lost or refused database connection raises; the hub logs these and retries, anything else is a bug.
+_DATABASE_ERRORS: Final = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 CHANGES_DELIVERED = Counter(
     "gridloop_realtime_changes_delivered_total", "postgres_changes messages queued to websocket clients."
@@ -274,7 +276,7 @@ class RealtimeHub:
             return
         try:
             await self._register(missing)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        except _DATABASE_ERRORS as error:
             self._subscribers.discard(subscriber)
             raise RealtimeUnavailable(f"realtime is unavailable: {error}") from error
 
@@ -340,7 +342,7 @@ class RealtimeHub:
                         )
                     for table in dropped:
                         self._registered.pop(table, None)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            except _DATABASE_ERRORS as error:
                 # The reconnect loop re-registers once the connection is back.
                 logger.warning("could not renew realtime interest", extra={"error": repr(error)})
 
@@ -395,7 +397,7 @@ class RealtimeHub:
             if watched:
                 try:
                     await self._register(sorted(watched))
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                except _DATABASE_ERRORS as error:
                     logger.warning("could not re-register realtime interest", extra={"error": repr(error)})
 
     def _on_notification(self, connection: object, pid: int, channel: str, payload: str) -> None:
