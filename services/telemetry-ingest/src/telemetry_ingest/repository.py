@@ -1,4 +1,4 @@
-"""Readings storage (COPY into a temp table, then an idempotent insert) and per-device freshness."""
+"""Readings storage (COPY, with an idempotent insert for redeliveries) and per-device freshness."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ __all__ = [
     "ReadingKind",
     "ReadingRecord",
     "ReadingsRepository",
+    "table_columns",
 ]
 
 # One reading as the COPY sends it: the table's columns in order, time and device_id first.
@@ -84,6 +85,11 @@ _TABLES: Final = {
 }
 
 
+def table_columns(kind: ReadingKind) -> tuple[str, ...]:
+    """The columns a reading record of ``kind`` holds, in order (time and device_id first)."""
+    return _TABLES[kind].columns
+
+
 @dataclass(frozen=True)
 class DeviceStatus:
     """How fresh one device's telemetry is."""
@@ -142,32 +148,46 @@ class ReadingsRepository:
     async def insert_records(self, kind: ReadingKind, records: Sequence[ReadingRecord]) -> int:
         """Store records (see ``records``) in one transaction; returns how many rows were new.
 
-        COPY into a per-connection temp table, then INSERT ... SELECT ... ON CONFLICT DO NOTHING: COPY is
-        the fast path (about 2x unnest), and the conflict clause makes a redelivered batch a no-op. A value
-        that does not fit its column raises ValueError (from the COPY encoder) or asyncpg.DataError, and the
+        COPY straight into the table first: the fast path, and almost always the whole story. A batch that
+        is (partly) stored already, a redelivery, fails that COPY on the unique key; it is then written
+        again through a per-connection temp table and INSERT ... SELECT ... ON CONFLICT DO NOTHING, which
+        skips what exists. Trying first costs a failed COPY on redelivery only; staging every batch cost
+        ~30% more server CPU per reading (21.6 against 16.6 us in 10,000-row transactions). A value that
+        does not fit its column raises ValueError (from the COPY encoder) or asyncpg.DataError, and the
         transaction stores nothing.
         """
         if not records:
             return 0
         table = _TABLES[kind]
+        try:
+            async with self._pool.acquire() as connection, connection.transaction():
+                # Rollups of this batch are recomputed by the RollupRefresher, not in this transaction.
+                await connection.execute("SET LOCAL gridloop.rollups = 'deferred'")
+                status = await connection.copy_records_to_table(
+                    table.name, schema_name="flux", records=records, columns=table.columns
+                )
+        except asyncpg.UniqueViolationError:
+            status = await self._insert_skipping_existing(table, records)
+        self._note_records(records)
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def _insert_skipping_existing(self, table: _Table, records: Sequence[ReadingRecord]) -> str:
         column_list = ", ".join(table.columns)
         async with self._pool.acquire() as connection, connection.transaction():
-            # One round trip for both: rollups of this batch are recomputed by the RollupRefresher about
-            # once a second, not here; and the temp table (ON COMMIT DELETE ROWS) lives as long as the
-            # pooled connection and is emptied at every commit, so it is created once per connection.
+            # One round trip for both; the temp table (ON COMMIT DELETE ROWS) lives as long as the pooled
+            # connection and is emptied at every commit, so it is created once per connection.
             await connection.execute(
                 "SET LOCAL gridloop.rollups = 'deferred'; "
                 f"CREATE TEMP TABLE IF NOT EXISTS {table.staging} ("
                 + ", ".join(f"{name} {kind}" for name, kind in zip(table.columns, table.column_types, strict=True))
                 + ") ON COMMIT DELETE ROWS"
             )
-            await connection.copy_records_to_table(table.staging, records=records, columns=list(table.columns))
-            status = await connection.execute(
+            await connection.copy_records_to_table(table.staging, records=records, columns=table.columns)
+            status: str = await connection.execute(
                 f"INSERT INTO flux.{table.name} ({column_list}) SELECT {column_list} FROM {table.staging}"
                 " ON CONFLICT (device_id, time) DO NOTHING"
             )
-        self._note_records(records)
-        return int(status.rsplit(" ", 1)[-1])
+        return status
 
     def _note_records(self, records: Sequence[ReadingRecord]) -> None:
         # Keyed by UUID.int: uuid.UUID hashes and compares in Python, which made this loop cost more than
