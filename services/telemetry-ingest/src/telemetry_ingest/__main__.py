@@ -1,4 +1,7 @@
-"""Entry point of gridloop-ingest: `gridloop-ingest` runs it, `gridloop-ingest migrate` migrates."""
+"""Entry point of gridloop-ingest: `gridloop-ingest` runs it, `gridloop-ingest migrate` migrates.
+
+`gridloop-ingest reorder` rewrites every closed day of readings in device order at once and exits.
+"""
 
 from __future__ import annotations
 
@@ -18,8 +21,11 @@ def main(argv: list[str] | None = None) -> None:
     if arguments[:1] == ["migrate"]:
         run_service(lambda: app.migrate(settings), program=PROGRAM)
         return
+    if arguments[:1] == ["reorder"]:
+        run_service(lambda: app.reorder(settings), program=PROGRAM)
+        return
     if arguments:
-        print(f"usage: {PROGRAM} [migrate]", file=sys.stderr)
+        print(f"usage: {PROGRAM} [migrate | reorder]", file=sys.stderr)
         raise SystemExit(2)
     run_service(lambda: app.run(settings), program=PROGRAM, shutdown_deadline_s=20.0)
 

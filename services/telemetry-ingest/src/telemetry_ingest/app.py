@@ -25,12 +25,13 @@ from telemetry_ingest.handlers import device_status_route, readings_handler
 from telemetry_ingest.partitions import PartitionKeeper
 from telemetry_ingest.postgrest import load_catalogue
 from telemetry_ingest.realtime import RealtimeHub, realtime_route
+from telemetry_ingest.reorder import DayReorderer
 from telemetry_ingest.repository import ReadingsRepository
 from telemetry_ingest.rollups import RollupRefresher
 from telemetry_ingest.settings import IngestSettings
 from telemetry_ingest.upload import TelemetryUploader
 
-__all__ = ["SERVICE", "migrate", "run"]
+__all__ = ["SERVICE", "migrate", "reorder", "run"]
 
 SERVICE = "telemetry-ingest"
 logger = logging.getLogger(__name__)
@@ -46,6 +47,14 @@ async def migrate(settings: IngestSettings) -> None:
         startup_timeout_s=settings.observability.startup_timeout_s,
     )
     logger.info("migrations done", extra={"applied": [f"{m.version:04d}_{m.name}" for m in applied]})
+
+
+async def reorder(settings: IngestSettings) -> None:
+    """Rewrite every closed day of readings in device order now (after a backfill, say), then return."""
+    configure_logging(service=SERVICE, level=settings.observability.log_level)
+    async with open_pool(str(settings.database.database_url), min_size=1, max_size=2) as pool:
+        moved = await DayReorderer(pool=pool, after_s=settings.reorder_after_s).reorder_once()
+    logger.info("reordering done", extra={"rows": moved})
 
 
 async def run(settings: IngestSettings) -> None:
@@ -95,6 +104,12 @@ async def run(settings: IngestSettings) -> None:
             RollupRefresher(pool=pool, settle_s=settings.rollup_settle_s).run_forever(), name="rollups"
         )
         stack.callback(rollup_task.cancel)
+        if settings.reorder:
+            reorderer = DayReorderer(
+                pool=pool, after_s=settings.reorder_after_s, interval_s=settings.reorder_interval_s
+            )
+            reorder_task = tasks.create_task(reorderer.run_forever(), name="reorder")
+            stack.callback(reorder_task.cancel)
         if settings.telemetry_upload:
             token = settings.upstream.upstream_token.get_secret_value()
             upstream_client = await stack.enter_async_context(

@@ -30,6 +30,16 @@ class IngestSettings(BaseSettings):
         le=600,
         description="Seconds a touched 30-minute period waits before its rollups are recomputed (their lag).",
     )
+    reorder: bool = Field(default=True, description="Rewrite closed days of readings in device order (on/off).")
+    reorder_after_s: float = Field(
+        default=3600.0,
+        ge=0,
+        le=7 * 86_400,
+        description="Seconds after a UTC day ends before its readings are rewritten in device order.",
+    )
+    reorder_interval_s: float = Field(
+        default=900.0, gt=0, le=86_400, description="Seconds between looks for days to rewrite in device order."
+    )
     amqp: AmqpSettings = Field(default_factory=AmqpSettings)
     database: PostgresSettings = Field(default_factory=PostgresSettings)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
