@@ -495,7 +495,7 @@ async def reorder(infrastructure: Infrastructure, environment: dict[str, str]) -
     connection = await asyncpg.connect(infrastructure.database_url)
     try:
         row = await connection.fetchrow(
-            "SELECT count(*) AS days, coalesce(sum(row_count), 0) AS rows FROM ingest.reordered_days"
+            "SELECT count(*) AS days, coalesce(sum(row_count), 0)::bigint AS rows FROM ingest.reordered_days"
         )
     finally:
         await connection.close()
