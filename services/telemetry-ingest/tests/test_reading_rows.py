@@ -9,13 +9,12 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from gridloop_common.contracts import BessReading, MeterReading
-from telemetry_ingest.reading_rows import row_adapter, row_type
+from gridloop_common.contracts import BessReading
+from telemetry_ingest.reading_rows import READING_MODELS, row_adapter, row_type
 from telemetry_ingest.repository import ReadingKind, ReadingsRepository, table_columns
 
-_MODELS: dict[ReadingKind, type[BaseModel]] = {ReadingKind.BESS: BessReading, ReadingKind.METER: MeterReading}
 _DEVICE = "2b1f9f3e-5a0e-4a43-9c55-3a8a34c1b8a1"
 
 _numbers = st.one_of(
@@ -50,9 +49,10 @@ def _readings(draw: st.DrawFn, kind: ReadingKind) -> dict[str, Any]:
 
 def _model_records(kind: ReadingKind, items: list[dict[str, Any]]) -> list[tuple[Any, ...]] | None:
     try:
-        readings = [_MODELS[kind].model_validate(item) for item in items]
+        readings = [READING_MODELS[kind].model_validate(item) for item in items]
     except ValidationError:
         return None
+    # A list of one model or the other; mypy cannot tell which from the kind.
     return ReadingsRepository.records(kind, readings)  # type: ignore[arg-type]
 
 

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gridloop_common.contracts import BessReading, MeterReading, routing
+from gridloop_common.contracts import routing
 from gridloop_common.messaging import (
     DEAD_LETTER_REASON_HEADER,
     Delivery,
@@ -25,7 +25,7 @@ from gridloop_common.messaging import (
     RetryableError,
 )
 from telemetry_ingest.group_commit import GroupCommitter
-from telemetry_ingest.reading_rows import row_adapter
+from telemetry_ingest.reading_rows import READING_MODELS, row_adapter
 from telemetry_ingest.repository import ReadingKind, ReadingRecord, ReadingsRepository
 
 __all__ = ["device_status_route", "readings_handler"]
@@ -35,10 +35,6 @@ logger = logging.getLogger(__name__)
 _KINDS: Final = {
     routing.RoutingKeys.TELEMETRY_BESS: ReadingKind.BESS,
     routing.RoutingKeys.TELEMETRY_METER: ReadingKind.METER,
-}
-_MODELS: Final[dict[ReadingKind, type[BessReading] | type[MeterReading]]] = {
-    ReadingKind.BESS: BessReading,
-    ReadingKind.METER: MeterReading,
 }
 # Largest finite float4: the readings columns are real, and a larger value would fail the whole COPY.
 _REAL_MAX: Final = 3.4028234663852886e38
@@ -103,7 +99,7 @@ def readings_handler(
         items = delivery.json()
         if not isinstance(items, list):
             raise PoisonMessage(f"a readings batch is a JSON list, got {type(items).__name__}")
-        model = _MODELS[kind]
+        model = READING_MODELS[kind]
         valid: list[Any] = []
         rejected: list[tuple[int, Any, str]] = []
         for index, item in enumerate(items):

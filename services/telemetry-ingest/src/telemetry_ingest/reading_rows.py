@@ -24,9 +24,9 @@ from pydantic import BaseModel, TypeAdapter
 from gridloop_common.contracts import BessReading, MeterReading
 from telemetry_ingest.repository import ReadingKind, ReadingRecord, table_columns
 
-__all__ = ["row_adapter", "row_type"]
+__all__ = ["READING_MODELS", "row_adapter", "row_type"]
 
-_MODELS: Final[dict[ReadingKind, type[BaseModel]]] = {
+READING_MODELS: Final[dict[ReadingKind, type[BessReading] | type[MeterReading]]] = {
     ReadingKind.BESS: BessReading,
     ReadingKind.METER: MeterReading,
 }
@@ -45,6 +45,7 @@ def row_type(model: type[BaseModel], columns: Sequence[str]) -> type[tuple[Any, 
         elif defaults:
             # A named tuple's defaults are its trailing fields; the tables list required columns first.
             raise ValueError(f"column {name!r} is required but follows a column with a default")
+    # mypy checks NamedTuple calls only with literal field lists; these fields are the model's, at run time.
     row = typing.NamedTuple(f"{model.__name__}Row", fields)  # type: ignore[misc]
     row.__new__.__defaults__ = tuple(defaults)
     row._field_defaults = dict(zip(columns[len(columns) - len(defaults) :], defaults, strict=True))
@@ -52,8 +53,9 @@ def row_type(model: type[BaseModel], columns: Sequence[str]) -> type[tuple[Any, 
 
 
 def _adapter(kind: ReadingKind) -> TypeAdapter[list[ReadingRecord]]:
-    model = _MODELS[kind]
-    # The models' own config (extra="forbid", allow_inf_nan=False) applies to the rows too.
+    model = READING_MODELS[kind]
+    # The models' own config (extra="forbid", allow_inf_nan=False) applies to the rows too. The row type is
+    # made at run time, which mypy cannot follow into list[...] (hence the ignore).
     return TypeAdapter(list[row_type(model, table_columns(kind))], config=model.model_config)  # type: ignore[misc,arg-type]
 
 
