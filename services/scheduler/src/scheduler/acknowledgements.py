@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import asyncpg
 import httpx
@@ -64,9 +64,11 @@ class AckSender:
             acks = await repository.claim_due_acks(connection, now=self._clock.now(), limit=self._batch_size)
             results = await asyncio.gather(*(self._patch(ack) for ack in acks))
             now = self._clock.now()
+            delivered: list[AckRow] = []
+            failed: list[tuple[AckRow, datetime, str]] = []
             for ack, error in zip(acks, results, strict=True):
                 if error is None:
-                    await repository.ack_delivered(connection, ack, now=now)
+                    delivered.append(ack)
                     ACKS_DELIVERED.labels(ack.device_status).inc()
                     logger.info(
                         "acknowledged upstream",
@@ -78,11 +80,12 @@ class AckSender:
                     )
                 else:
                     delay = planning.ack_retry_delay_s(ack.attempts + 1)
-                    await repository.ack_failed(connection, ack, retry_at=now + timedelta(seconds=delay), error=error)
+                    failed.append((ack, now + timedelta(seconds=delay), error))
                     logger.warning(
                         "acknowledgement failed; will retry",
                         extra={"command_id": str(ack.command_id), "error": error, "retry_in_s": delay},
                     )
+            await repository.record_ack_attempts(connection, delivered=delivered, failed=failed, now=now)
         return len(acks)
 
     async def _patch(self, ack: AckRow) -> str | None:

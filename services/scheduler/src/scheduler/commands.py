@@ -1,4 +1,4 @@
-"""Receiving a command version: dedupe, ignore stale, decide, persist, set timers, queue the ack."""
+"""Receiving a command version: dedupe, ignore stale, decide, then persist, set timers and queue the ack at once."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from gridloop_common.clock import Clock
 from gridloop_common.contracts import Command, CommandStatus
 from scheduler import planning
 from scheduler.metrics import COMMANDS_RECEIVED, STALE_VERSIONS
-from scheduler.repository import CommandRepository
+from scheduler.repository import CommandLook, CommandRepository, VersionWrite
 
 __all__ = ["CommandReceiver"]
 
@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 
 class CommandReceiver:
-    """Applies one received command version in one transaction."""
+    """Applies one received command version: one read to decide on, one atomic write of the decision."""
 
     def __init__(self, *, repository: CommandRepository, clock: Clock) -> None:
         self._repository = repository
@@ -27,108 +27,89 @@ class CommandReceiver:
 
     async def receive(self, command: Command, *, event_type: str, correlation_id: str | None) -> str:
         """Apply ``command``; returns what happened (new, updated, duplicate, stale, failed, canceled)."""
-        now = self._clock.now()
-        repository = self._repository
-        async with repository.pool.acquire() as connection, connection.transaction():
-            # Deliveries of the same command serialise here; different commands proceed in parallel.
-            await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1::text))", str(command.id))
-            if not await repository.add_version(
-                connection, command, event_type=event_type, correlation_id=correlation_id
-            ):
-                COMMANDS_RECEIVED.labels("duplicate").inc()
-                return "duplicate"
-            stored = await repository.stored_version(connection, command.id)
-            verdict = planning.judge_version(
-                stored_updated_at=stored[0] if stored else None, received_updated_at=command.updated_at
-            )
-            if verdict == planning.VersionVerdict.STALE:
-                assert stored is not None
-                STALE_VERSIONS.inc()
-                COMMANDS_RECEIVED.labels("stale").inc()
-                await repository.count_stale(connection, command.id)
-                await repository.history(
-                    connection,
-                    command.id,
-                    "stale",
-                    f"version {command.updated_at.isoformat()} ignored: {stored[0].isoformat()} is in force",
+        result, reason = await self._apply(command, event_type=event_type, correlation_id=correlation_id)
+        if result == "changed":
+            # Another version of this command landed between the read and the write (rare). Decide again
+            # holding the command's lock, so this second decision cannot be overtaken.
+            async with self._repository.command_locked(command.id) as connection:
+                result, reason = await self._apply(
+                    command, event_type=event_type, correlation_id=correlation_id, connection=connection
                 )
-                logger.info("stale command version ignored", extra={"command_id": str(command.id)})
-                return "stale"
-            was_running = stored is not None and stored[1] in ("scheduled", "active")
-            await repository.history(
-                connection,
-                command.id,
-                "received",
-                f"{event_type} version {command.updated_at.isoformat()} status={command.status}"
-                f" mode={command.battery_commands.mode}",
-            )
-            if command.status in (CommandStatus.CANCELED, CommandStatus.OPT_OUT):
-                return await self._cancel(connection, command, now=now, correlation_id=correlation_id)
-            device = await repository.device_facts(connection, command.device_id)
-            decision = planning.decide(command, device, now=now)
-            if not decision.accepted:
-                await repository.save_command(
-                    connection, command, state="failed", reason=decision.reason, correlation_id=correlation_id
-                )
-                # A version that fails after an earlier one was accepted must also leave the device.
-                stop = [("stop", now)] if was_running else []
-                await repository.replace_timers(
-                    connection, device_id=command.device_id, command_id=command.id, timers=stop
-                )
-                await repository.history(connection, command.id, "failed", decision.reason or "refused")
-                await repository.enqueue_ack(
-                    connection, command_id=command.id, device_status="FAILED", reason=decision.reason
-                )
-                COMMANDS_RECEIVED.labels("failed").inc()
-                logger.warning("command refused", extra={"command_id": str(command.id), "reason": decision.reason})
-                return "failed"
-            await repository.save_command(
-                connection, command, state="scheduled", reason=None, correlation_id=correlation_id
-            )
-            await repository.replace_timers(
-                connection,
-                device_id=command.device_id,
-                command_id=command.id,
-                timers=_window_timers(command, now=now),
-            )
-            await repository.history(
-                connection,
-                command.id,
-                "scheduled",
-                f"start at {max(command.starts_at, now).isoformat()}"
-                + (f", end at {command.ends_at.isoformat()}" if command.ends_at else ", no end (until replaced)"),
-            )
-            await repository.enqueue_ack(connection, command_id=command.id, device_status="OK", reason=None)
-        result = "new" if verdict == planning.VersionVerdict.NEW else "updated"
         COMMANDS_RECEIVED.labels(result).inc()
-        logger.info(
-            "command scheduled",
-            extra={"command_id": str(command.id), "device_id": command.device_id, "result": result},
-        )
+        context = {"command_id": str(command.id), "device_id": command.device_id, "result": result}
+        if result == "stale":
+            STALE_VERSIONS.inc()
+            logger.info("stale command version ignored", extra=context)
+        elif result == "failed":
+            logger.warning("command refused", extra={**context, "reason": reason})
+        elif result == "canceled":
+            logger.info("command canceled", extra={**context, "status": str(command.status)})
+        elif result in ("new", "updated"):
+            logger.info("command scheduled", extra=context)
         return result
 
-    async def _cancel(
-        self, connection: asyncpg.Connection, command: Command, *, now: datetime, correlation_id: str | None
-    ) -> str:
-        repository = self._repository
-        await repository.save_command(
-            connection,
-            command,
-            state="canceled",
-            reason=f"{command.status} by upstream",
-            correlation_id=correlation_id,
+    async def _apply(
+        self,
+        command: Command,
+        *,
+        event_type: str,
+        correlation_id: str | None,
+        connection: asyncpg.Connection | None = None,
+    ) -> tuple[str, str | None]:
+        """Look, decide, write; returns the result (or 'changed' when overtaken) and a refusal's reason."""
+        seen = await self._repository.look(command, connection=connection)
+        if seen.version_known:
+            return "duplicate", None
+        result, write = _decide(command, seen, event_type=event_type, now=self._clock.now())
+        written = await self._repository.apply_version(
+            command, write, seen=seen, event_type=event_type, correlation_id=correlation_id, connection=connection
         )
+        if written != "applied":
+            return written, None
+        return result, write.state_reason
+
+
+def _decide(command: Command, seen: CommandLook, *, event_type: str, now: datetime) -> tuple[str, VersionWrite]:
+    """The outcome of receiving ``command`` given what was seen, and what to write for it."""
+    verdict = planning.judge_version(stored_updated_at=seen.stored_updated_at, received_updated_at=command.updated_at)
+    if verdict == planning.VersionVerdict.STALE:
+        assert seen.stored_updated_at is not None
+        detail = f"version {command.updated_at.isoformat()} ignored: {seen.stored_updated_at.isoformat()} is in force"
+        return "stale", VersionWrite(state=None, count_stale=True, history=[("stale", detail)])
+    received = (
+        "received",
+        f"{event_type} version {command.updated_at.isoformat()} status={command.status}"
+        f" mode={command.battery_commands.mode}",
+    )
+    if command.status in (CommandStatus.CANCELED, CommandStatus.OPT_OUT):
         # The stop timer returns the device to its default; its firing queues the cancellation ack.
-        await repository.replace_timers(
-            connection,
-            device_id=command.device_id,
-            command_id=command.id,
+        return "canceled", VersionWrite(
+            state="canceled",
+            state_reason=f"{command.status} by upstream",
             timers=[("stop", now)],
+            history=[received, ("canceled", f"{command.status}: stopping on the device")],
         )
-        await repository.history(connection, command.id, "canceled", f"{command.status}: stopping on the device")
-        COMMANDS_RECEIVED.labels("canceled").inc()
-        logger.info("command canceled", extra={"command_id": str(command.id), "status": str(command.status)})
-        return "canceled"
+    decision = planning.decide(command, seen.device, now=now)
+    if not decision.accepted:
+        return "failed", VersionWrite(
+            state="failed",
+            state_reason=decision.reason,
+            # A version that fails after an earlier one was accepted must also leave the device.
+            timers=[("stop", now)] if seen.running else [],
+            history=[received, ("failed", decision.reason or "refused")],
+            ack_status="FAILED",
+            ack_reason=decision.reason,
+        )
+    scheduled = f"start at {max(command.starts_at, now).isoformat()}" + (
+        f", end at {command.ends_at.isoformat()}" if command.ends_at else ", no end (until replaced)"
+    )
+    result = "new" if verdict == planning.VersionVerdict.NEW else "updated"
+    return result, VersionWrite(
+        state="scheduled",
+        timers=_window_timers(command, now=now),
+        history=[received, ("scheduled", scheduled)],
+        ack_status="OK",
+    )
 
 
 def _window_timers(command: Command, *, now: datetime) -> list[tuple[str, datetime]]:

@@ -7,17 +7,18 @@ import contextlib
 import logging
 import uuid
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 
 from gridloop_common.clock import Clock
-from gridloop_common.contracts import routing
+from gridloop_common.contracts import DeviceAction, routing
 from gridloop_common.messaging import Publisher, PublishError
 from gridloop_common.observability import correlation_id
 from scheduler import planning
 from scheduler.metrics import ACTIONS_DISPATCHED
-from scheduler.repository import CommandRepository, TimerRow
+from scheduler.repository import CommandRepository, DispatchFacts, DispatchRecord, TimerRow
 
 __all__ = ["Dispatcher"]
 
@@ -63,68 +64,100 @@ class Dispatcher:
                 await asyncio.wait_for(self._wake.wait(), self._poll_interval_s)
 
     async def fire_due(self) -> int:
-        """Fire every timer due now; returns how many fired."""
+        """Fire every timer due now; returns how many fired.
+
+        One pass costs a fixed number of round trips whatever the batch holds: claim the timers, lock their
+        devices, read the commands in force, publish every device's action at once (the broker confirms them
+        together), then record it all in one statement.
+        """
         now = self._clock.now()
         repository = self._repository
         async with repository.pool.acquire() as connection, connection.transaction():
             timers = await repository.claim_due_timers(connection, now=now, limit=self._batch_size)
+            if not timers:
+                return 0
             by_device: dict[str, list[TimerRow]] = defaultdict(list)
             for timer in timers:
                 by_device[timer.device_id].append(timer)
-            for device_id, device_timers in by_device.items():
-                await self._fire_device(connection, device_id, device_timers, now=now)
-        return len(timers)
-
-    async def _fire_device(
-        self, connection: asyncpg.Connection, device_id: str, timers: list[TimerRow], *, now: datetime
-    ) -> None:
-        repository = self._repository
-        await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1::text))", f"device:{device_id}")
-        in_force = await repository.commands_in_force(connection, device_id)
-        active = planning.winner(in_force, now=now)
-        action_id = uuid.uuid5(_ACTION_NAMESPACE, f"timer:{timers[0].id}")
-        action = planning.action_for(device_id, active, now=now, action_id=action_id)
-        trace = await connection.fetchval(
-            "SELECT correlation_id FROM scheduler.commands WHERE command_id = $1",
-            active.command_id if active else timers[0].command_id,
-        )
-        with correlation_id(trace):
-            await self._publisher.publish(
-                exchange=routing.DEVICES_EXCHANGE,
-                routing_key=routing.device_action_key(device_id),
-                body=action,
-                message_id=str(action_id),
-            )
-            await repository.mark_fired(connection, [timer.id for timer in timers], now=now, action_id=action_id)
-            changes = await repository.settle_states(
+            device_ids = sorted(by_device)
+            await repository.lock_devices(connection, device_ids)
+            facts = await repository.dispatch_facts(
                 connection,
-                device_id=device_id,
-                active_command_id=active.command_id if active else None,
+                device_ids=device_ids,
+                command_ids=[timer.command_id for timer in timers if timer.command_id is not None],
+            )
+            plans = [self._plan(device_id, by_device[device_id], facts, now=now) for device_id in device_ids]
+            published = await asyncio.gather(*(self._publish(plan) for plan in plans), return_exceptions=True)
+            for error in published:
+                # Nothing is recorded: the timers stay due and fire again, with the same action ids.
+                if isinstance(error, BaseException):
+                    raise error
+            await repository.record_dispatch(
+                connection,
+                DispatchRecord(
+                    fired=[(timer.id, plan.action.action_id) for plan in plans for timer in plan.timers],
+                    winners=[(plan.device_id, plan.action.command_id) for plan in plans],
+                    history=[
+                        (timer.command_id, "dispatched", f"{timer.kind}: {plan.device_id} -> {plan.described}")
+                        for plan in plans
+                        for timer in plan.timers
+                        if timer.command_id is not None
+                    ],
+                    # The device has been sent back to its default: acknowledge the cancellation.
+                    stopped_command_ids=[
+                        timer.command_id
+                        for plan in plans
+                        for timer in plan.timers
+                        if timer.kind == "stop" and timer.command_id is not None
+                    ],
+                ),
                 now=now,
             )
-            for command_id, state in changes:
-                await repository.history(connection, command_id, state, f"now {state} on {device_id}")
-            described = f"{action.mode}" + (f" {action.setpoint_w} W" if action.setpoint_w else "")
-            for timer in timers:
+        for plan in plans:
+            for timer in plan.timers:
                 ACTIONS_DISPATCHED.labels(timer.kind).inc()
-                if timer.command_id is not None:
-                    await repository.history(
-                        connection,
-                        timer.command_id,
-                        "dispatched",
-                        f"{timer.kind}: {device_id} -> {described}",
-                    )
-                if timer.kind == "stop" and timer.command_id is not None:
-                    # The device has been sent back to its default: acknowledge the cancellation.
-                    await repository.enqueue_ack(
-                        connection, command_id=timer.command_id, device_status="OK", reason=None
-                    )
-            logger.info(
-                "device action dispatched",
-                extra={
-                    "device_id": device_id,
-                    "action": described,
-                    "command_id": str(action.command_id) if action.command_id else None,
-                    "timers": [timer.kind for timer in timers],
-                },
+            with correlation_id(plan.trace):
+                logger.info(
+                    "device action dispatched",
+                    extra={
+                        "device_id": plan.device_id,
+                        "action": plan.described,
+                        "command_id": str(plan.action.command_id) if plan.action.command_id else None,
+                        "timers": [timer.kind for timer in plan.timers],
+                    },
+                )
+        return len(timers)
+
+    @staticmethod
+    def _plan(device_id: str, timers: list[TimerRow], facts: DispatchFacts, *, now: datetime) -> _DevicePlan:
+        active = planning.winner(facts.in_force[device_id], now=now)
+        action_id = uuid.uuid5(_ACTION_NAMESPACE, f"timer:{timers[0].id}")
+        action = planning.action_for(device_id, active, now=now, action_id=action_id)
+        trace_command = active.command_id if active else timers[0].command_id
+        return _DevicePlan(
+            device_id=device_id,
+            timers=timers,
+            action=action,
+            trace=facts.correlation_ids.get(trace_command) if trace_command else None,
+        )
+
+    async def _publish(self, plan: _DevicePlan) -> None:
+        with correlation_id(plan.trace):
+            await self._publisher.publish(
+                exchange=routing.DEVICES_EXCHANGE,
+                routing_key=routing.device_action_key(plan.device_id),
+                body=plan.action,
+                message_id=str(plan.action.action_id),
             )
+
+
+@dataclass(frozen=True)
+class _DevicePlan:
+    device_id: str
+    timers: list[TimerRow]
+    action: DeviceAction
+    trace: str | None
+
+    @property
+    def described(self) -> str:
+        return f"{self.action.mode}" + (f" {self.action.setpoint_w} W" if self.action.setpoint_w else "")

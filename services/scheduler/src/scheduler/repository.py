@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,10 +17,14 @@ from scheduler.planning import ActiveCommand, DeviceFacts
 
 __all__ = [
     "AckRow",
+    "CommandLook",
     "CommandRepository",
+    "DispatchFacts",
+    "DispatchRecord",
     "EventRepository",
     "RegistryUnavailable",
     "TimerRow",
+    "VersionWrite",
 ]
 
 
@@ -65,60 +71,143 @@ class AckRow:
     attempts: int
 
 
+@dataclass(frozen=True)
+class CommandLook:
+    """What the scheduler sees before deciding on a received version."""
+
+    version_known: bool
+    stored_updated_at: datetime | None
+    stored_state: str | None
+    device: DeviceFacts | None
+
+    @property
+    def running(self) -> bool:
+        return self.stored_state in ("scheduled", "active")
+
+
+@dataclass(frozen=True)
+class VersionWrite:
+    """What receiving a version writes: the command's new state, its timers, history and acknowledgement."""
+
+    state: str | None  # None: the command row stays as it is (a stale version)
+    history: list[tuple[str, str]]  # (kind, detail), in order
+    state_reason: str | None = None
+    count_stale: bool = False
+    timers: list[tuple[str, datetime]] | None = None  # (kind, due_at); None leaves the command's timers alone
+    ack_status: str | None = None
+    ack_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class DispatchFacts:
+    in_force: dict[str, list[ActiveCommand]]  # by device
+    correlation_ids: dict[UUID, str | None]
+
+
+@dataclass(frozen=True)
+class DispatchRecord:
+    """What one dispatcher pass writes once its actions are confirmed by the broker."""
+
+    fired: list[tuple[int, UUID]]  # (timer id, action id)
+    winners: list[tuple[str, UUID | None]]  # (device, command now active or None for the default)
+    history: list[tuple[UUID, str, str]]  # (command id, kind, detail)
+    stopped_command_ids: list[UUID]  # cancellations whose stop was sent: acknowledge them
+
+
 class CommandRepository:
     """Commands, their versions and history, timers, the ack outbox, device outcomes."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    # -- reading what decisions need -------------------------------------------------------------
+    # -- receiving a command version -------------------------------------------------------------
 
-    @staticmethod
-    async def device_facts(connection: asyncpg.Connection, device_id: str) -> DeviceFacts | None:
+    @contextlib.asynccontextmanager
+    async def command_locked(self, command_id: UUID) -> AsyncIterator[asyncpg.Connection]:
+        """A transaction holding ``command_id``'s lock, for a decision no other delivery can overtake."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1::text))", str(command_id))
+            yield connection
+
+    async def look(self, command: Command, *, connection: asyncpg.Connection | None = None) -> CommandLook:
+        """What deciding on ``command`` needs, in one round trip: is the version known, the stored one, the device."""
         try:
-            row = await connection.fetchrow(
-                "SELECT r.name, r.type, r.active, r.metadata, a.online, a.reason, a.observed_at"
-                " FROM flux.mg_device_registry r"
-                " LEFT JOIN scheduler.device_availability a ON a.device_id = r.name"
-                " WHERE r.name = $1",
-                device_id,
+            row = await (connection or self.pool).fetchrow(
+                """
+                SELECT EXISTS (SELECT 1 FROM scheduler.command_versions v
+                               WHERE v.command_id = $1 AND v.updated_at = $2) AS version_known,
+                       c.updated_at AS stored_updated_at, c.state AS stored_state,
+                       r.name, r.type, r.active, r.metadata, a.online, a.reason, a.observed_at
+                FROM (VALUES (1)) AS one (anchor)
+                LEFT JOIN scheduler.commands c ON c.command_id = $1
+                LEFT JOIN flux.mg_device_registry r ON r.name = $3
+                LEFT JOIN scheduler.device_availability a ON a.device_id = r.name
+                """,
+                command.id,
+                command.updated_at,
+                command.device_id,
             )
         except asyncpg.exceptions.UndefinedTableError as error:
             raise RegistryUnavailable("flux.mg_device_registry does not exist yet") from error
-        if row is None:
-            return None
-        metadata = row["metadata"]
-        return DeviceFacts.from_registry(
-            name=row["name"],
-            device_type=row["type"],
-            active=row["active"],
-            metadata=metadata if isinstance(metadata, dict) else None,
-            online=row["online"],
-            offline_reason=row["reason"],
-            observed_at=row["observed_at"],
+        assert row is not None  # the VALUES anchor always gives one row
+        device = None
+        if row["name"] is not None:
+            metadata = row["metadata"]
+            device = DeviceFacts.from_registry(
+                name=row["name"],
+                device_type=row["type"],
+                active=row["active"],
+                metadata=metadata if isinstance(metadata, dict) else None,
+                online=row["online"],
+                offline_reason=row["reason"],
+                observed_at=row["observed_at"],
+            )
+        return CommandLook(
+            version_known=row["version_known"],
+            stored_updated_at=row["stored_updated_at"],
+            stored_state=row["stored_state"],
+            device=device,
         )
 
-    @staticmethod
-    async def stored_version(connection: asyncpg.Connection, command_id: UUID) -> tuple[datetime, str] | None:
-        row = await connection.fetchrow(
-            "SELECT updated_at, state FROM scheduler.commands WHERE command_id = $1 FOR UPDATE", command_id
-        )
-        return None if row is None else (row["updated_at"], row["state"])
-
-    @staticmethod
-    async def add_version(
-        connection: asyncpg.Connection, command: Command, *, event_type: str, correlation_id: str | None
-    ) -> bool:
-        status = await connection.execute(
-            "INSERT INTO scheduler.command_versions (command_id, updated_at, event_type, correlation_id, command)"
-            " VALUES ($1, $2, $3, $4, $5::jsonb) ON CONFLICT DO NOTHING",
+    async def apply_version(
+        self,
+        command: Command,
+        write: VersionWrite,
+        *,
+        seen: CommandLook,
+        event_type: str,
+        correlation_id: str | None,
+        connection: asyncpg.Connection | None = None,
+    ) -> str:
+        """Write one decided version atomically; returns 'applied', 'duplicate' or 'changed' (look again)."""
+        timers = write.timers or []
+        result: str = await (connection or self.pool).fetchval(
+            "SELECT scheduler.apply_command_version($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11, $12, $13,"
+            " $14, $15, $16, $17::text[], $18::timestamptz[], $19::text[], $20::text[], $21, $22)",
             command.id,
             command.updated_at,
             event_type,
             correlation_id,
             command.model_dump(mode="json"),
+            seen.stored_updated_at,
+            seen.running,
+            command.device_id,
+            command.created_at,
+            command.starts_at,
+            command.ends_at,
+            str(command.status),
+            write.state,
+            write.state_reason,
+            write.count_stale,
+            write.timers is not None,
+            [kind for kind, _ in timers],
+            [due_at for _, due_at in timers],
+            [kind for kind, _ in write.history],
+            [detail for _, detail in write.history],
+            write.ack_status,
+            write.ack_reason,
         )
-        return bool(status.endswith(" 1"))
+        return result
 
     @staticmethod
     async def history(connection: asyncpg.Connection, command_id: UUID, kind: str, detail: str) -> None:
@@ -128,65 +217,6 @@ class CommandRepository:
             kind,
             detail,
         )
-
-    @staticmethod
-    async def count_stale(connection: asyncpg.Connection, command_id: UUID) -> None:
-        await connection.execute(
-            "UPDATE scheduler.commands SET stale_versions_ignored = stale_versions_ignored + 1 WHERE command_id = $1",
-            command_id,
-        )
-
-    @staticmethod
-    async def save_command(
-        connection: asyncpg.Connection,
-        command: Command,
-        *,
-        state: str,
-        reason: str | None,
-        correlation_id: str | None,
-    ) -> None:
-        await connection.execute(
-            """
-            INSERT INTO scheduler.commands (command_id, device_id, created_at, updated_at, starts_at, ends_at,
-                upstream_status, state, state_reason, command, correlation_id)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11)
-            ON CONFLICT (command_id) DO UPDATE SET
-                device_id = EXCLUDED.device_id, created_at = EXCLUDED.created_at,
-                updated_at = EXCLUDED.updated_at, starts_at = EXCLUDED.starts_at, ends_at = EXCLUDED.ends_at,
-                upstream_status = EXCLUDED.upstream_status, state = EXCLUDED.state,
-                state_reason = EXCLUDED.state_reason, command = EXCLUDED.command,
-                correlation_id = COALESCE(EXCLUDED.correlation_id, scheduler.commands.correlation_id),
-                changed_at = now()
-            """,
-            command.id,
-            command.device_id,
-            command.created_at,
-            command.updated_at,
-            command.starts_at,
-            command.ends_at,
-            str(command.status),
-            state,
-            reason,
-            command.model_dump(mode="json"),
-            correlation_id,
-        )
-
-    @staticmethod
-    async def replace_timers(
-        connection: asyncpg.Connection,
-        *,
-        device_id: str,
-        command_id: UUID,
-        timers: list[tuple[str, datetime]],
-    ) -> None:
-        """Drop the command's timers that have not fired and add ``timers`` (kind, due_at)."""
-        await connection.execute("DELETE FROM scheduler.timers WHERE command_id = $1 AND fired_at IS NULL", command_id)
-        if timers:
-            await connection.executemany(
-                "INSERT INTO scheduler.timers (device_id, command_id, kind, due_at) VALUES ($1, $2, $3, $4)",
-                [(device_id, command_id, kind, due_at) for kind, due_at in timers],
-            )
-        await connection.execute("NOTIFY scheduler_timers")
 
     @staticmethod
     async def enqueue_ack(
@@ -214,59 +244,63 @@ class CommandRepository:
         return [TimerRow(row["id"], row["device_id"], row["command_id"], row["kind"]) for row in rows]
 
     @staticmethod
-    async def commands_in_force(connection: asyncpg.Connection, device_id: str) -> list[ActiveCommand]:
-        rows = await connection.fetch(
-            "SELECT command_id, created_at, starts_at, ends_at, command FROM scheduler.commands"
-            " WHERE device_id = $1 AND state IN ('scheduled', 'active') AND upstream_status = 'OK'",
-            device_id,
-        )
-        return [
-            ActiveCommand(
-                command_id=row["command_id"],
-                created_at=row["created_at"],
-                starts_at=row["starts_at"],
-                ends_at=row["ends_at"],
-                command=Command.model_validate(row["command"]),
-            )
-            for row in rows
-        ]
-
-    @staticmethod
-    async def mark_fired(
-        connection: asyncpg.Connection, timer_ids: list[int], *, now: datetime, action_id: UUID
-    ) -> None:
+    async def lock_devices(connection: asyncpg.Connection, device_ids: list[str]) -> None:
+        """Take the devices' dispatch locks for this transaction, in the order given (sorted: no deadlock)."""
         await connection.execute(
-            "UPDATE scheduler.timers SET fired_at = $2, action_id = $3 WHERE id = ANY($1::bigint[])",
-            timer_ids,
-            now,
-            action_id,
+            "SELECT pg_advisory_xact_lock(hashtext('device:' || device.id))"
+            " FROM unnest($1::text[]) WITH ORDINALITY AS device (id, position) ORDER BY device.position",
+            device_ids,
         )
 
     @staticmethod
-    async def settle_states(
-        connection: asyncpg.Connection, *, device_id: str, active_command_id: UUID | None, now: datetime
-    ) -> list[tuple[UUID, str]]:
-        """After a dispatch: the winner is active, commands past their end are completed, others wait."""
+    async def dispatch_facts(
+        connection: asyncpg.Connection, *, device_ids: list[str], command_ids: list[UUID]
+    ) -> DispatchFacts:
+        """The commands in force on ``device_ids``, and the trace ids of those and of ``command_ids``."""
         rows = await connection.fetch(
             """
-            UPDATE scheduler.commands SET
-                state = CASE
-                    WHEN command_id = $2 THEN 'active'
-                    WHEN ends_at IS NOT NULL AND ends_at <= $3 THEN 'completed'
-                    ELSE 'scheduled' END,
-                changed_at = now()
-            WHERE device_id = $1 AND state IN ('scheduled', 'active')
-              AND state IS DISTINCT FROM CASE
-                    WHEN command_id = $2 THEN 'active'
-                    WHEN ends_at IS NOT NULL AND ends_at <= $3 THEN 'completed'
-                    ELSE 'scheduled' END
-            RETURNING command_id, state
+            SELECT command_id, device_id, created_at, starts_at, ends_at, command, correlation_id,
+                   (device_id = ANY($1::text[]) AND state IN ('scheduled', 'active') AND upstream_status = 'OK')
+                       AS in_force
+            FROM scheduler.commands
+            WHERE (device_id = ANY($1::text[]) AND state IN ('scheduled', 'active') AND upstream_status = 'OK')
+               OR command_id = ANY($2::uuid[])
             """,
-            device_id,
-            active_command_id,
-            now,
+            device_ids,
+            command_ids,
         )
-        return [(row["command_id"], row["state"]) for row in rows]
+        in_force: dict[str, list[ActiveCommand]] = {device_id: [] for device_id in device_ids}
+        correlation_ids: dict[UUID, str | None] = {}
+        for row in rows:
+            correlation_ids[row["command_id"]] = row["correlation_id"]
+            if row["in_force"]:
+                in_force[row["device_id"]].append(
+                    ActiveCommand(
+                        command_id=row["command_id"],
+                        created_at=row["created_at"],
+                        starts_at=row["starts_at"],
+                        ends_at=row["ends_at"],
+                        command=Command.model_validate(row["command"]),
+                    )
+                )
+        return DispatchFacts(in_force=in_force, correlation_ids=correlation_ids)
+
+    @staticmethod
+    async def record_dispatch(connection: asyncpg.Connection, record: DispatchRecord, *, now: datetime) -> None:
+        """Timers fired, states settled, history written, cancellation acks queued: one round trip."""
+        await connection.execute(
+            "SELECT scheduler.record_dispatch($1, $2::bigint[], $3::uuid[], $4::text[], $5::uuid[], $6::uuid[],"
+            " $7::text[], $8::text[], $9::uuid[])",
+            now,
+            [timer_id for timer_id, _ in record.fired],
+            [action_id for _, action_id in record.fired],
+            [device_id for device_id, _ in record.winners],
+            [command_id for _, command_id in record.winners],
+            [command_id for command_id, _, _ in record.history],
+            [kind for _, kind, _ in record.history],
+            [detail for _, _, detail in record.history],
+            record.stopped_command_ids,
+        )
 
     # -- acknowledgements ------------------------------------------------------------------------
 
@@ -299,30 +333,46 @@ class CommandRepository:
         ]
 
     @staticmethod
-    async def ack_delivered(connection: asyncpg.Connection, ack: AckRow, *, now: datetime) -> None:
-        await connection.execute(
-            "UPDATE scheduler.ack_outbox SET delivered_at = $2, attempts = attempts + 1 WHERE id = $1",
-            ack.id,
-            now,
-        )
-        await CommandRepository.history(
-            connection,
-            ack.command_id,
-            "acknowledged",
-            f"PATCH device_status={ack.device_status}"
-            + (f" reason={ack.device_status_reason!r}" if ack.device_status_reason else "")
-            + f" accepted after {ack.attempts + 1} attempt(s)",
-        )
-
-    @staticmethod
-    async def ack_failed(connection: asyncpg.Connection, ack: AckRow, *, retry_at: datetime, error: str) -> None:
-        await connection.execute(
-            "UPDATE scheduler.ack_outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3"
-            " WHERE id = $1",
-            ack.id,
-            retry_at,
-            error[:500],
-        )
+    async def record_ack_attempts(
+        connection: asyncpg.Connection,
+        *,
+        delivered: list[AckRow],
+        failed: list[tuple[AckRow, datetime, str]],
+        now: datetime,
+    ) -> None:
+        """Record one pass of PATCHes: one statement for the delivered (with history), one for the failed."""
+        if delivered:
+            await connection.execute(
+                """
+                WITH delivered AS (
+                    UPDATE scheduler.ack_outbox SET delivered_at = $2, attempts = attempts + 1
+                    WHERE id = ANY($1::bigint[])
+                )
+                INSERT INTO scheduler.command_history (command_id, kind, detail)
+                SELECT entry.command_id, 'acknowledged', entry.detail
+                FROM unnest($3::uuid[], $4::text[]) WITH ORDINALITY AS entry (command_id, detail, position)
+                ORDER BY entry.position
+                """,
+                [ack.id for ack in delivered],
+                now,
+                [ack.command_id for ack in delivered],
+                [
+                    f"PATCH device_status={ack.device_status}"
+                    + (f" reason={ack.device_status_reason!r}" if ack.device_status_reason else "")
+                    + f" accepted after {ack.attempts + 1} attempt(s)"
+                    for ack in delivered
+                ],
+            )
+        if failed:
+            await connection.execute(
+                "UPDATE scheduler.ack_outbox SET attempts = attempts + 1, next_attempt_at = attempt.retry_at,"
+                " last_error = attempt.error"
+                " FROM unnest($1::bigint[], $2::timestamptz[], $3::text[]) AS attempt (id, retry_at, error)"
+                " WHERE scheduler.ack_outbox.id = attempt.id",
+                [ack.id for ack, _, _ in failed],
+                [retry_at for _, retry_at, _ in failed],
+                [error[:500] for _, _, error in failed],
+            )
 
     async def pending_acks(self) -> int:
         return int(await self.pool.fetchval("SELECT count(*) FROM scheduler.ack_outbox WHERE delivered_at IS NULL"))
@@ -331,45 +381,25 @@ class CommandRepository:
 
     async def record_outcome(self, outcome: DeviceOutcome) -> bool:
         """Store an outcome once; on a failure of a command in force, mark it failed and ack FAILED."""
-        async with self.pool.acquire() as connection, connection.transaction():
-            status = await connection.execute(
-                "INSERT INTO scheduler.device_outcomes (action_id, command_id, device_id, applied, reason,"
-                " applied_setpoint_w, observed_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-                outcome.action_id,
-                outcome.command_id,
-                outcome.device_name,
-                outcome.applied,
-                outcome.reason,
-                outcome.applied_setpoint_w,
-                outcome.observed_at,
-            )
-            if not status.endswith(" 1"):
-                return False
-            if outcome.command_id is None:
-                return True
-            detail = (
-                f"applied on {outcome.device_name}"
-                + (f" at {outcome.applied_setpoint_w} W" if outcome.applied_setpoint_w is not None else "")
-                if outcome.applied
-                else f"failed on {outcome.device_name}: {outcome.reason}"
-            )
-            await self.history(connection, outcome.command_id, "outcome", detail)
-            state = await connection.fetchval(
-                "UPDATE scheduler.commands SET last_outcome = $2::jsonb, changed_at = now() WHERE command_id = $1"
-                " RETURNING state",
-                outcome.command_id,
-                outcome.model_dump(mode="json"),
-            )
-            if not outcome.applied and state in ("scheduled", "active"):
-                await connection.execute(
-                    "UPDATE scheduler.commands SET state = 'failed', state_reason = $2 WHERE command_id = $1",
-                    outcome.command_id,
-                    outcome.reason,
-                )
-                await self.enqueue_ack(
-                    connection, command_id=outcome.command_id, device_status="FAILED", reason=outcome.reason
-                )
-        return True
+        detail = (
+            f"applied on {outcome.device_name}"
+            + (f" at {outcome.applied_setpoint_w} W" if outcome.applied_setpoint_w is not None else "")
+            if outcome.applied
+            else f"failed on {outcome.device_name}: {outcome.reason}"
+        )
+        recorded: bool = await self.pool.fetchval(
+            "SELECT scheduler.record_outcome($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9)",
+            outcome.action_id,
+            outcome.command_id,
+            outcome.device_name,
+            outcome.applied,
+            outcome.reason,
+            outcome.applied_setpoint_w,
+            outcome.observed_at,
+            outcome.model_dump(mode="json"),
+            detail,
+        )
+        return recorded
 
     async def record_availability(self, availability: DeviceAvailability) -> None:
         await self.pool.execute(
