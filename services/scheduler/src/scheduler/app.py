@@ -94,6 +94,9 @@ async def run(settings: SchedulerSettings, *, clock: Clock | None = None) -> Non
         listener = await stack.enter_async_context(pool.acquire())
         await listener.add_listener("scheduler_timers", dispatcher.wake)
         await listener.add_listener("scheduler_acks", acks.wake)
+        # The pool sends no reset on release (gridloop_common.db), so the connection stops listening here.
+        stack.push_async_callback(listener.remove_listener, "scheduler_acks", acks.wake)
+        stack.push_async_callback(listener.remove_listener, "scheduler_timers", dispatcher.wake)
         tasks = await stack.enter_async_context(asyncio.TaskGroup())
         for queue_name, handler in (
             (routing.Queues.SCHEDULER_UPSTREAM, handlers.upstream_event_handler(events, receiver, commands)),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import random
@@ -243,9 +242,12 @@ class TelemetryUploader:
             try:
                 return await self._upload(connection, now)
             finally:
-                # A broken connection has lost the lock with its session; the original error matters more.
-                with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                try:
                     await connection.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                    # The original error matters more. The pool sends no reset on release, so end the
+                    # session: the lock must not outlive this cycle on a pooled connection.
+                    connection.terminate()
 
     async def _upload(self, connection: asyncpg.Connection, now: datetime) -> UploadReport:
         report = UploadReport()
