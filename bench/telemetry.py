@@ -81,6 +81,8 @@ REAL_COLUMNS = tuple(
 )
 COLUMNS = ("time", "device_id", *REAL_COLUMNS)
 COUNTERS = tuple(name for name in REAL_COLUMNS if name.startswith("energy_"))
+# Decimals of every generated value: a meter's register resolution (e.g. 0.001 kWh, 0.001 kW).
+REGISTER_DECIMALS = 3
 # Nominal value and spread of the instantaneous columns.
 NOMINAL = {
     "frequency": (50.0, 0.05),
@@ -188,17 +190,22 @@ class Fleet:
         return self.start + timedelta(seconds=self.interval_s * cycle)
 
     def values(self, first_cycle: int, cycles: int) -> dict[str, np.ndarray]:
-        """float32 arrays of shape (cycles, devices), the same for the same cycles whatever the chunking."""
+        """Arrays of shape (cycles, devices), the same for the same cycles whatever the chunking.
+
+        Values carry the resolution a meter's registers give (SunSpec: an integer and a power-of-ten scale
+        factor), here 3 decimals, so the JSON holds what the device agent would publish (``230.123``), not
+        the 17-digit expansion of a float32 (``230.1230010986328``). COPY stores them as real either way.
+        """
         count = len(self.devices)
         steps = np.arange(first_cycle, first_cycle + cycles, dtype=np.float64)[:, None]
         columns: dict[str, np.ndarray] = {}
         rates = np.random.default_rng(self.seed).uniform(0.01, 0.5, size=(len(COUNTERS), count))
         for index, name in enumerate(COUNTERS):
             # Cumulative counters: a per-device base and rate, so values rise monotonically.
-            columns[name] = (100.0 + 10.0 * index + rates[index] * steps).astype(np.float32)
+            columns[name] = np.round(100.0 + 10.0 * index + rates[index] * steps, REGISTER_DECIMALS)
         noise = np.random.default_rng([self.seed, first_cycle, cycles])
         for name, (nominal, spread) in NOMINAL.items():
-            columns[name] = (nominal + spread * noise.standard_normal(size=(cycles, count))).astype(np.float32)
+            columns[name] = np.round(nominal + spread * noise.standard_normal(size=(cycles, count)), REGISTER_DECIMALS)
         return columns
 
     def copy_chunk(self, first_cycle: int, cycles: int) -> bytes:
