@@ -25,7 +25,7 @@ from gridloop_simulators.upstream import UpstreamSimulator
 from scheduler.acknowledgements import AckSender
 from scheduler.commands import CommandReceiver
 from scheduler.dispatch import Dispatcher
-from scheduler.repository import CommandLook, CommandRepository, VersionWrite
+from scheduler.repository import CommandLook, CommandRepository, UpstreamRecord, VersionWrite
 
 
 class FixedClock:
@@ -165,6 +165,25 @@ async def test_fifty_concurrent_deliveries_of_one_version_have_one_effect(pool: 
     assert await _history(pool, command.id) == ["received", "scheduled"]
     assert await _acks(pool, command.id) == [("OK", None)]
     assert len(await _timers(pool, command.id)) == 2
+
+
+async def test_the_carrying_event_is_stored_once_by_the_first_read(pool: asyncpg.Pool) -> None:
+    now = _now()
+    device = await _add_battery(pool)
+    command = _command(device, now=now)
+    envelope = {"event_type": "command.created", "event_object": command.model_dump(mode="json")}
+    record = UpstreamRecord(event_key="msg_once", event_type="command.created", envelope=envelope, correlation_id="t")
+    receiver = CommandReceiver(repository=CommandRepository(pool), clock=FixedClock(now))
+
+    results = await asyncio.gather(
+        *(receiver.receive(command, event_type="command.created", correlation_id="t", record=record) for _ in range(10))
+    )
+
+    assert sorted(results) == ["duplicate"] * 9 + ["new"]
+    rows = await pool.fetch("SELECT event_type, correlation_id, envelope FROM scheduler.upstream_events")
+    assert [(row["event_type"], row["correlation_id"], row["envelope"]) for row in rows] == [
+        ("command.created", "t", envelope)
+    ]
 
 
 async def test_a_stale_version_is_counted_and_ignored(pool: asyncpg.Pool) -> None:

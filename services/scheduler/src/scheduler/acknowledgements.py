@@ -19,6 +19,8 @@ __all__ = ["AckSender"]
 
 logger = logging.getLogger(__name__)
 
+_PENDING_COUNT_INTERVAL_S = 1.0
+
 
 class AckSender:
     """Claims due acks (FOR UPDATE SKIP LOCKED) and PATCHes them to the upstream."""
@@ -46,14 +48,22 @@ class AckSender:
         self._wake.set()
 
     async def run_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_count_at = loop.time()
         while True:
+            # As in the dispatcher: cleared before the pass, and another pass at once only after a full one.
+            self._wake.clear()
+            tried = 0
             try:
-                while await self.deliver_due() > 0:
-                    pass
-                ACKS_PENDING.set(await self._repository.pending_acks())
+                tried = await self.deliver_due()
+                # The backlog gauge is a count over the outbox: once a second is enough for a dashboard.
+                if loop.time() >= next_count_at:
+                    ACKS_PENDING.set(await self._repository.pending_acks())
+                    next_count_at = loop.time() + _PENDING_COUNT_INTERVAL_S
             except (asyncpg.PostgresError, OSError) as error:
                 logger.warning("ack pass failed; will retry", extra={"error": repr(error)})
-            self._wake.clear()
+            if tried >= self._batch_size:
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll_interval_s)
 

@@ -11,7 +11,7 @@ from gridloop_common.clock import Clock
 from gridloop_common.contracts import Command, CommandStatus
 from scheduler import planning
 from scheduler.metrics import COMMANDS_RECEIVED, STALE_VERSIONS
-from scheduler.repository import CommandLook, CommandRepository, VersionWrite
+from scheduler.repository import CommandLook, CommandRepository, UpstreamRecord, VersionWrite
 
 __all__ = ["CommandReceiver"]
 
@@ -25,9 +25,19 @@ class CommandReceiver:
         self._repository = repository
         self._clock = clock
 
-    async def receive(self, command: Command, *, event_type: str, correlation_id: str | None) -> str:
-        """Apply ``command``; returns what happened (new, updated, duplicate, stale, failed, canceled)."""
-        result, reason = await self._apply(command, event_type=event_type, correlation_id=correlation_id)
+    async def receive(
+        self,
+        command: Command,
+        *,
+        event_type: str,
+        correlation_id: str | None,
+        record: UpstreamRecord | None = None,
+    ) -> str:
+        """Apply ``command``; returns what happened (new, updated, duplicate, stale, failed, canceled).
+
+        ``record``, the upstream event that carried the command, is stored (once) by the first read.
+        """
+        result, reason = await self._apply(command, event_type=event_type, correlation_id=correlation_id, record=record)
         if result == "changed":
             # Another version of this command landed between the read and the write (rare). Decide again
             # holding the command's lock, so this second decision cannot be overtaken.
@@ -55,9 +65,10 @@ class CommandReceiver:
         event_type: str,
         correlation_id: str | None,
         connection: asyncpg.Connection | None = None,
+        record: UpstreamRecord | None = None,
     ) -> tuple[str, str | None]:
         """Look, decide, write; returns the result (or 'changed' when overtaken) and a refusal's reason."""
-        seen = await self._repository.look(command, connection=connection)
+        seen = await self._repository.look(command, connection=connection, record=record)
         if seen.version_known:
             return "duplicate", None
         result, write = _decide(command, seen, event_type=event_type, now=self._clock.now())

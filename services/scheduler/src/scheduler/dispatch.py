@@ -54,12 +54,17 @@ class Dispatcher:
 
     async def run_forever(self) -> None:
         while True:
+            # Cleared before the pass, so a NOTIFY that arrives during it makes the wait below return at once.
+            # Only a full batch is followed straight away by another pass: an empty one after every wake-up
+            # cost three round trips per command.
+            self._wake.clear()
+            fired = 0
             try:
-                while await self.fire_due() > 0:
-                    pass
+                fired = await self.fire_due()
             except (asyncpg.PostgresError, OSError, PublishError) as error:
                 logger.warning("timer pass failed; will retry", extra={"error": repr(error)})
-            self._wake.clear()
+            if fired >= self._batch_size:
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll_interval_s)
 

@@ -15,7 +15,7 @@ from gridloop_common.contracts import DeviceAvailability, DeviceOutcome, Upstrea
 from gridloop_common.contracts.routing import RoutingKeys
 from gridloop_common.messaging import Delivery, PoisonMessage, RetryableError
 from scheduler.commands import CommandReceiver
-from scheduler.repository import CommandRepository, EventRepository, RegistryUnavailable
+from scheduler.repository import CommandRepository, EventRepository, RegistryUnavailable, UpstreamRecord
 
 __all__ = ["device_report_handler", "rpc_server", "upstream_event_handler"]
 
@@ -43,25 +43,28 @@ def upstream_event_handler(
             raise PoisonMessage(f"invalid envelope: {_validation_summary(error)}") from error
         event_key = delivery.message_id or hashlib.sha256(delivery.body).hexdigest()
         trace = str(delivery.headers.get("x-correlation-id") or "") or None
-        first_time = await events.record_event(
+        record = UpstreamRecord(
             event_key=event_key, event_type=event.event_type, envelope=envelope, correlation_id=trace
         )
-        if not event.event_type.startswith("command."):
+        command = None
+        if event.event_type.startswith("command."):
+            try:
+                command = event.command()
+            except ValidationError as error:
+                if await events.record_event(record):
+                    await _refuse_invalid_command(commands, envelope, error)
+                return
+        if command is None:
+            first_time = await events.record_event(record)
             logger.info(
                 "upstream event stored" if first_time else "upstream event already stored",
                 extra={"event_type": event.event_type, "event_key": event_key},
             )
             return
+        # Applying a command is idempotent by (id, updated_at), so a redelivery is safe to re-apply. The
+        # event is stored by the same statement that reads what the decision needs.
         try:
-            command = event.command()
-        except ValidationError as error:
-            if first_time:
-                await _refuse_invalid_command(commands, envelope, error)
-            return
-        assert command is not None
-        # Applying a command is idempotent by (id, updated_at), so a redelivery is safe to re-apply.
-        try:
-            await receiver.receive(command, event_type=event.event_type, correlation_id=trace)
+            await receiver.receive(command, event_type=event.event_type, correlation_id=trace, record=record)
         except RegistryUnavailable as error:
             raise RetryableError(str(error)) from error
 

@@ -24,6 +24,7 @@ __all__ = [
     "EventRepository",
     "RegistryUnavailable",
     "TimerRow",
+    "UpstreamRecord",
     "VersionWrite",
 ]
 
@@ -38,19 +39,27 @@ class EventRepository:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def record_event(
-        self, *, event_key: str, event_type: str, envelope: dict[str, Any], correlation_id: str | None
-    ) -> bool:
+    async def record_event(self, record: UpstreamRecord) -> bool:
         """Store an event; returns False when it was already stored (a redelivery)."""
         status = await self._pool.execute(
             "INSERT INTO scheduler.upstream_events (event_key, event_type, correlation_id, envelope)"
             " VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT (event_key) DO NOTHING",
-            event_key,
-            event_type,
-            correlation_id,
-            envelope,
+            record.event_key,
+            record.event_type,
+            record.correlation_id,
+            record.envelope,
         )
         return bool(status.endswith(" 1"))
+
+
+@dataclass(frozen=True)
+class UpstreamRecord:
+    """An upstream envelope as stored once in scheduler.upstream_events (keyed by the AMQP message id)."""
+
+    event_key: str
+    event_type: str
+    envelope: dict[str, Any]
+    correlation_id: str | None
 
 
 @dataclass(frozen=True)
@@ -129,11 +138,25 @@ class CommandRepository:
             await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1::text))", str(command_id))
             yield connection
 
-    async def look(self, command: Command, *, connection: asyncpg.Connection | None = None) -> CommandLook:
-        """What deciding on ``command`` needs, in one round trip: is the version known, the stored one, the device."""
+    async def look(
+        self,
+        command: Command,
+        *,
+        connection: asyncpg.Connection | None = None,
+        record: UpstreamRecord | None = None,
+    ) -> CommandLook:
+        """What deciding on ``command`` needs, in one round trip: is the version known, the stored one, the device.
+
+        With ``record``, the same statement stores the upstream event that carried the command (once).
+        """
         try:
             row = await (connection or self.pool).fetchrow(
                 """
+                WITH stored_event AS (
+                    INSERT INTO scheduler.upstream_events (event_key, event_type, correlation_id, envelope)
+                    SELECT $4::text, $5::text, $6::text, $7::jsonb WHERE $4::text IS NOT NULL
+                    ON CONFLICT (event_key) DO NOTHING
+                )
                 SELECT EXISTS (SELECT 1 FROM scheduler.command_versions v
                                WHERE v.command_id = $1 AND v.updated_at = $2) AS version_known,
                        c.updated_at AS stored_updated_at, c.state AS stored_state,
@@ -146,6 +169,10 @@ class CommandRepository:
                 command.id,
                 command.updated_at,
                 command.device_id,
+                record.event_key if record else None,
+                record.event_type if record else None,
+                record.correlation_id if record else None,
+                record.envelope if record else None,
             )
         except asyncpg.exceptions.UndefinedTableError as error:
             raise RegistryUnavailable("flux.mg_device_registry does not exist yet") from error
