@@ -3,11 +3,12 @@
 Part 1 measures confirmed webhooks per second from one gateway process (verify the signature, validate
 the envelope, publish with a publisher confirm) beside a bare Starlette endpoint (parse JSON, answer
 202) in the same run, with wrk as the load generator (pinned to the other core when taskset exists),
-then p50/p99 latency at fixed offered loads with an open-loop generator.
+then p50/p99 latency at fixed offered loads with an open-loop generator (a minimal keep-alive HTTP client,
+with how late the generator itself started requests, so its own limits show).
 
 Part 2 sends 1,000 commands that start at once to 100 simulated SunSpec batteries through the real
 gateway, scheduler and device-agent, and measures webhook -> upstream PATCH OK and webhook -> device
-write (the agent's outcome, recorded after read-back).
+write (the agent's outcome, recorded after read-back), and the CPU per command of each service.
 
 Traffic goes to 127.0.0.1 only, is bounded in count and time, and stops by itself. Figures are printed
 and written to bench/results/commands.json. Run: `uv run python bench/commands.py` (or `make bench`).
