@@ -518,6 +518,8 @@ async def main() -> None:
     intake_figures: dict[str, Any] | None = None
     e2e_figures: dict[str, Any] | None = None
     if part in ("all", "intake"):
+        if shutil.which("wrk") is None:
+            raise SystemExit("bench/commands.py intake needs wrk: `apt-get install -y wrk` (`make bench` does it)")
         async with bench_infrastructure() as infrastructure:
             print("webhook intake (wrk, 32 connections, 5 s per round):")
             intake_figures = await intake(infrastructure)
