@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+import aiohttp
 import asyncpg
-import httpx
 import pytest
 
 from gridloop_common.contracts import Command, DeviceAction, DeviceOutcome, routing
@@ -462,14 +462,15 @@ async def test_one_pass_of_acks_records_deliveries_and_failures(pool: asyncpg.Po
     commands = [_command(device, now=now) for _ in range(4)]
     repository = CommandRepository(pool)
     receiver = CommandReceiver(repository=repository, clock=FixedClock(now))
-    async with UpstreamSimulator() as upstream, httpx.AsyncClient(base_url=upstream.url) as client:
+    async with UpstreamSimulator() as upstream, aiohttp.ClientSession() as session:
         for command in commands:
             upstream.add_command(command.model_dump(mode="json"), notify=False)
             await receiver.receive(command, event_type="command.created", correlation_id=None)
         upstream.fail_next(2)
         sender = AckSender(
             repository=repository,
-            client=client,
+            session=session,
+            upstream_url=upstream.url,
             path_template="/v1/commands/{id}",
             clock=FixedClock(datetime.now(tz=UTC) + timedelta(seconds=1)),
         )

@@ -7,8 +7,8 @@ import contextlib
 import logging
 from datetime import datetime, timedelta
 
+import aiohttp
 import asyncpg
-import httpx
 
 from gridloop_common.clock import Clock
 from scheduler import planning
@@ -29,15 +29,17 @@ class AckSender:
         self,
         *,
         repository: CommandRepository,
-        client: httpx.AsyncClient,
+        session: aiohttp.ClientSession,
+        upstream_url: str,
         path_template: str,
         clock: Clock,
         poll_interval_s: float = 0.5,
         batch_size: int = 50,
     ) -> None:
         self._repository = repository
-        self._client = client
-        self._path_template = path_template
+        self._session = session
+        # Concatenated, not joined: a path prefix in the upstream URL (https://host/api) must be kept.
+        self._url_template = upstream_url.rstrip("/") + "/" + path_template.lstrip("/")
         self._clock = clock
         self._poll_interval_s = poll_interval_s
         self._batch_size = batch_size
@@ -103,13 +105,17 @@ class AckSender:
         body: dict[str, str | None] = {"device_status": ack.device_status}
         if ack.device_status_reason is not None:
             body["device_status_reason"] = ack.device_status_reason
-        path = self._path_template.replace("{id}", str(ack.command_id))
+        url = self._url_template.replace("{id}", str(ack.command_id))
         try:
-            response = await self._client.patch(path, json=body, headers={"Idempotency-Key": str(ack.idempotency_key)})
-        except httpx.HTTPError as error:
+            async with self._session.patch(
+                url, json=body, headers={"Idempotency-Key": str(ack.idempotency_key)}
+            ) as response:
+                status = response.status
+                answer = (await response.read())[:200].decode(errors="replace")
+        except (aiohttp.ClientError, TimeoutError) as error:
             ACK_FAILURES.labels("transport").inc()
             return f"{type(error).__name__}: {error}"
-        if response.is_success:
+        if 200 <= status < 300:
             return None
-        ACK_FAILURES.labels(str(response.status_code)).inc()
-        return f"HTTP {response.status_code}: {response.text[:200]}"
+        ACK_FAILURES.labels(str(status)).inc()
+        return f"HTTP {status}: {answer}"

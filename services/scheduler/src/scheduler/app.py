@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 
-import httpx
+import aiohttp
 from starlette.applications import Starlette
 
 from gridloop_common.clock import Clock, SystemClock
@@ -78,10 +78,11 @@ async def run(settings: SchedulerSettings, *, clock: Clock | None = None) -> Non
         )
         upstream = settings.upstream
         token = upstream.upstream_token.get_secret_value()
-        client = await stack.enter_async_context(
-            httpx.AsyncClient(
-                base_url=upstream.upstream_url,
-                timeout=10.0,
+        # aiohttp rather than httpx for the PATCHes: about a third of the client CPU per request
+        # (performance-anchors.md G-WH-1; bench/commands.py e2e has the scheduler's CPU per command).
+        session = await stack.enter_async_context(
+            aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=10.0),
                 headers={"Authorization": f"Bearer {token}"} if token else {},
             )
         )
@@ -89,7 +90,13 @@ async def run(settings: SchedulerSettings, *, clock: Clock | None = None) -> Non
         commands = repository.CommandRepository(pool)
         receiver = CommandReceiver(repository=commands, clock=clock)
         dispatcher = Dispatcher(repository=commands, publisher=broker.publisher, clock=clock)
-        acks = AckSender(repository=commands, client=client, path_template=settings.upstream_ack_path, clock=clock)
+        acks = AckSender(
+            repository=commands,
+            session=session,
+            upstream_url=upstream.upstream_url,
+            path_template=settings.upstream_ack_path,
+            clock=clock,
+        )
         # NOTIFY from a commit wakes the loops at once; polling is the fallback.
         listener = await stack.enter_async_context(pool.acquire())
         await listener.add_listener("scheduler_timers", dispatcher.wake)
