@@ -493,3 +493,28 @@ async def test_one_pass_of_acks_records_deliveries_and_failures(pool: asyncpg.Po
         else:
             assert row["delivered_at"] is not None and row["last_error"] is None
             assert (await _history(pool, row["command_id"]))[-1] == "acknowledged"
+
+
+async def test_a_path_prefix_of_the_upstream_url_is_kept(pool: asyncpg.Pool) -> None:
+    now = _now()
+    device = await _add_battery(pool)
+    command = _command(device, now=now)
+    await CommandReceiver(repository=CommandRepository(pool), clock=FixedClock(now)).receive(
+        command, event_type="command.created", correlation_id=None
+    )
+    async with UpstreamSimulator() as upstream, aiohttp.ClientSession() as session:
+        upstream.add_command(command.model_dump(mode="json"), notify=False)
+        sender = AckSender(
+            repository=CommandRepository(pool),
+            session=session,
+            upstream_url=f"{upstream.url}/behind-a-proxy/",
+            path_template="/v1/commands/{id}",
+            clock=FixedClock(datetime.now(tz=UTC) + timedelta(seconds=1)),
+        )
+
+        assert await sender.deliver_due() == 1
+
+        # The simulator serves /v1/commands/{id} only: the prefixed path reached it and was not found.
+        assert upstream.acks == []
+    last_error = await pool.fetchval("SELECT last_error FROM scheduler.ack_outbox WHERE command_id = $1", command.id)
+    assert last_error.startswith("HTTP 404")
