@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 
 from gridloop_common.contracts import Command, DeviceAction, DeviceOutcome, routing
-from gridloop_common.messaging import Broker, QueueSpec, declare_queue, open_broker
+from gridloop_common.messaging import Broker, PublishError, QueueSpec, declare_queue, open_broker
 from gridloop_common.settings import AmqpSettings
 from gridloop_simulators.upstream import UpstreamSimulator
 from scheduler.acknowledgements import AckSender
@@ -518,3 +518,30 @@ async def test_a_path_prefix_of_the_upstream_url_is_kept(pool: asyncpg.Pool) -> 
         assert upstream.acks == []
     last_error = await pool.fetchval("SELECT last_error FROM scheduler.ack_outbox WHERE command_id = $1", command.id)
     assert last_error.startswith("HTTP 404")
+
+
+async def test_a_pass_whose_publish_fails_records_nothing_and_the_next_pass_fires(
+    pool: asyncpg.Pool, amqp_url: str, broker: Broker
+) -> None:
+    now = _now()
+    device = await _add_battery(pool)
+    queue = await _action_queue(broker, [device])
+    repository = CommandRepository(pool)
+    clock = FixedClock(now)
+    command = _command(device, now=now)
+    await CommandReceiver(repository=repository, clock=clock).receive(
+        command, event_type="command.created", correlation_id=None
+    )
+    settings = AmqpSettings(amqp_url=amqp_url, amqp_prefetch=50, amqp_confirm_timeout_s=1.0)
+    async with open_broker(settings, client_name="test-closed", url=amqp_url) as closed:
+        pass  # its channel is closed once the block exits
+
+    with pytest.raises(PublishError):
+        await Dispatcher(repository=repository, publisher=closed.publisher, clock=clock).fire_due()
+
+    assert await _timers(pool, command.id, fired=True) == []
+    assert await _history(pool, command.id) == ["received", "scheduled"]
+    assert await Dispatcher(repository=repository, publisher=broker.publisher, clock=clock).fire_due() == 1
+    [action] = await _drain(broker, queue)
+    assert action.command_id == command.id
+    assert await _history(pool, command.id) == ["received", "scheduled", "active", "dispatched"]
