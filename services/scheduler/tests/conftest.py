@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 import asyncpg
 import pytest
 
-from gridloop_common.db import apply_migrations, load_migrations, open_pool
+from gridloop_common.db import migrate_database, open_pool
 
 _SCHEDULER_TABLES = (
     "scheduler.command_versions, scheduler.commands, scheduler.command_history, scheduler.timers,"
@@ -22,29 +22,27 @@ _SCHEDULER_TABLES = (
 
 @pytest.fixture(scope="session")
 def scheduler_database_url(database_url: str) -> Iterator[str]:
-    """A fresh database beside the session's, with the scheduler's and telemetry-ingest's migrations."""
+    """A fresh database beside the session's, migrated as `gridloop-ingest migrate` and `gridloop-scheduler
+    migrate` would (telemetry-ingest owns flux.mg_device_registry, which the scheduler reads)."""
     server, name = database_url.rsplit("/", 1)
-    own = f"{name}_scheduler"
+    url = f"{server}/{name}_scheduler"
 
-    async def administer(statement: str) -> None:
+    async def migrate() -> None:
+        await migrate_database(url, owner="telemetry-ingest", package="telemetry_ingest")
+        await migrate_database(url, owner="scheduler", package="scheduler")
+
+    async def drop() -> None:
         connection = await asyncpg.connect(f"{server}/postgres")
         try:
-            await connection.execute(statement)
+            await connection.execute(f'DROP DATABASE IF EXISTS "{name}_scheduler" WITH (FORCE)')
         finally:
             await connection.close()
 
-    async def migrate() -> None:
-        async with open_pool(f"{server}/{own}", min_size=1, max_size=1) as opened:
-            # telemetry-ingest owns flux.mg_device_registry, which the scheduler reads.
-            await apply_migrations(opened, owner="telemetry-ingest", migrations=load_migrations("telemetry_ingest"))
-            await apply_migrations(opened, owner="scheduler", migrations=load_migrations("scheduler"))
-
-    asyncio.run(administer(f'CREATE DATABASE "{own}"'))
     try:
         asyncio.run(migrate())
-        yield f"{server}/{own}"
+        yield url
     finally:
-        asyncio.run(administer(f'DROP DATABASE IF EXISTS "{own}" WITH (FORCE)'))
+        asyncio.run(drop())
 
 
 @pytest.fixture

@@ -106,6 +106,13 @@ async def _timers(pool: asyncpg.Pool, command_id: UUID, *, fired: bool = False) 
     return [(row["kind"], row["due_at"]) for row in rows]
 
 
+async def _assert_applied_once(pool: asyncpg.Pool, command: Command) -> None:
+    """One received version's effect: its history, one OK ack, its start and end timers."""
+    assert await _history(pool, command.id) == ["received", "scheduled"]
+    assert await _acks(pool, command.id) == [("OK", None)]
+    assert len(await _timers(pool, command.id)) == 2
+
+
 async def test_a_new_command_is_scheduled_with_its_timers_history_and_ok_ack(pool: asyncpg.Pool) -> None:
     now = _now()
     device = await _add_battery(pool)
@@ -146,9 +153,7 @@ async def test_a_redelivered_version_changes_nothing(pool: asyncpg.Pool) -> None
 
     assert await receiver.receive(command, event_type="command.created", correlation_id=None) == "duplicate"
 
-    assert await _history(pool, command.id) == ["received", "scheduled"]
-    assert await _acks(pool, command.id) == [("OK", None)]
-    assert len(await _timers(pool, command.id)) == 2
+    await _assert_applied_once(pool, command)
 
 
 async def test_fifty_concurrent_deliveries_of_one_version_have_one_effect(pool: asyncpg.Pool) -> None:
@@ -162,9 +167,7 @@ async def test_fifty_concurrent_deliveries_of_one_version_have_one_effect(pool: 
     )
 
     assert sorted(results) == ["duplicate"] * 49 + ["new"]
-    assert await _history(pool, command.id) == ["received", "scheduled"]
-    assert await _acks(pool, command.id) == [("OK", None)]
-    assert len(await _timers(pool, command.id)) == 2
+    await _assert_applied_once(pool, command)
 
 
 async def test_the_carrying_event_is_stored_once_by_the_first_read(pool: asyncpg.Pool) -> None:
