@@ -188,3 +188,39 @@ async def test_a_stale_device_shows_in_the_status_route_and_the_gauge(
     gauge = "gridloop_device_last_reading_timestamp_seconds"
     assert REGISTRY.get_sample_value(gauge, {"device": str(fresh)}) == fresh_time.timestamp()
     assert REGISTRY.get_sample_value(gauge, {"device": str(stale)}) == stale_time.timestamp()
+
+
+async def test_a_reading_is_stored_alike_whether_its_batch_takes_the_fast_or_the_careful_path(
+    pool: asyncpg.Pool,
+    ingest_consumer: HandledMessages,
+    dead_letters: DeadLetters,
+    publish_batch: PublishBatch,
+) -> None:
+    fast_device, careful_device, lax_device = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    # Seven fractional digits: rounded to the microsecond (as PostgreSQL rounds), on both paths.
+    moment = "2026-03-02T12:00:00.9999996Z"
+    fast_batch: list[object] = [{"time": moment, "device_id": str(fast_device), "frequency": 50.0}]
+    careful_batch: list[object] = [
+        {"time": moment, "device_id": str(careful_device), "frequency": 50.0},
+        {"time": moment, "device_id": str(lax_device), "frequency": "49.5"},  # a number in a string: the model's
+        {"time": moment, "device_id": "not-a-device", "frequency": 50.0},
+    ]
+    fast_id, careful_id = f"batch-{uuid.uuid4()}", f"batch-{uuid.uuid4()}"
+
+    await publish_batch(routing.RoutingKeys.TELEMETRY_METER, fast_batch, fast_id)
+    await publish_batch(routing.RoutingKeys.TELEMETRY_METER, careful_batch, careful_id)
+    await ingest_consumer.wait_for(fast_id)
+    await ingest_consumer.wait_for(careful_id)
+
+    rows = await pool.fetch(
+        "SELECT device_id, time, frequency FROM flux.mg_meter_readings WHERE device_id = ANY($1::uuid[])",
+        [fast_device, careful_device, lax_device],
+    )
+    stored = {row["device_id"]: (row["time"], row["frequency"]) for row in rows}
+    rounded = datetime(2026, 3, 2, 12, 0, 1, tzinfo=UTC)
+    assert stored[fast_device] == (rounded, 50.0)
+    assert stored[careful_device] == (rounded, 50.0)
+    # The model accepts "49.5" and truncates the extra digit; the struct refused the item, so the model decided.
+    assert stored[lax_device] == (datetime(2026, 3, 2, 12, 0, 0, 999999, tzinfo=UTC), 49.5)
+    rejected = await dead_letters.find(f"{careful_id}:2")
+    assert "device_id" in str((rejected.headers or {})[DEAD_LETTER_REASON_HEADER])
