@@ -7,7 +7,6 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from operator import attrgetter
 from typing import Any, Final
 
 import asyncpg
@@ -28,7 +27,7 @@ from gridloop_common.messaging import (
 )
 from telemetry_ingest.group_commit import GroupCommitter
 from telemetry_ingest.reading_rows import READING_MODELS, REAL_MAX, decoder
-from telemetry_ingest.repository import ReadingKind, ReadingRecord, ReadingsRepository, table_columns
+from telemetry_ingest.repository import ReadingKind, ReadingRecord, ReadingsRepository, record_of
 
 __all__ = ["device_status_route", "readings_handler"]
 
@@ -101,7 +100,7 @@ def readings_handler(
             raise PoisonMessage(f"a readings batch is a JSON list, got {type(items).__name__}")
         model = READING_MODELS[kind]
         row_of = decoder(kind).row
-        record_of = attrgetter(*table_columns(kind))
+        model_record = record_of(kind)
         valid: list[ReadingRecord] = []
         rejected: list[tuple[int, Any, str]] = []
         for index, item in enumerate(items):
@@ -115,7 +114,7 @@ def readings_handler(
             if reading is None:
                 rejected.append((index, item, reason or "invalid reading"))
             else:
-                valid.append(record_of(reading))
+                valid.append(model_record(reading))
         await group_writer.write(kind, valid)
         for index, item, reason in rejected:
             await _dead_letter(publisher, queue_name, delivery, index, item, reason)

@@ -110,7 +110,8 @@ class ReadingDecoder:
     def __init__(self, kind: ReadingKind) -> None:
         self.kind = kind
         self._struct = row_struct(READING_MODELS[kind], table_columns(kind))
-        self._batch = msgspec.json.Decoder(list[self._struct])  # type: ignore[name-defined]
+        # list[struct] built at run time: the struct is made from the model, so it is no static type.
+        self._batch = msgspec.json.Decoder(types.GenericAlias(list, (self._struct,)))
 
     def rows(self, body: bytes) -> list[ReadingRecord]:
         """A whole JSON batch as rows; raises msgspec.DecodeError (ValidationError is one) if any reading fails.

@@ -22,6 +22,7 @@ __all__ = [
     "ReadingKind",
     "ReadingRecord",
     "ReadingsRepository",
+    "record_of",
     "table_columns",
 ]
 
@@ -83,6 +84,11 @@ _TABLES: Final = {
         tuple(kind for _, kind in _METER_COLUMNS),
     ),
 }
+
+
+def record_of(kind: ReadingKind) -> Callable[[Any], ReadingRecord]:
+    """Turns a reading model of ``kind`` into its COPY record (the table's columns, in order)."""
+    return _TABLES[kind].record_of
 
 
 def table_columns(kind: ReadingKind) -> tuple[str, ...]:
