@@ -79,7 +79,7 @@ async def run(settings: IngestSettings) -> None:
         async with pool.acquire() as connection:
             catalogue = await load_catalogue(connection)
         broker = await stack.enter_async_context(
-            open_broker(settings.amqp, client_name=SERVICE, startup_timeout_s=startup_timeout_s)
+            open_broker(settings.consumer_amqp, client_name=SERVICE, startup_timeout_s=startup_timeout_s)
         )
         health.add_check("broker", broker.ready)
         # Stale = no reading for three agent poll intervals (the agent's default interval is 5 s).
