@@ -99,6 +99,63 @@ class Clock:
         return self.now
 
 
+@pytest.fixture(name="decoded")
+def decoded_fixture(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The tokens whose signature PyJWT checks, in order."""
+    decoded: list[str] = []
+    real_decode = jwt.decode
+
+    def counting_decode(encoded: str, *args: object, **kwargs: object) -> object:
+        decoded.append(encoded)
+        return real_decode(encoded, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(jwt, "decode", counting_decode)
+    return decoded
+
+
+def test_a_verified_token_is_not_verified_again_but_its_time_claims_are_checked_every_time(decoded: list[str]) -> None:
+    clock = Clock()
+    keys = Authenticator(SECRET, clock=clock)
+    key = token({"role": "authenticated", "exp": NOW + 60})
+    first = keys.authenticate({"apikey": key, "Authorization": f"Bearer {key}"})
+    second = keys.identify(key)
+
+    assert decoded == [key]  # one signature check for three uses
+    assert (first.role, second.role) == ("authenticated", "authenticated")
+    assert dict(second.claims) == {"role": "authenticated", "exp": NOW + 60}
+    clock.now = NOW + 91  # past exp and the 30 s skew
+    with pytest.raises(AuthenticationError) as refused:
+        keys.identify(key)
+    assert (refused.value.code, refused.value.message) == ("PGRST303", "JWT expired")
+
+
+def test_a_refused_token_is_not_remembered_and_a_forged_one_is_not_taken_for_a_verified_one() -> None:
+    keys = authenticator()
+    good = token({"role": "anon"})
+    keys.identify(good)
+    header, _, signature = good.split(".")
+    forged_payload = token({"role": "service_role"}).split(".")[1]
+
+    for attempt in range(2):
+        with pytest.raises(AuthenticationError) as refused:
+            keys.identify(f"{header}.{forged_payload}.{signature}")
+        assert refused.value.message == "JWT cryptographic operation failed", attempt
+    assert keys.identify(good).role == "anon"
+
+
+def test_remembered_tokens_are_bounded_least_recently_used_first(decoded: list[str]) -> None:
+    keys = Authenticator(SECRET, clock=lambda: NOW, verified_kept=2)
+    first, second, third = (token({"role": "anon", "jti": str(number)}) for number in range(3))
+    keys.identify(first)
+    keys.identify(second)
+    keys.identify(first)  # used again: second is now the least recently used
+    keys.identify(third)  # evicts second
+    keys.identify(first)
+    keys.identify(second)
+
+    assert decoded == [first, second, third, second]
+
+
 def test_the_seed_tiers() -> None:
     assert dict(TIERS) == {
         "anon": Tier(60, 100),
