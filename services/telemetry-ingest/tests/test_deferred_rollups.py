@@ -76,3 +76,40 @@ async def test_a_period_is_refreshed_only_once_settled_and_new_readings_do_not_p
         await insert_deferred(period + timedelta(minutes=2), 2.0)  # marks the same period again
         assert await settled.refresh_once() == 1  # still as old as its first mark
         assert await thirty_minute_count() == 2
+
+
+async def test_the_markers_table_is_vacuumed_once_its_dead_rows_pass_the_threshold(database_url: str) -> None:
+    async with open_pool(database_url, max_size=2) as pool:
+        await apply_migrations(pool, owner="telemetry-ingest", migrations=load_migrations("telemetry_ingest"))
+        refresher = RollupRefresher(pool=pool)
+        device = uuid.uuid4()
+        async with pool.acquire() as connection:
+            # 3,000 markers set and taken again, as ingest and the refresher do: 3,000 dead rows.
+            await connection.execute(
+                "INSERT INTO ingest.meter_rollup_dirty (device_id, period_start)"
+                " SELECT $1, TIMESTAMPTZ '2026-01-01 00:00Z' + make_interval(mins => 30 * step)"
+                " FROM generate_series(1, 3000) AS step",
+                device,
+            )
+            await connection.execute("DELETE FROM ingest.meter_rollup_dirty WHERE device_id = $1", device)
+            # Statistics reach the shared counters when the backend flushes them: now, not within a second.
+            await connection.execute("SELECT pg_stat_force_next_flush()")
+            await connection.execute("SELECT 1")
+
+        async def dead_and_vacuumed() -> tuple[int, object]:
+            row = await pool.fetchrow(
+                "SELECT n_dead_tup, last_vacuum FROM pg_stat_all_tables"
+                " WHERE relid = 'ingest.meter_rollup_dirty'::regclass"
+            )
+            assert row is not None
+            return int(row["n_dead_tup"]), row["last_vacuum"]
+
+        dead_before, vacuumed_before = await dead_and_vacuumed()
+        first = await refresher.vacuum_if_bloated()
+        dead_after, vacuumed_after = await dead_and_vacuumed()
+        second = await refresher.vacuum_if_bloated()
+    assert dead_before >= 3000
+    assert first is True
+    assert dead_after < 50
+    assert vacuumed_after is not None and vacuumed_after != vacuumed_before
+    assert second is False
