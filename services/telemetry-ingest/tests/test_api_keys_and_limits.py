@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jwt
 import pytest
 
@@ -105,9 +107,9 @@ def decoded_fixture(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     decoded: list[str] = []
     real_decode = jwt.decode
 
-    def counting_decode(encoded: str, *args: object, **kwargs: object) -> object:
+    def counting_decode(encoded: str, *args: Any, **kwargs: Any) -> Any:
         decoded.append(encoded)
-        return real_decode(encoded, *args, **kwargs)  # type: ignore[arg-type]
+        return real_decode(encoded, *args, **kwargs)
 
     monkeypatch.setattr(jwt, "decode", counting_decode)
     return decoded
