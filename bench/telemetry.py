@@ -595,6 +595,11 @@ class RawHttpClient:
 
     async def get(self, path: str, params: list[tuple[str, str]]) -> RawResponse:
         assert self._streams is not None
+        if self._streams[0].at_eof():
+            # The server closes a connection idle for longer than its keep-alive timeout (uvicorn: 5 s), as while
+            # the httpx targets run. The new connection is opened in a target's first warm-up request.
+            self._streams[1].close()
+            self._streams = await asyncio.open_connection("127.0.0.1", self._port, limit=1 << 20)
         reader, writer = self._streams
         target = f"{path}?{urllib.parse.urlencode(params)}"
         writer.write(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{self._port}\r\n{self._headers}\r\n".encode())

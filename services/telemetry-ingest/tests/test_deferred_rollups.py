@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
+
 from gridloop_common.db import apply_migrations, load_migrations, open_pool
 from telemetry_ingest.rollups import RollupRefresher
 
@@ -113,3 +115,54 @@ async def test_the_markers_table_is_vacuumed_once_its_dead_rows_pass_the_thresho
     assert dead_after < 50
     assert vacuumed_after is not None and vacuumed_after != vacuumed_before
     assert second is False
+
+
+async def test_markers_are_taken_by_ctid_whatever_the_statistics_say(database_url: str) -> None:
+    # A VACUUM of a drained markers' table that keeps its last page leaves statistics of about one row in all its
+    # pages. The planner then expected one marker, joined the take's two sides with a nested loop that re-ran the
+    # locking subquery for every marker, and 5,000 of 30,000 markers took 104 s (migration 0013).
+    async with open_pool(database_url, max_size=2) as pool:
+        await apply_migrations(pool, owner="telemetry-ingest", migrations=load_migrations("telemetry_ingest"))
+    device = uuid.uuid4()
+    mark = (
+        "INSERT INTO ingest.meter_rollup_dirty (device_id, period_start, first_marked_at)"
+        " SELECT $1, TIMESTAMPTZ '2026-01-01 00:00Z' + make_interval(mins => 30 * step), TIMESTAMPTZ '2026-01-01Z'"
+        " FROM generate_series($2::integer, $3::integer) AS step"
+    )
+    # auto_explain logs the plan of every statement, the function's own included, to this client.
+    messages: list[str] = []
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.execute(mark, device, 1, 3000)
+        # All but the last marker taken: the last page stays, so VACUUM cannot truncate the table.
+        await connection.execute(
+            "DELETE FROM ingest.meter_rollup_dirty WHERE period_start < (SELECT max(period_start) FROM"
+            " ingest.meter_rollup_dirty)"
+        )
+        await connection.execute("VACUUM ingest.meter_rollup_dirty")
+        statistics = await connection.fetchrow(
+            "SELECT reltuples, relpages FROM pg_class WHERE oid = 'ingest.meter_rollup_dirty'::regclass"
+        )
+        await connection.execute(mark, device, 3001, 5000)
+        connection.add_log_listener(lambda _connection, message: messages.append(str(message)))
+        await connection.execute("LOAD 'auto_explain'")
+        await connection.execute(
+            "SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;"
+            " SET client_min_messages = log"
+        )
+        taken = await connection.fetchval("SELECT flux.refresh_dirty_meter_rollups(500, interval '0 seconds')")
+        await connection.execute("RESET client_min_messages")
+        left = await connection.fetchval("SELECT count(*) FROM ingest.meter_rollup_dirty")
+    finally:
+        await connection.close()
+    # The statistics that misled the planner: one marker in many pages.
+    assert statistics["reltuples"] == 1
+    assert statistics["relpages"] > 10
+    take = [message for message in messages if "DELETE FROM ingest.meter_rollup_dirty" in message]
+    assert len(take) == 1
+    # Each marker found by its ctid: no subquery run again per marker, no whole-table filter against the ctids.
+    assert "Tid Scan on meter_rollup_dirty" in take[0]
+    assert "Nested Loop" not in take[0]
+    assert "Filter: (ctid = ANY" not in take[0]
+    assert taken == 500
+    assert left == 2001 - 500

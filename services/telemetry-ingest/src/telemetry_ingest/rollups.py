@@ -93,11 +93,15 @@ class RollupRefresher:
     async def run_forever(self) -> None:
         passes = 0
         while True:
+            passes += 1
             try:
                 await self.refresh_once()
-                passes += 1
-                if passes % self._vacuum_check_every == 0:
-                    await self.vacuum_if_bloated()
-            except (asyncpg.PostgresError, OSError) as error:
+            except (asyncpg.PostgresError, OSError) as error:  # OSError includes the command timeout
                 logger.warning("rollup refresh failed; will retry", extra={"error": repr(error)})
+            # Also after failed passes: a refresh that keeps timing out must not postpone the upkeep for good.
+            if passes % self._vacuum_check_every == 0:
+                try:
+                    await self.vacuum_if_bloated()
+                except (asyncpg.PostgresError, OSError) as error:  # OSError includes the command timeout
+                    logger.warning("rollup markers vacuum failed; will retry", extra={"error": repr(error)})
             await asyncio.sleep(self._interval_s)
