@@ -585,8 +585,11 @@ class RawHttpClient:
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
     async def __aenter__(self) -> RawHttpClient:
-        self._streams = await asyncio.open_connection("127.0.0.1", self._port, limit=1 << 20)
+        await self._connect()
         return self
+
+    async def _connect(self) -> None:
+        self._streams = await asyncio.open_connection("127.0.0.1", self._port, limit=1 << 20)
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self._streams is not None:
@@ -599,7 +602,8 @@ class RawHttpClient:
             # The server closes a connection idle for longer than its keep-alive timeout (uvicorn: 5 s), as while
             # the httpx targets run. The new connection is opened in a target's first warm-up request.
             self._streams[1].close()
-            self._streams = await asyncio.open_connection("127.0.0.1", self._port, limit=1 << 20)
+            await self._connect()
+        assert self._streams is not None
         reader, writer = self._streams
         target = f"{path}?{urllib.parse.urlencode(params)}"
         writer.write(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{self._port}\r\n{self._headers}\r\n".encode())
