@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import pytest
 
 from gridloop_common.db import apply_migrations, load_migrations, open_pool
 from telemetry_ingest.rollups import RollupRefresher
@@ -166,3 +170,53 @@ async def test_markers_are_taken_by_ctid_whatever_the_statistics_say(database_ur
     assert "Filter: (ctid = ANY" not in take[0]
     assert taken == 500
     assert left == 2001 - 500
+
+
+async def test_the_markers_are_vacuumed_while_every_refresh_pass_fails(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A refresh that keeps failing (here: the readings locked away, so each pass hits the command timeout) must not
+    # postpone the markers' upkeep: the vacuum check runs every few passes, failed or not.
+    async with (
+        open_pool(database_url, max_size=2, command_timeout_s=0.3) as pool,
+        open_pool(database_url, max_size=1) as locker,
+    ):
+        await apply_migrations(pool, owner="telemetry-ingest", migrations=load_migrations("telemetry_ingest"))
+        device = uuid.uuid4()
+        await pool.execute(
+            "INSERT INTO ingest.meter_rollup_dirty (device_id, period_start)"
+            " SELECT $1, TIMESTAMPTZ '2026-02-01 00:00Z' + make_interval(mins => 30 * step)"
+            " FROM generate_series(1, 3000) AS step",
+            device,
+        )
+        await pool.execute("DELETE FROM ingest.meter_rollup_dirty WHERE device_id = $1", device)
+        await pool.execute(  # one marker left for the refresh to work on
+            "INSERT INTO ingest.meter_rollup_dirty (device_id, period_start) VALUES ($1, '2026-02-01 00:00Z')", device
+        )
+        async with pool.acquire() as connection:
+            await connection.execute("SELECT pg_stat_force_next_flush()")
+            await connection.execute("SELECT 1")
+        vacuumed_before = await pool.fetchval(
+            "SELECT last_vacuum FROM pg_stat_all_tables WHERE relid = 'ingest.meter_rollup_dirty'::regclass"
+        )
+        refresher = RollupRefresher(pool=pool, interval_s=0.01, vacuum_check_every=3)
+        async with locker.acquire() as holder, holder.transaction():
+            await holder.execute("LOCK TABLE flux.mg_meter_readings IN ACCESS EXCLUSIVE MODE")
+            with caplog.at_level(logging.INFO, logger="telemetry_ingest.rollups"):
+                task = asyncio.create_task(refresher.run_forever())
+                try:
+                    async with asyncio.timeout(30):
+                        while not any(record.message == "rollup markers vacuumed" for record in caplog.records):
+                            await asyncio.sleep(0.05)
+                finally:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+        failures = [record for record in caplog.records if record.message == "rollup refresh failed; will retry"]
+        vacuumed_after = await pool.fetchval(
+            "SELECT last_vacuum FROM pg_stat_all_tables WHERE relid = 'ingest.meter_rollup_dirty'::regclass"
+        )
+        marker_left = await pool.fetchval("SELECT count(*) FROM ingest.meter_rollup_dirty WHERE device_id = $1", device)
+    assert len(failures) >= 3  # no pass before the vacuum succeeded
+    assert vacuumed_after is not None and vacuumed_after != vacuumed_before
+    assert marker_left == 1  # the failed passes took nothing for good
