@@ -42,6 +42,14 @@ CHECKPOINT (the fill's dirty buffers written back first), and each target with 1
 of which (on a cold cache) is reported on its own. The 30-day RPC's SQL function is also timed once on its own,
 without the timeout and without JSON, computing all its rows. ``--skip-ingest`` leaves part 2 out.
 
+Memory: part 3 reports shared_buffers, how much of the biggest relations is in the OS page cache (fincore,
+where the server's files are readable), and any DAMON scheme of the kernel that pages idle memory out. On
+this project's sandbox machines one does: page cache unread for 60 s is dropped (up to 128 MiB/s), so with
+the default shared_buffers (128 MB) the API reads a 10 M-reading table mostly from disk, whatever memory is
+free. ``--shared-buffers 8GB`` runs the whole bench on a private PostgreSQL server (initdb'd in /var/tmp,
+other settings copied from the machine's server, removed at the end) whose shared buffers (mapped memory,
+which that scheme leaves alone) hold the working set, as a production server sized for its data would.
+
 Everything runs in a private database and RabbitMQ vhost that are removed at the end, on 127.0.0.1 only.
 Figures are printed and written to bench/results/telemetry.json. Run: `uv run python bench/telemetry.py`
 (`--help` for sizes; e.g. `--rows 1000000` for a quick run).
@@ -75,7 +83,7 @@ import aiormq
 import asyncpg
 import httpx
 import numpy as np
-from infrastructure import Infrastructure
+from infrastructure import SERVER, Infrastructure, PrivateServer
 
 from gridloop_cli.keys import make_key
 from gridloop_common.contracts import MeterReading, routing
@@ -155,8 +163,8 @@ def idle_fraction(seconds: float = 1.0) -> float:
     return (idle_after - idle_before) / max(1, total_after - total_before)
 
 
-def bench_infrastructure() -> Infrastructure:
-    return Infrastructure({"GRIDLOOP_JWT_SECRET": JWT_SECRET, "GRIDLOOP_TELEMETRY_UPLOAD": "off"})
+def bench_infrastructure(server: str = SERVER) -> Infrastructure:
+    return Infrastructure({"GRIDLOOP_JWT_SECRET": JWT_SECRET, "GRIDLOOP_TELEMETRY_UPLOAD": "off"}, server=server)
 
 
 @contextlib.asynccontextmanager
@@ -653,6 +661,65 @@ async def latencies(
     }
 
 
+def page_reclaim_policy() -> list[dict[str, Any]]:
+    """The kernel's DAMON schemes that page memory out proactively (some hosts evict idle page cache this way).
+
+    Each scheme pages out memory that DAMON saw unaccessed for ``min_idle_s`` or longer, at most
+    ``quota_mb_per_s``; PostgreSQL's pages then come from disk again, whatever memory is free.
+    """
+    schemes = []
+    for scheme in sorted(Path("/sys/kernel/mm/damon/admin/kdamonds").glob("*/contexts/*/schemes/*/")):
+        try:
+            context = scheme.parents[1]
+            if (scheme.parents[3] / "state").read_text().strip() != "on":
+                continue
+            aggregation_us = int((context / "monitoring_attrs/intervals/aggr_us").read_text())
+            quota_bytes = int((scheme / "quotas/bytes").read_text())
+            reset_ms = int((scheme / "quotas/reset_interval_ms").read_text()) or 1000
+            schemes.append(
+                {
+                    "action": (scheme / "action").read_text().strip(),
+                    "min_idle_s": int((scheme / "access_pattern/age/min").read_text()) * aggregation_us / 1e6,
+                    "quota_mb_per_s": quota_bytes / 1048576 / (reset_ms / 1000),
+                }
+            )
+        except (OSError, ValueError):
+            continue
+    return schemes
+
+
+async def page_cache_residency(connection: asyncpg.Connection) -> dict[str, dict[str, float]] | None:
+    """MiB of each of the run's biggest relations and how much of it is in the OS page cache (fincore).
+
+    Only where this process can read the server's files (the same machine, as root); otherwise None.
+    """
+    if shutil.which("fincore") is None:
+        return None
+    data_directory = Path(await connection.fetchval("SHOW data_directory"))
+    relations = await connection.fetch(
+        "SELECT class.oid::regclass::text AS name, pg_relation_filepath(class.oid) AS path,"
+        " pg_relation_size(class.oid) AS bytes FROM pg_class AS class"
+        " WHERE class.relkind IN ('r', 'i') AND pg_relation_size(class.oid) > 50 * 1048576"
+        " ORDER BY bytes DESC LIMIT 12"
+    )
+    report: dict[str, dict[str, float]] = {}
+    for relation in relations:
+        base = data_directory / relation["path"]
+        segments = [base, *sorted(base.parent.glob(base.name + ".*"))]
+        try:
+            printed = subprocess.run(
+                ["fincore", "--bytes", "--noheadings", "--output", "RES", *map(str, segments)],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        except (OSError, subprocess.CalledProcessError):
+            return None
+        resident = sum(int(line) for line in printed.split())
+        report[relation["name"]] = {"mib": relation["bytes"] / 1048576, "resident_mib": resident / 1048576}
+    return report
+
+
 async def api(
     port: int, database_url: str, fleet: Fleet, *, filled_cycles: int, requests: int, limit_s: float
 ) -> dict[str, Any]:
@@ -671,6 +738,22 @@ async def api(
     finally:
         await connection.close()
     print(f"  (CHECKPOINT first: {results['checkpoint_s']:.1f} s)")
+    connection = await asyncpg.connect(database_url)
+    try:
+        results["shared_buffers"] = await connection.fetchval("SHOW shared_buffers")
+        results["page_cache_before"] = await page_cache_residency(connection)
+    finally:
+        await connection.close()
+    results["page_reclaim_policy"] = page_reclaim_policy()
+    for scheme in results["page_reclaim_policy"]:
+        print(
+            f"  NOTE: the kernel runs DAMON '{scheme['action']}' on memory idle for {scheme['min_idle_s']:.0f} s or"
+            f" more (up to {scheme['quota_mb_per_s']:.0f} MiB/s): page cache PostgreSQL has not read for that long"
+            " is dropped, and only shared_buffers (mapped memory) keeps pages warm"
+        )
+    print(f"  shared_buffers {results['shared_buffers']}; in the OS page cache at the start:")
+    for name, sizes in (results["page_cache_before"] or {}).items():
+        print(f"    {name:48s} {sizes['resident_mib']:8,.0f} of {sizes['mib']:8,.0f} MiB")
     async with (
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=60) as client,
         RawHttpClient(port, headers) as raw_client,
@@ -782,6 +865,10 @@ def arguments() -> argparse.Namespace:
         default=30.0,
         help="GRIDLOOP_ROLLUP_SETTLE_S of gridloop-ingest (default 30, the service's; 0: refreshed during the rounds)",
     )
+    parser.add_argument(
+        "--shared-buffers",
+        help="run a private PostgreSQL server with this shared_buffers (e.g. 8GB) instead of the machine's",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved end-to-end / bare COPY rounds")
     parser.add_argument("--api-requests", type=int, default=300, help="requests per API target at most")
     parser.add_argument("--api-limit-s", type=float, default=30.0, help="seconds per API target at most")
@@ -827,7 +914,19 @@ async def main() -> None:
         },
         "options": vars(options),
     }
-    async with bench_infrastructure() as infrastructure:
+    async with contextlib.AsyncExitStack() as resources:
+        server = SERVER
+        if options.shared_buffers is not None:
+            private = await resources.enter_async_context(PrivateServer({"shared_buffers": options.shared_buffers}))
+            server = private.url
+            results["private_server"] = private.applied
+            print(
+                f"PostgreSQL: a private server on port {private.port} with shared_buffers {options.shared_buffers}"
+                " (other settings as the machine's: "
+                + ", ".join(f"{name} {value}" for name, value in private.applied.items() if name != "shared_buffers")
+                + ")"
+            )
+        infrastructure = await resources.enter_async_context(bench_infrastructure(server))
         port = free_port()
         # The service's default settle time (30 s) postpones the rollups past the end of a round; 0 makes the
         # refresher recompute touched periods every second while ingest runs, the most work it can do then.
