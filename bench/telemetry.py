@@ -702,6 +702,18 @@ async def page_cache_residency(connection: asyncpg.Connection) -> dict[str, dict
         " WHERE class.relkind IN ('r', 'i') AND pg_relation_size(class.oid) > 50 * 1048576"
         " ORDER BY bytes DESC LIMIT 12"
     )
+    # pg_buffercache: which of those pages PostgreSQL holds in its own shared buffers (the bench's private database).
+    await connection.execute("CREATE EXTENSION IF NOT EXISTS pg_buffercache")
+    buffered = {
+        row["name"]: row["mib"]
+        for row in await connection.fetch(
+            "SELECT class.oid::regclass::text AS name, count(*) * current_setting('block_size')::int / 1048576.0 AS mib"
+            " FROM pg_buffercache AS buffers JOIN pg_class AS class"
+            " ON buffers.relfilenode = pg_relation_filenode(class.oid)"
+            " AND buffers.reldatabase = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " GROUP BY class.oid"
+        )
+    }
     report: dict[str, dict[str, float]] = {}
     for relation in relations:
         base = data_directory / relation["path"]
@@ -716,7 +728,11 @@ async def page_cache_residency(connection: asyncpg.Connection) -> dict[str, dict
         except (OSError, subprocess.CalledProcessError):
             return None
         resident = sum(int(line) for line in printed.split())
-        report[relation["name"]] = {"mib": relation["bytes"] / 1048576, "resident_mib": resident / 1048576}
+        report[relation["name"]] = {
+            "mib": relation["bytes"] / 1048576,
+            "resident_mib": resident / 1048576,
+            "shared_buffers_mib": float(buffered.get(relation["name"], 0.0)),
+        }
     return report
 
 
@@ -751,9 +767,12 @@ async def api(
             f" more (up to {scheme['quota_mb_per_s']:.0f} MiB/s): page cache PostgreSQL has not read for that long"
             " is dropped, and only shared_buffers (mapped memory) keeps pages warm"
         )
-    print(f"  shared_buffers {results['shared_buffers']}; in the OS page cache at the start:")
+    print(f"  shared_buffers {results['shared_buffers']}; at the start, in the OS page cache | in shared buffers:")
     for name, sizes in (results["page_cache_before"] or {}).items():
-        print(f"    {name:48s} {sizes['resident_mib']:8,.0f} of {sizes['mib']:8,.0f} MiB")
+        print(
+            f"    {name:48s} {sizes['resident_mib']:8,.0f} | {sizes['shared_buffers_mib']:8,.0f}"
+            f" of {sizes['mib']:8,.0f} MiB"
+        )
     async with (
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=60) as client,
         RawHttpClient(port, headers) as raw_client,
