@@ -82,9 +82,12 @@ class PrivateServer:
             capture_output=True,
             **as_postgres,
         )
+        # The caller may have pinned itself to one core (bench/telemetry.py does); the server takes them all.
+        every_core = ["taskset", "--cpu-list", f"0-{(os.cpu_count() or 1) - 1}"]
         await asyncio.to_thread(
             subprocess.run,
             [
+                *every_core,
                 str(binaries / "pg_ctl"),
                 "start",
                 "-w",

@@ -1041,4 +1041,6 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    # SIGTERM as Ctrl-C: the run's database, vhost and private server are removed on the way out.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     asyncio.run(main())
