@@ -172,6 +172,34 @@ async def test_markers_are_taken_by_ctid_whatever_the_statistics_say(database_ur
     assert left == 2001 - 500
 
 
+async def test_an_idle_refresh_pass_is_not_jit_compiled(database_url: str) -> None:
+    # enable_seqscan = off inflates the take's estimated cost past every JIT threshold: before migration 0014 each
+    # pass, once a second and with no marker to take, spent 50-100 ms compiling the statement with LLVM.
+    async with open_pool(database_url, max_size=1) as pool:
+        await apply_migrations(pool, owner="telemetry-ingest", migrations=load_migrations("telemetry_ingest"))
+    messages: list[str] = []
+    connection = await asyncpg.connect(database_url)
+    try:
+        assert await connection.fetchval("SELECT pg_jit_available()")  # JIT is there to be avoided
+        connection.add_log_listener(lambda _connection, message: messages.append(str(message)))
+        await connection.execute("LOAD 'auto_explain'")
+        await connection.execute(
+            "SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;"
+            " SET jit = on; SET jit_above_cost = 0; SET client_min_messages = log"
+        )
+        # No marker is a century old: the pass takes nothing, as an idle one does.
+        taken = await connection.fetchval("SELECT flux.refresh_dirty_meter_rollups(5000, interval '100 years')")
+        await connection.execute("RESET client_min_messages")
+    finally:
+        await connection.close()
+    assert taken == 0
+    take = [message for message in messages if "DELETE FROM ingest.meter_rollup_dirty" in message]
+    outer = [message for message in messages if "Query Text: SELECT flux.refresh_dirty_meter_rollups" in message]
+    assert len(take) == 1 and len(outer) == 1
+    assert "JIT:" in outer[0]  # the session compiles everything it may ...
+    assert "JIT:" not in take[0]  # ... but not the take
+
+
 async def test_the_markers_are_vacuumed_while_every_refresh_pass_fails(
     database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
