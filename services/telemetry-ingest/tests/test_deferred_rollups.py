@@ -121,6 +121,22 @@ async def test_the_markers_table_is_vacuumed_once_its_dead_rows_pass_the_thresho
     assert second is False
 
 
+async def _refresh_with_plans_logged(
+    connection: asyncpg.Connection, *, max_pairs: int, min_age: str
+) -> tuple[int, list[str]]:
+    """One refresh pass; auto_explain logs the plan of every statement, the functions' own included, to us."""
+    messages: list[str] = []
+    connection.add_log_listener(lambda _connection, message: messages.append(str(message)))
+    await connection.execute("LOAD 'auto_explain'")
+    await connection.execute(
+        "SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;"
+        " SET client_min_messages = log"
+    )
+    taken = await connection.fetchval("SELECT flux.refresh_dirty_meter_rollups($1, $2::text::interval)", max_pairs, min_age)
+    await connection.execute("RESET client_min_messages")
+    return int(taken), messages
+
+
 async def test_markers_are_taken_by_ctid_whatever_the_statistics_say(database_url: str) -> None:
     # A VACUUM of a drained markers' table that keeps its last page leaves statistics of about one row in all its
     # pages. The planner then expected one marker, joined the take's two sides with a nested loop that re-ran the
@@ -133,8 +149,6 @@ async def test_markers_are_taken_by_ctid_whatever_the_statistics_say(database_ur
         " SELECT $1, TIMESTAMPTZ '2026-01-01 00:00Z' + make_interval(mins => 30 * step), TIMESTAMPTZ '2026-01-01Z'"
         " FROM generate_series($2::integer, $3::integer) AS step"
     )
-    # auto_explain logs the plan of every statement, the function's own included, to this client.
-    messages: list[str] = []
     connection = await asyncpg.connect(database_url)
     try:
         await connection.execute(mark, device, 1, 3000)
@@ -148,14 +162,7 @@ async def test_markers_are_taken_by_ctid_whatever_the_statistics_say(database_ur
             "SELECT reltuples, relpages FROM pg_class WHERE oid = 'ingest.meter_rollup_dirty'::regclass"
         )
         await connection.execute(mark, device, 3001, 5000)
-        connection.add_log_listener(lambda _connection, message: messages.append(str(message)))
-        await connection.execute("LOAD 'auto_explain'")
-        await connection.execute(
-            "SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;"
-            " SET client_min_messages = log"
-        )
-        taken = await connection.fetchval("SELECT flux.refresh_dirty_meter_rollups(500, interval '0 seconds')")
-        await connection.execute("RESET client_min_messages")
+        taken, messages = await _refresh_with_plans_logged(connection, max_pairs=500, min_age="0 seconds")
         left = await connection.fetchval("SELECT count(*) FROM ingest.meter_rollup_dirty")
     finally:
         await connection.close()
@@ -177,19 +184,12 @@ async def test_an_idle_refresh_pass_is_not_jit_compiled(database_url: str) -> No
     # pass, once a second and with no marker to take, spent 50-100 ms compiling the statement with LLVM.
     async with open_pool(database_url, max_size=1) as pool:
         await apply_migrations(pool, owner="telemetry-ingest", migrations=load_migrations("telemetry_ingest"))
-    messages: list[str] = []
     connection = await asyncpg.connect(database_url)
     try:
         assert await connection.fetchval("SELECT pg_jit_available()")  # JIT is there to be avoided
-        connection.add_log_listener(lambda _connection, message: messages.append(str(message)))
-        await connection.execute("LOAD 'auto_explain'")
-        await connection.execute(
-            "SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;"
-            " SET jit = on; SET jit_above_cost = 0; SET client_min_messages = log"
-        )
+        await connection.execute("SET jit = on; SET jit_above_cost = 0")
         # No marker is a century old: the pass takes nothing, as an idle one does.
-        taken = await connection.fetchval("SELECT flux.refresh_dirty_meter_rollups(5000, interval '100 years')")
-        await connection.execute("RESET client_min_messages")
+        taken, messages = await _refresh_with_plans_logged(connection, max_pairs=5000, min_age="100 years")
     finally:
         await connection.close()
     assert taken == 0
