@@ -132,7 +132,9 @@ async def _refresh_with_plans_logged(
         "SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;"
         " SET client_min_messages = log"
     )
-    taken = await connection.fetchval("SELECT flux.refresh_dirty_meter_rollups($1, $2::text::interval)", max_pairs, min_age)
+    taken = await connection.fetchval(
+        "SELECT flux.refresh_dirty_meter_rollups($1, $2::text::interval)", max_pairs, min_age
+    )
     await connection.execute("RESET client_min_messages")
     return int(taken), messages
 
