@@ -37,7 +37,7 @@ from typing import Any
 
 import asyncpg
 import httpx
-from infrastructure import Infrastructure
+from infrastructure import Infrastructure, free_port
 
 from gridloop_simulators.upstream import UpstreamSimulator
 from webhook_gateway.signatures import sign
@@ -59,13 +59,6 @@ async def receive(request):
 
 app = Starlette(routes=[Route("/v1/webhooks", receive, methods=["POST"])])
 """
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def fleet_base_port(count: int) -> int:

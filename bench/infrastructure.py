@@ -19,7 +19,7 @@ from pathlib import Path
 
 import asyncpg
 
-__all__ = ["SERVER", "Infrastructure", "PrivateServer"]
+__all__ = ["SERVER", "Infrastructure", "PrivateServer", "free_port"]
 
 SERVER = "postgresql://postgres@127.0.0.1:5432"
 
@@ -35,6 +35,14 @@ COPIED_SETTINGS = (
     "maintenance_work_mem",
     "max_connections",
 )
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the OS picks it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 class PrivateServer:
@@ -65,9 +73,7 @@ class PrivateServer:
         self.applied = {row["name"]: row["value"] for row in rows} | self._settings
         self._directory = Path(tempfile.mkdtemp(prefix="gridloop-bench-postgres-", dir="/var/tmp"))
         data = self._directory / "data"
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         options = {
             **self.applied,
             "port": str(self.port),

@@ -49,9 +49,9 @@ Memory: part 3 reports shared_buffers, how much of the biggest relations is in t
 where the server's files are readable), and any DAMON scheme of the kernel that pages idle memory out. On
 this project's sandbox machines one does: page cache unread for 60 s is dropped (up to 128 MiB/s), so with
 the default shared_buffers (128 MB) the API reads a 10 M-reading table mostly from disk, whatever memory is
-free. ``--shared-buffers 8GB`` runs the whole bench on a private PostgreSQL server (initdb'd in /var/tmp,
+free. ``--shared-buffers 6GB`` (25% of RAM) runs the whole bench on a private PostgreSQL server (initdb'd in /var/tmp,
 other settings copied from the machine's server, removed at the end) whose shared buffers (mapped memory,
-which that scheme leaves alone) hold the working set, as a production server sized for its data would.
+which that scheme leaves alone) can hold the readings, as a production server sized for its data would.
 
 Everything runs in a private database and RabbitMQ vhost that are removed at the end, on 127.0.0.1 only.
 Figures are printed and written to bench/results/telemetry.json. Run: `uv run python bench/telemetry.py`
@@ -68,7 +68,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -86,7 +85,7 @@ import aiormq
 import asyncpg
 import httpx
 import numpy as np
-from infrastructure import SERVER, Infrastructure, PrivateServer
+from infrastructure import SERVER, Infrastructure, PrivateServer, free_port
 
 from gridloop_cli.keys import make_key
 from gridloop_common.contracts import MeterReading, routing
@@ -120,13 +119,6 @@ NOMINAL = {
     "power_total_apparent": (12.5, 6.0),
     "power_factor_total": (0.95, 0.03),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -171,7 +163,7 @@ def idle_fraction(seconds: float = 1.0) -> float:
     """Share of the machine's CPU time that was idle over ``seconds`` (the protocol asks for >= 90%)."""
 
     def sample() -> tuple[int, int]:
-        values = [int(part) for part in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        values = cpu_times()
         return values[3] + values[4], sum(values)
 
     idle_before, total_before = sample()
@@ -705,8 +697,8 @@ def page_reclaim_policy() -> list[dict[str, Any]]:
     return schemes
 
 
-async def page_cache_residency(connection: asyncpg.Connection) -> dict[str, dict[str, float]] | None:
-    """MiB of each of the run's biggest relations and how much of it is in the OS page cache (fincore).
+async def memory_residency(connection: asyncpg.Connection) -> dict[str, dict[str, float]] | None:
+    """MiB of each of the run's biggest relations, how much is in the OS page cache (fincore) and in shared buffers.
 
     Only where this process can read the server's files (the same machine, as root); otherwise None.
     """
@@ -774,7 +766,7 @@ async def api(
     connection = await asyncpg.connect(database_url)
     try:
         results["shared_buffers"] = await connection.fetchval("SHOW shared_buffers")
-        results["page_cache_before"] = await page_cache_residency(connection)
+        results["page_cache_before"] = await memory_residency(connection)
     finally:
         await connection.close()
     results["page_reclaim_policy"] = page_reclaim_policy()
