@@ -139,10 +139,16 @@ def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
 async def test_the_rpc_is_inlined_and_a_limit_stops_it_early(pool: asyncpg.Pool, meters: list[uuid.UUID]) -> None:
     gappy, irregular = meters[:2]
     arguments = (BASE, BASE + timedelta(hours=6), [gappy, irregular])
-    total = await pool.fetchval("SELECT count(*) FROM flux.get_meter_readings_5m($1, $2, $3)", *arguments)
-    assert total > 80
+    times = [
+        row[0] for row in await pool.fetch("SELECT time_b FROM flux.get_meter_readings_5m($1, $2, $3)", *arguments)
+    ]
+    assert len(times) > 80
 
-    async def buckets_computed(limit: str) -> int:
+    def periods_up_to(row: int) -> int:
+        """How many 5-minute bucket periods lie from the first row's to the given row's (both included)."""
+        return int((times[row] - times[0]) / timedelta(minutes=5)) + 1
+
+    async def periods_read(limit: str) -> int:
         explained = await pool.fetchval(
             f"EXPLAIN (ANALYZE, FORMAT JSON) SELECT * FROM flux.get_meter_readings_5m($1, $2, $3) LIMIT {limit}",
             *arguments,
@@ -150,16 +156,18 @@ async def test_the_rpc_is_inlined_and_a_limit_stops_it_early(pool: asyncpg.Pool,
         nodes = _nodes((json.loads(explained) if isinstance(explained, str) else explained)[0]["Plan"])
         # Inlined: no function scan of the RPC or of meter_reading_buckets, whose result would be computed whole.
         assert not [node for node in nodes if node["Node Type"] == "Function Scan" and "meter" in node["Function Name"]]
-        # Each bucket computed looks up its previous bucket once (0008 read every bucket of the window instead).
-        previous = [node for node in nodes if node.get("Alias") == "previous"]
-        assert len(previous) == 1 and previous[0]["Relation Name"] == "meter_reading_rollups"
-        loops: int = previous[0]["Actual Loops"]
+        # The buckets are read period by period (0008 read every bucket of the window instead), and since 0015
+        # their stored deltas need no lookup of their neighbours.
+        assert not [node for node in nodes if node.get("Alias") in ("previous", "following")]
+        read = [node for node in nodes if node.get("Alias") == "bucket"]
+        assert len(read) == 1 and read[0]["Relation Name"] == "meter_reading_rollups"
+        loops: int = read[0]["Actual Loops"]
         return loops
 
-    # LIMIT n: the n rows, the rest of their last bucket period and the next period's rows (two meters: 2 each).
-    assert await buckets_computed("3") <= 3 + 2 * 2
-    assert await buckets_computed("40") <= 40 + 2 * 2
-    assert await buckets_computed("ALL") == total
+    # LIMIT n: the periods of the n rows and the next one (the sort above needs to see the next period start).
+    assert await periods_read("3") <= periods_up_to(2) + 1
+    assert await periods_read("40") <= periods_up_to(39) + 1
+    assert await periods_read("ALL") == periods_up_to(len(times) - 1)
 
 
 @pytest.fixture

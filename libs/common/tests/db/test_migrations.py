@@ -68,3 +68,17 @@ async def test_a_failing_migration_leaves_nothing_half_applied(pool: asyncpg.Poo
         await apply_migrations(pool, owner=owner, migrations=broken)
     assert await pool.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = $1", schema) == 0
     assert await pool.fetchval("SELECT count(*) FROM public.gridloop_schema_migrations WHERE owner = $1", owner) == 0
+
+
+async def test_a_migration_longer_than_the_pools_command_timeout_runs_to_its_end(database_url: str) -> None:
+    """A backfill may take minutes; the pool's command timeout (for the services' queries) must not cancel it."""
+    owner, schema = f"owner_{uuid.uuid4().hex[:8]}", f"s_{uuid.uuid4().hex[:8]}"
+    slow = [
+        Migration(1, "slow_backfill", f"CREATE SCHEMA {schema}; SELECT pg_sleep(0.6); CREATE TABLE {schema}.done ()")
+    ]
+    async with open_pool(database_url, max_size=1, command_timeout_s=0.2) as pool:
+        with pytest.raises(TimeoutError):
+            await pool.execute("SELECT pg_sleep(0.6)")  # the pool's timeout applies to everything else
+        applied = await apply_migrations(pool, owner=owner, migrations=slow)
+        assert [migration.version for migration in applied] == [1]
+        assert await pool.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{schema}.done")

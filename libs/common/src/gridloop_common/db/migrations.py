@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import time
 from dataclasses import dataclass
 from importlib import resources
 
@@ -24,6 +25,10 @@ logger = logging.getLogger(__name__)
 
 # One lock for every service's migrations: schema changes are rare, and serialising them is simplest.
 _ADVISORY_LOCK_KEY = 0x6772_6964_6C6F_6F70 & 0x7FFF_FFFF_FFFF_FFFF  # "gridloop"
+# A migration may rewrite or backfill a large table (telemetry-ingest 0015 fills a column of every rollup row:
+# over 30 s for a million rows); the pool's command timeout would cancel it half-way, and every retry with it.
+# A migration runs to its end; PostgreSQL's own statement_timeout, if the server sets one, still applies.
+MIGRATION_TIMEOUT_S = 24 * 3600.0
 _FILE_NAME = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
 
 _LEDGER = """
@@ -92,8 +97,13 @@ async def apply_migrations(pool: asyncpg.Pool, *, owner: str, migrations: list[M
                             "after it was applied; add a new migration instead"
                         )
                     continue
+                logger.info(
+                    "applying migration",
+                    extra={"owner": owner, "migration": f"{migration.version:04d}_{migration.name}"},
+                )
+                started = time.perf_counter()
                 async with connection.transaction():
-                    await connection.execute(migration.sql)
+                    await connection.execute(migration.sql, timeout=MIGRATION_TIMEOUT_S)
                     await connection.execute(
                         "INSERT INTO public.gridloop_schema_migrations (owner, version, name, checksum)"
                         " VALUES ($1, $2, $3, $4)",
@@ -105,7 +115,11 @@ async def apply_migrations(pool: asyncpg.Pool, *, owner: str, migrations: list[M
                 applied_now.append(migration)
                 logger.info(
                     "migration applied",
-                    extra={"owner": owner, "migration": f"{migration.version:04d}_{migration.name}"},
+                    extra={
+                        "owner": owner,
+                        "migration": f"{migration.version:04d}_{migration.name}",
+                        "seconds": round(time.perf_counter() - started, 3),
+                    },
                 )
         finally:
             await connection.execute("SELECT pg_advisory_unlock($1)", _ADVISORY_LOCK_KEY)
