@@ -235,9 +235,10 @@ class Fleet:
             columns[name] = np.round(nominal + spread * noise.standard_normal(size=(cycles, count)), REGISTER_DECIMALS)
         return columns
 
-    def copy_chunk(self, first_cycle: int, cycles: int) -> bytes:
-        """Binary COPY data (header, rows in cycle then device order, trailer) for the given cycles."""
-        count = len(self.devices)
+    def copy_chunk(self, first_cycle: int, cycles: int, devices: slice = slice(None)) -> bytes:
+        """Binary COPY data (header, rows in cycle then device order, trailer) for the given cycles and devices."""
+        chosen = self.devices[devices]
+        count = len(chosen)
         layout = [
             ("fields", ">i2"),
             ("time_length", ">i4"),
@@ -256,12 +257,12 @@ class Fleet:
             np.arange(first_cycle, first_cycle + cycles, dtype=np.int64) * self.interval_s * 1_000_000
         )
         rows["time"] = np.repeat(cycle_us, count)
-        device_bytes = np.frombuffer(b"".join(device.bytes for device in self.devices), dtype="V16")
+        device_bytes = np.frombuffer(b"".join(device.bytes for device in chosen), dtype="V16")
         rows["device"] = np.tile(device_bytes, cycles)
         values = self.values(first_cycle, cycles)
         for index, name in enumerate(REAL_COLUMNS):
             rows[f"length_{index}"] = 4
-            rows[f"value_{index}"] = values[name].reshape(-1)
+            rows[f"value_{index}"] = values[name][:, devices].reshape(-1)
         return b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" * 2 + rows.tobytes() + b"\xff\xff"
 
     def readings(self, first_cycle: int, cycles: int) -> Iterator[tuple[datetime, list[dict[str, Any]]]]:
@@ -287,10 +288,12 @@ async def fill(database_url: str, fleet: Fleet, *, cycles: int, connections: int
     """COPY ``cycles`` cycles of the fleet into flux.mg_meter_readings; stops early after ``limit_s``."""
     admin = await asyncpg.connect(database_url)
     await admin.execute("ALTER TABLE flux.mg_meter_readings DISABLE TRIGGER realtime_after_insert")
-    # One COPY per 30-minute period of the whole fleet: the rollup trigger takes an advisory lock per touched
-    # (device, period), and a statement touching more than a few thousand pairs runs out of lock table
-    # ("out of shared memory", max_locks_per_transaction) - shared with every other database on the server.
-    chunks = asyncio.Queue[tuple[int, int]]()
+    # One COPY per 30-minute period: a statement touching more than a few thousand (device, period) pairs runs
+    # out of lock table ("out of shared memory", max_locks_per_transaction) - shared with every other database on
+    # the server. Each connection writes its own share of the meters, in time order: the rollup refresh takes
+    # one advisory lock per meter (migration 0015), so two streams writing adjacent periods of the same meters
+    # would take turns rather than run side by side.
+    chunks: list[tuple[int, int]] = []
     periods_per_chunk = max(1, 1000 // len(fleet.devices))
     first, period, periods = 0, None, 0
     for cycle in range(cycles + 1):
@@ -298,23 +301,27 @@ async def fill(database_url: str, fleet: Fleet, *, cycles: int, connections: int
         if current != period and cycle > first:
             periods += 1
             if periods == periods_per_chunk or cycle == cycles:
-                chunks.put_nowait((first, cycle - first))
+                chunks.append((first, cycle - first))
                 first, periods = cycle, 0
         period = current
-    chunk_count = chunks.qsize()
+    chunk_count = len(chunks) * connections
     done_rows = 0
-    done_cycles: list[int] = []
+    # Cycles each connection has written, from the first: the fill is complete up to the smallest.
+    done_cycles = [0] * connections
+    bounds = np.linspace(0, len(fleet.devices), connections + 1).astype(int)
     started = time.perf_counter()
     deadline = started + limit_s
     last_report = started
 
-    async def worker() -> None:
+    async def worker(index: int) -> None:
         nonlocal done_rows, last_report
+        devices = slice(int(bounds[index]), int(bounds[index + 1]))
         connection = await asyncpg.connect(database_url)
         try:
-            while not chunks.empty() and time.perf_counter() < deadline:
-                first, size = chunks.get_nowait()
-                data = await asyncio.to_thread(fleet.copy_chunk, first, size)
+            for first, size in chunks:
+                if time.perf_counter() >= deadline:
+                    break
+                data = await asyncio.to_thread(fleet.copy_chunk, first, size, devices)
                 await connection.copy_to_table(
                     "mg_meter_readings",
                     schema_name="flux",
@@ -322,8 +329,8 @@ async def fill(database_url: str, fleet: Fleet, *, cycles: int, connections: int
                     columns=list(COLUMNS),
                     format="binary",
                 )
-                done_rows += size * len(fleet.devices)
-                done_cycles.extend(range(first, first + size))
+                done_rows += size * (devices.stop - devices.start)
+                done_cycles[index] = first + size
                 now = time.perf_counter()
                 if now - last_report >= 15:
                     last_report = now
@@ -333,7 +340,7 @@ async def fill(database_url: str, fleet: Fleet, *, cycles: int, connections: int
         finally:
             await connection.close()
 
-    await asyncio.gather(*(worker() for _ in range(connections)))
+    await asyncio.gather(*(worker(index) for index in range(connections)))
     copy_s = time.perf_counter() - started
     await admin.execute("ALTER TABLE flux.mg_meter_readings ENABLE TRIGGER realtime_after_insert")
     analyze_started = time.perf_counter()
@@ -353,8 +360,8 @@ async def fill(database_url: str, fleet: Fleet, *, cycles: int, connections: int
         "devices": len(fleet.devices),
         "interval_s": fleet.interval_s,
         "first_reading": fleet.start.isoformat(),
-        "cycles_filled": len(done_cycles),
-        "complete": len(done_cycles) == cycles,
+        "cycles_filled": min(done_cycles),
+        "complete": min(done_cycles) == cycles,
         "copy_s": copy_s,
         "rows_per_s": done_rows / copy_s,
         "analyze_s": analyze_s,
