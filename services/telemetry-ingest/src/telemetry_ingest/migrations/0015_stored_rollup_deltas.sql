@@ -542,12 +542,11 @@ BEGIN
     ),
     -- Every computed bucket with its neighbours in the batch: lag/lead over the same meter's computed buckets of
     -- its width, whatever their period. The first and last bucket of a period in the batch also look up the
-    -- nearest stored bucket outside the period (one index probe each; the others' probe is an empty range), as it
-    -- was before this statement: the
-    -- nearer of the two is the neighbour after this statement, and on a tie the batch's is the fresh one. A
-    -- stored one is stale only if it lies in a period of the batch, and then (no bucket of such a period is
-    -- removed on this path) the batch holds a bucket at least as near. With prune_emptied, buckets can be
-    -- removed, and the statement after this one checks every touched period again.
+    -- nearest stored bucket outside the period, as it was before this statement (one index probe each; the
+    -- other buckets' probe is an empty range). The nearer of the two is the neighbour after this statement, and
+    -- on a tie the batch's is the fresh one. A stored one is stale only if it lies in a period of the batch, and
+    -- then (no bucket of such a period is removed on this path) the batch holds a bucket at least as near. With
+    -- prune_emptied, buckets can be removed, and the statement after this one checks every touched period again.
     sequenced AS (
         SELECT
             batched.*,
