@@ -196,7 +196,7 @@ async def test_a_reading_is_stored_alike_whether_its_batch_takes_the_fast_or_the
     dead_letters: DeadLetters,
     publish_batch: PublishBatch,
 ) -> None:
-    fast_device, careful_device, lax_device = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    fast_device, careful_device, lax_device, upper_device = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     # Seven fractional digits: rounded to the microsecond (as PostgreSQL rounds), on both paths.
     moment = "2026-03-02T12:00:00.9999996Z"
     fast_batch: list[object] = [{"time": moment, "device_id": str(fast_device), "frequency": 50.0}]
@@ -204,6 +204,8 @@ async def test_a_reading_is_stored_alike_whether_its_batch_takes_the_fast_or_the
         {"time": moment, "device_id": str(careful_device), "frequency": 50.0},
         {"time": moment, "device_id": str(lax_device), "frequency": "49.5"},  # a number in a string: the model's
         {"time": moment, "device_id": "not-a-device", "frequency": 50.0},
+        # The fast path takes only the canonical spelling of an id; the model takes this one too.
+        {"time": moment, "device_id": str(upper_device).upper(), "frequency": 50.0},
     ]
     fast_id, careful_id = f"batch-{uuid.uuid4()}", f"batch-{uuid.uuid4()}"
 
@@ -214,13 +216,20 @@ async def test_a_reading_is_stored_alike_whether_its_batch_takes_the_fast_or_the
 
     rows = await pool.fetch(
         "SELECT device_id, time, frequency FROM flux.mg_meter_readings WHERE device_id = ANY($1::uuid[])",
-        [fast_device, careful_device, lax_device],
+        [fast_device, careful_device, lax_device, upper_device],
     )
     stored = {row["device_id"]: (row["time"], row["frequency"]) for row in rows}
     rounded = datetime(2026, 3, 2, 12, 0, 1, tzinfo=UTC)
     assert stored[fast_device] == (rounded, 50.0)
     assert stored[careful_device] == (rounded, 50.0)
     # The model accepts "49.5" and truncates the extra digit; the struct refused the item, so the model decided.
-    assert stored[lax_device] == (datetime(2026, 3, 2, 12, 0, 0, 999999, tzinfo=UTC), 49.5)
+    truncated = datetime(2026, 3, 2, 12, 0, 0, 999999, tzinfo=UTC)
+    assert stored[lax_device] == (truncated, 49.5)
+    assert stored[upper_device] == (truncated, 50.0)  # the model decided this one too
+    # Whichever path and spelling, the freshness gauge is labelled with the id's canonical text.
+    gauge = "gridloop_device_last_reading_timestamp_seconds"
+    for device, latest in ((fast_device, rounded), (careful_device, rounded), (upper_device, truncated)):
+        assert REGISTRY.get_sample_value(gauge, {"device": str(device)}) == latest.timestamp()
+    assert REGISTRY.get_sample_value(gauge, {"device": str(upper_device).upper()}) is None
     rejected = await dead_letters.find(f"{careful_id}:2")
     assert "device_id" in str((rejected.headers or {})[DEAD_LETTER_REASON_HEADER])

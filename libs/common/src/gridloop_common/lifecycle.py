@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -50,6 +51,11 @@ def run_service(
             if task.cancelling():
                 raise
 
+    # What the imports built (modules, classes, models: ~70,000 objects a service) lives as long as the process.
+    # Frozen, the cycle collector's full collections stop walking it; in telemetry-ingest they took 0.33 s of
+    # every 800,000 readings consumed, 0.05 s frozen.
+    gc.collect()
+    gc.freeze()
     try:
         # uvloop: a faster event loop for the broker, database and HTTP I/O of every service.
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

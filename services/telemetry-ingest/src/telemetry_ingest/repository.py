@@ -26,7 +26,8 @@ __all__ = [
     "table_columns",
 ]
 
-# One reading as the COPY sends it: the table's columns in order, time and device_id first.
+# One reading as the COPY sends it: the table's columns in order, time and device_id first (device_id a uuid.UUID or
+# its canonical text, see reading_rows.py).
 ReadingRecord = tuple[Any, ...]
 
 DEVICE_LAST_READING = Gauge(
@@ -137,9 +138,9 @@ class ReadingsRepository:
         self.stale_after_s = poll_interval_s * stale_after_intervals
         self._clock = clock
         # Newest reading time per device seen by this replica; the database is asked as well, since
-        # other replicas consume the same queue. Keyed by UUID.int (see _note_records).
-        self._last_reading: dict[int, float] = {}
-        self._gauges: dict[int, Gauge] = {}
+        # other replicas consume the same queue. Keyed by the id's canonical text (see _note_records).
+        self._last_reading: dict[str, float] = {}
+        self._gauges: dict[str, Gauge] = {}
 
     @staticmethod
     def records(kind: ReadingKind, readings: Sequence[BessReading] | Sequence[MeterReading]) -> list[ReadingRecord]:
@@ -196,22 +197,23 @@ class ReadingsRepository:
         return status
 
     def _note_records(self, records: Sequence[ReadingRecord]) -> None:
-        # Keyed by UUID.int: uuid.UUID hashes and compares in Python, which made this loop cost more than
-        # validating the readings; an int does both in C.
-        newest: dict[int, tuple[datetime, UUID]] = {}
+        # Keyed by the canonical text of the id: the fast path's rows hold it already (reading_rows.py), and a
+        # str hashes and compares in C (uuid.UUID does both in Python, which made this loop cost more than
+        # validating the readings). Rows built from a model hold a uuid.UUID, whose str() is that text.
+        newest: dict[str, datetime] = {}
         for record in records:
             moment, device_id = record[0], record[1]
-            key = device_id.int
+            key = device_id if device_id.__class__ is str else str(device_id)
             known = newest.get(key)
-            if known is None or moment > known[0]:
-                newest[key] = (moment, device_id)
-        for key, (latest, device_id) in newest.items():
+            if known is None or moment > known:
+                newest[key] = moment
+        for key, latest in newest.items():
             moment_s = latest.timestamp()
             if moment_s > self._last_reading.get(key, float("-inf")):
                 self._last_reading[key] = moment_s
                 gauge = self._gauges.get(key)
                 if gauge is None:
-                    gauge = self._gauges[key] = DEVICE_LAST_READING.labels(str(device_id))
+                    gauge = self._gauges[key] = DEVICE_LAST_READING.labels(key)
                 gauge.set(moment_s)
 
     async def device_status(self) -> list[DeviceStatus]:
@@ -227,8 +229,8 @@ class ReadingsRepository:
             """
         )
         now = self._clock()
-        names: dict[UUID, str | None] = {UUID(int=key): None for key in self._last_reading}
-        latest: dict[UUID, float] = {UUID(int=key): moment for key, moment in self._last_reading.items()}
+        names: dict[UUID, str | None] = {UUID(key): None for key in self._last_reading}
+        latest: dict[UUID, float] = {UUID(key): moment for key, moment in self._last_reading.items()}
         for row in rows:
             names[row["id"]] = row["name"]
             stored: datetime | None = row["last_reading_at"]
