@@ -34,7 +34,7 @@ from pydantic import AwareDatetime, BaseModel
 from gridloop_common.contracts import BessReading, MeterReading
 from telemetry_ingest.repository import ReadingKind, ReadingRecord, table_columns
 
-__all__ = ["CANONICAL_UUID_PATTERN", "READING_MODELS", "REAL_MAX", "ReadingDecoder", "decoder", "row_struct"]
+__all__ = ["READING_MODELS", "REAL_MAX", "ReadingDecoder", "decoder", "row_struct"]
 
 READING_MODELS: Final[dict[ReadingKind, type[BessReading] | type[MeterReading]]] = {
     ReadingKind.BESS: BessReading,
@@ -48,8 +48,9 @@ REAL_MAX: Final = 3.4028234663852886e38
 # object the cycle collector tracks, and so is every row tuple holding one. The rows of the messages in
 # hand (up to the prefetch, ~50,000 readings) then survived each young collection into the oldest
 # generation, and collecting took a quarter of the consumer's CPU (8.3 us a reading; 6.0 with the
-# collector off, 7.4 with this). A tuple of str, datetime and float is untracked at its first collection. asyncpg encodes the text in C; any other spelling the model accepts (upper case, no
-# hyphens, braces, urn:) fails this pattern and takes the careful path, where the model decides.
+# collector off, 7.4 with this). A tuple of str, datetime and float is untracked at its first collection.
+# asyncpg encodes the text in C; any other spelling the model accepts (upper case, no hyphens, braces,
+# urn:) fails this pattern and takes the careful path, where the model decides.
 CANONICAL_UUID_PATTERN: Final = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 CanonicalUuid = Annotated[str, msgspec.Meta(pattern=CANONICAL_UUID_PATTERN)]
 
