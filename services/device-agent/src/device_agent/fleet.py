@@ -11,13 +11,12 @@ from device_agent.controller import BatteryController
 from device_agent.meter import SiteMeter
 from device_agent.modbus.bus import ModbusBus
 from device_agent.repository import RegisteredDevice, load_devices
+from gridloop_common.contracts import DeviceType
 from gridloop_common.messaging import Publisher
 
 __all__ = ["Fleet"]
 
 logger = logging.getLogger(__name__)
-
-_BATTERY_TYPES = frozenset({"bess", "battery", "storage"})
 
 
 class Fleet:
@@ -69,7 +68,7 @@ class Fleet:
                 del self._controllers[name]
                 logger.info("device retired", extra={"device": name})
         for device in devices:
-            if device.device_type not in _BATTERY_TYPES or device.name in self._controllers:
+            if device.device_type != DeviceType.BESS or device.name in self._controllers:
                 continue
             meter = by_name.get(device.site_meter) if device.site_meter else None
             controller = BatteryController(
