@@ -17,10 +17,10 @@ from gridloop_common.db import apply_migrations, load_migrations, open_pool
 from gridloop_simulators.upstream import UpstreamSimulator
 from telemetry_ingest.upload import TelemetryUploader
 
-from .api_fixtures import headers_for, key
 from .api_fixtures import api_clock as api_clock
 from .api_fixtures import api_server as api_server
 from .api_fixtures import api_url as api_url
+from .api_fixtures import headers_for, key
 
 pytestmark = pytest.mark.connected
 
