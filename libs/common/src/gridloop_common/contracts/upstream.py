@@ -69,6 +69,7 @@ _SETTINGS_APPLY: Final = "settings.apply"
 _POWER_MODE_MODES: Final = frozenset({BatteryMode.CHARGE, BatteryMode.DISCHARGE})
 
 _Percentage = Annotated[int, Field(ge=0, le=100)]
+_IGNORED_SETTINGS: Final = ("enable_grid_export", "maximum_charge_percentage")
 
 
 class _BatteryInstruction(BaseModel):
@@ -91,6 +92,21 @@ class _BatteryInstruction(BaseModel):
     maximum_charge_percentage: _Percentage | None = Field(
         default=None, description="State of charge the battery stops charging at, in percent."
     )
+
+    def caveats(self) -> list[str]:
+        """Where gridloop carries these settings out differently from what they say, in words for a person.
+
+        The scheduler's acknowledgement and the device-agent's outcome both give them as their reason, so
+        neither a SAVINGS command nor a deprecated setting is silently treated otherwise than asked.
+        """
+        notes = []
+        if self.mode == BatteryMode.SAVINGS:
+            notes.append("SAVINGS follows self-consumption until the optimizer provides a plan")
+        # Both are deprecated upstream; no device control path reads them.
+        ignored = [name for name in _IGNORED_SETTINGS if getattr(self, name) is not None]
+        if ignored:
+            notes.append(f"{' and '.join(ignored)} ignored (deprecated upstream)")
+        return notes
 
     @field_validator("power_mode")
     @classmethod
