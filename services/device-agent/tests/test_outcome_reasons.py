@@ -16,7 +16,7 @@ from device_agent.controller import BatteryController
 from device_agent.modbus import DeviceAddress, ModbusBus
 from device_agent.repository import RegisteredDevice
 from gridloop_common.contracts import DeviceAction, DeviceOutcome
-from gridloop_common.messaging import Broker, open_broker
+from gridloop_common.messaging import open_broker
 from gridloop_common.settings import AmqpSettings
 from gridloop_simulators.battery import BatterySimulator
 
@@ -42,7 +42,6 @@ async def controller(amqp_url: str) -> AsyncIterator[BatteryController]:
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-
 
 
 def _device(port: int) -> RegisteredDevice:
