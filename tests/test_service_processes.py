@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,6 +65,11 @@ async def test_service_starts_ready_and_stops_within_20_s_of_sigterm(
             assert (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
             metrics = await client.get(f"http://127.0.0.1:{port}/metrics")
             assert "process_cpu_seconds_total" in metrics.text
+        # The live exposition, as a Prometheus scrapes it, passes Prometheus's linter.
+        promtool = shutil.which("promtool")
+        assert promtool is not None, "promtool is missing: run scripts/ensure-infrastructure.sh"
+        lint = subprocess.run([promtool, "check", "metrics"], input=metrics.content, capture_output=True, timeout=60)
+        assert lint.returncode == 0, (lint.stdout + lint.stderr).decode()
 
         connection = await aio_pika.connect(amqp_url)
         async with connection:
