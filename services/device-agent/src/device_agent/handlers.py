@@ -37,6 +37,9 @@ def device_action_handler(fleet: Fleet, publisher: Publisher) -> Callable[[Deliv
         if controller is None:
             # Registered a moment ago (the action overtook the registry's change notice)? Wait for it.
             wait_s = unknown_device_wait_s(action.valid_until, now=datetime.now(tz=UTC))
+            logger.info(
+                "action waits for its device's registration", extra={"device": action.device_name, "wait_s": wait_s}
+            )
             controller = await fleet.wait_for_controller(action.device_name, timeout_s=wait_s)
         if controller is None:
             outcome: DeviceOutcome | None = DeviceOutcome(
