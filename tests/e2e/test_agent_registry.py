@@ -185,3 +185,19 @@ async def test_an_action_that_overtakes_its_device_registration_waits_for_it(col
         await asyncio.wait_for(battery.controlled.wait(), WRITE_BOUND_S)
         await eventually(lambda: discharging_at(battery, 1500), timeout_s=5, what="battery set to discharge 1500 W")
     assert "is not driven by this agent" not in cold_start.agent_log()
+
+
+async def test_a_registration_alone_reaches_the_running_agent_through_the_change_notice(cold_start: ColdStart) -> None:
+    await cold_start.migrate_ingest()
+    await cold_start.stack.start("agent")
+    await eventually(
+        lambda: "listening for registry changes" in cold_start.agent_log(), what="the agent listening for changes"
+    )
+    async with WatchedBattery() as battery:
+        await cold_start.register("noticed-battery", battery)
+        # No action names it: only the change notice can have the agent pick it up before the 300 s re-read.
+        await eventually(
+            lambda: '"device picked up"' in cold_start.agent_log() and "noticed-battery" in cold_start.agent_log(),
+            timeout_s=WRITE_BOUND_S,
+            what="the agent picking up the new battery",
+        )
