@@ -13,12 +13,14 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from device_agent.fleet import Fleet
+from device_agent.handlers import UNKNOWN_DEVICE_WAIT_S, unknown_device_wait_s
 from device_agent.modbus.bus import ModbusBus
 from device_agent.registry_feed import REGISTRY_CHANNEL, listen_for_registry_changes
 from gridloop_common.db import open_pool
@@ -136,3 +138,11 @@ async def test_a_registry_created_after_the_agent_started_is_read_within_a_secon
             running.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await running
+
+
+def test_an_unknown_device_is_waited_for_briefly_and_never_past_the_action_validity() -> None:
+    now = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    assert unknown_device_wait_s(None, now=now) == UNKNOWN_DEVICE_WAIT_S
+    assert unknown_device_wait_s(now + timedelta(hours=1), now=now) == UNKNOWN_DEVICE_WAIT_S
+    assert unknown_device_wait_s(now + timedelta(seconds=3), now=now) == 3.0
+    assert unknown_device_wait_s(now - timedelta(seconds=3), now=now) == 0.0
