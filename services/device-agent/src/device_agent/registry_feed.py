@@ -1,4 +1,4 @@
-"""Registry change notices: LISTEN on the channel telemetry-ingest's trigger notifies (migration 0016).
+"""Registry change notices: LISTEN on the channel telemetry-ingest's trigger notifies (migration 0017).
 
 A dedicated connection, outside the pool: a pooled connection would lose its LISTEN when released. When the
 connection drops it is opened again with backoff; each (re)connection also counts as a change, since
