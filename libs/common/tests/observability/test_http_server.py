@@ -155,10 +155,8 @@ async def test_half_sent_requests_are_bounded_by_the_connection_cap() -> None:
             writer.write(b"GET /client HTTP/1.1\r\nHost: x\r\n")
         reads = [asyncio.create_task(reader.read()) for reader, _ in connections]
         # The 40 past the cap are closed as they are accepted; wait for those closes, not for a time.
-        closed = 0
-        for read in asyncio.as_completed(reads, timeout=SERVED_WITHIN_S * 2):
+        for closed, read in enumerate(asyncio.as_completed(reads, timeout=SERVED_WITHIN_S * 2), start=1):
             assert await read == b""
-            closed += 1
             if closed == 40:
                 break
         assert len(server.server_state.connections) == 20  # type: ignore[attr-defined]
