@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -82,7 +83,7 @@ async def test_the_producer_may_publish_to_gridloop_upstream_and_nothing_else(
 
         channel = await connection.channel(publisher_confirms=True)
         devices = await channel.get_exchange(routing.DEVICES_EXCHANGE, ensure=False)
-        with pytest.raises(aiormq.exceptions.ChannelAccessRefused, match="gridloop.devices"):
+        with pytest.raises(aiormq.exceptions.ChannelAccessRefused, match=re.escape(routing.DEVICES_EXCHANGE)):
             await devices.publish(message, routing_key=f"{routing.RoutingKeys.DEVICE_ACTION_PREFIX}.battery-1")
 
         channel = await connection.channel()
@@ -98,7 +99,7 @@ async def test_the_producer_may_publish_to_gridloop_upstream_and_nothing_else(
 
         channel = await connection.channel()
         queue = await channel.get_queue(routing.Queues.SCHEDULER_UPSTREAM, ensure=False)
-        with pytest.raises(aiormq.exceptions.ChannelAccessRefused, match="scheduler.upstream"):
+        with pytest.raises(aiormq.exceptions.ChannelAccessRefused, match=re.escape(routing.Queues.SCHEDULER_UPSTREAM)):
             await queue.consume(never_called)
 
     # The one allowed publish reached the scheduler's queue as it was sent.

@@ -96,7 +96,7 @@ class _GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(_HEADERS_TOO_LARGE)
             return
         protocol = self.transport.get_protocol()
-        protocol.data_received(data[room:])  # type: ignore[attr-defined]
+        protocol.data_received(data[room:])
 
     # -- parser callbacks --------------------------------------------------------------------------
 
