@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import ipaddress
 import sys
-from typing import Literal, NoReturn, Self, TypeVar
+from typing import Literal, NoReturn, TypeVar
 
-from pydantic import AmqpDsn, Field, PostgresDsn, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AmqpDsn, Field, PostgresDsn, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
@@ -113,11 +113,13 @@ class HttpServerSettings(BaseSettings):
                     raise ValueError(f"{part!r} is not an IP address, a CIDR network or *") from None
         return value
 
-    @model_validator(mode="after")
-    def _connections_hold_the_concurrency(self) -> Self:
-        if self.http_max_connections < self.http_limit_concurrency:
-            raise ValueError("GRIDLOOP_HTTP_MAX_CONNECTIONS must be at least GRIDLOOP_HTTP_LIMIT_CONCURRENCY")
-        return self
+    @field_validator("http_max_connections")
+    @classmethod
+    def _connections_hold_the_concurrency(cls, value: int, info: ValidationInfo) -> int:
+        concurrency = info.data.get("http_limit_concurrency")
+        if concurrency is not None and value < concurrency:
+            raise ValueError(f"must be at least GRIDLOOP_HTTP_LIMIT_CONCURRENCY ({concurrency})")
+        return value
 
 
 class UpstreamSettings(BaseSettings):

@@ -197,5 +197,5 @@ def test_the_trusted_proxies_must_be_addresses_or_networks() -> None:
     assert limits(forwarded_allow_ips="*").forwarded_allow_list() == ["*"]
     with pytest.raises(ValidationError, match="'ingress' is not an IP address"):
         limits(forwarded_allow_ips="10.0.0.1,ingress")
-    with pytest.raises(ValidationError, match="HTTP_MAX_CONNECTIONS"):
+    with pytest.raises(ValidationError, match="at least GRIDLOOP_HTTP_LIMIT_CONCURRENCY"):
         limits(http_max_connections=10, http_limit_concurrency=20)
