@@ -52,7 +52,12 @@ async def run(settings: DeviceAgentSettings) -> None:
         )
         health.add_check("broker", broker.ready)
         await stack.enter_async_context(
-            serve_http(Starlette(routes=health_routes(health)), host=settings.agent_host, port=settings.agent_port)
+            serve_http(
+                Starlette(routes=health_routes(health)),
+                host=settings.agent_host,
+                port=settings.agent_port,
+                settings=settings.http,
+            )
         )
         bus = await stack.enter_async_context(ModbusBus(timeout_s=2.0))
         fleet = Fleet(

@@ -74,6 +74,7 @@ async def run(settings: SchedulerSettings, *, clock: Clock | None = None) -> Non
                 Starlette(routes=health_routes(health)),
                 host=settings.scheduler_host,
                 port=settings.scheduler_port,
+                settings=settings.http,
             )
         )
         upstream = settings.upstream

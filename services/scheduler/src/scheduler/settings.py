@@ -5,7 +5,13 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gridloop_common.settings import AmqpSettings, ObservabilitySettings, PostgresSettings, UpstreamSettings
+from gridloop_common.settings import (
+    AmqpSettings,
+    HttpServerSettings,
+    ObservabilitySettings,
+    PostgresSettings,
+    UpstreamSettings,
+)
 
 __all__ = ["SchedulerSettings"]
 
@@ -25,6 +31,7 @@ class SchedulerSettings(BaseSettings):
     database: PostgresSettings = Field(default_factory=PostgresSettings)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    http: HttpServerSettings = Field(default_factory=HttpServerSettings)
 
     @field_validator("upstream_ack_path")
     @classmethod

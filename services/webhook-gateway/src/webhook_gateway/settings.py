@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gridloop_common.settings import AmqpSettings, ObservabilitySettings, UpstreamSettings
+from gridloop_common.settings import AmqpSettings, HttpServerSettings, ObservabilitySettings, UpstreamSettings
 
 __all__ = ["GatewaySettings"]
 
@@ -29,6 +29,7 @@ class GatewaySettings(BaseSettings):
     amqp: AmqpSettings = Field(default_factory=AmqpSettings)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    http: HttpServerSettings = Field(default_factory=HttpServerSettings)
 
     @field_validator("webhook_secret")
     @classmethod
