@@ -31,6 +31,7 @@ from gridloop_common.contracts.grid_services import (
     TimeOfUseTariffRequest,
 )
 from gridloop_common.contracts.upstream import (
+    UNKNOWN_EVENT_TYPE,
     BatteryCommand,
     BatteryMode,
     Command,
@@ -44,6 +45,7 @@ from gridloop_common.contracts.upstream import (
 
 __all__ = [
     "MARKET_DATA_TYPES",
+    "UNKNOWN_EVENT_TYPE",
     "BatteryCommand",
     "BatteryMode",
     "BessReading",
