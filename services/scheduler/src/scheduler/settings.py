@@ -27,6 +27,11 @@ class SchedulerSettings(BaseSettings):
         default="/v1/commands/{id}",
         description="PATCH path template for acknowledgements ({id} = command id).",
     )
+    upstream_max_envelope_bytes: int = Field(
+        default=1_048_576,
+        ge=1024,
+        description="Largest upstream envelope taken from the queue; larger ones are dead-lettered, not stored.",
+    )
     amqp: AmqpSettings = Field(default_factory=AmqpSettings)
     database: PostgresSettings = Field(default_factory=PostgresSettings)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)

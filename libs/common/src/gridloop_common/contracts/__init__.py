@@ -32,6 +32,7 @@ from gridloop_common.contracts.grid_services import (
     TimeOfUseTariffRequest,
 )
 from gridloop_common.contracts.upstream import (
+    UNKNOWN_EVENT_TYPE,
     BatteryCommand,
     BatteryMode,
     Command,
@@ -45,6 +46,7 @@ from gridloop_common.contracts.upstream import (
 
 __all__ = [
     "MARKET_DATA_TYPES",
+    "UNKNOWN_EVENT_TYPE",
     "BatteryCommand",
     "BatteryMode",
     "BessReading",
