@@ -149,7 +149,8 @@ def test_select_order_limit_offset_and_range() -> None:
         ("name=in.a,b", '"failed to parse filter (in.a,b)" (line 1, column 1)'),
         ("name=is.maybe", '"failed to parse filter (is.maybe)" (line 1, column 1)'),
         ("or=(soe.eq.1", '"failed to parse logic tree ((soe.eq.1)" (line 1, column 1)'),
-        ("or=(soe.eq.1,and(soe.gt.2)", '"failed to parse logic tree ((soe.eq.1,and(soe.gt.2))" (line 1, column 23)'),
+        # The inner "and(" takes the last ")", so the outer tree ends without one: the error is at the end of input.
+        ("or=(soe.eq.1,and(soe.gt.2)", '"failed to parse logic tree ((soe.eq.1,and(soe.gt.2))" (line 1, column 24)'),
         ("or=()", '"failed to parse logic tree (())" (line 1, column 2)'),
         ("limit=ten", '"failed to parse limit parameter (ten)" (line 1, column 1)'),
     ],
