@@ -362,6 +362,21 @@ async def test_casts_in_select(pool: asyncpg.Pool, catalogue: Catalogue, site: s
     assert (not_a_number.value.status, not_a_number.value.code) == (400, "22P02")
 
 
+async def test_nulls_stripped_leaves_null_values_out(pool: asyncpg.Pool, catalogue: Catalogue, site: str) -> None:
+    query = f"site=eq.{site}&select=type,kw:metadata->max_power_kw&order=type&limit=2"
+    stripped = await request(
+        pool,
+        catalogue,
+        "GET",
+        query + "&type=eq.meter",
+        relation="mg_device_registry",
+        headers={"Accept": "application/vnd.pgrst.array+json;nulls=stripped"},
+    )
+    assert json.loads(stripped.body or "") == [{"type": "meter"}]
+    kept = await read_registry(pool, catalogue, query + "&type=eq.meter")
+    assert kept == [{"type": "meter", "kw": None}]
+
+
 async def test_csv_body_is_a_header_and_rfc_4180_rows(pool: asyncpg.Pool, catalogue: Catalogue, site: str) -> None:
     await request(
         pool,

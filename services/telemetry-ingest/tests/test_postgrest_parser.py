@@ -585,6 +585,20 @@ def test_bad_json_paths_and_casts_are_4xx(query: str, code: str) -> None:
 def test_accept_chooses_the_media_type(accept: str | None, csv: bool, singular: bool) -> None:
     query = read("", {} if accept is None else {"Accept": accept})
     assert (query.csv, query.singular) == (csv, singular)
+    assert query.strip_nulls == ("nulls=stripped" in (accept or ""))
+
+
+def test_a_type_with_nulls_stripped_leaves_null_values_out() -> None:
+    many = compile_query(CATALOGUE, read("", {"Accept": "application/vnd.pgrst.array+json;nulls=stripped"}))
+    assert "json_strip_nulls(json_agg(page))" in many.sql
+    one = compile_query(CATALOGUE, read("", {"Accept": "application/vnd.pgrst.object+json; nulls=stripped"}))
+    assert "json_strip_nulls(json_agg(page) -> 0)" in one.sql
+    assert not read("", {"Accept": "application/json;nulls=stripped"}).strip_nulls  # PostgREST's vendor types only
+
+
+def test_blanks_around_a_trees_separators_are_skipped() -> None:
+    (tree,) = where("or=( name.is.null , soe.eq.1)")
+    assert tree == Condition("or", (Filter("name", "is", "null"), Filter("soe", "eq", "1")))
 
 
 @pytest.mark.parametrize(

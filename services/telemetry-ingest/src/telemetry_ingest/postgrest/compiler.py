@@ -229,7 +229,14 @@ def _order(relation: Relation, terms: tuple[OrderTerm, ...]) -> str:
 
 
 def _read_body(query: ReadQuery, parameters: _Parameters) -> str:
-    return _csv_body(query.select, parameters) if query.csv else _body(query.singular)
+    if query.csv:
+        return _csv_body(query.select, parameters)
+    if query.strip_nulls:
+        # PostgREST's nulls=stripped: each row object without its null-valued keys.
+        if query.singular:
+            return "(SELECT json_strip_nulls(json_agg(page) -> 0)::text FROM page)"
+        return "(SELECT coalesce(json_strip_nulls(json_agg(page)), '[]')::text FROM page)"
+    return _body(query.singular)
 
 
 def _csv_text(value: str) -> str:

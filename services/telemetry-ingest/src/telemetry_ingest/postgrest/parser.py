@@ -20,7 +20,7 @@ from telemetry_ingest.postgrest.errors import (
     unknown_column,
     unknown_relationship,
 )
-from telemetry_ingest.postgrest.media import Media, negotiate
+from telemetry_ingest.postgrest.media import Media, negotiate_nulls
 from telemetry_ingest.postgrest.query import (
     CAST_TYPES,
     OPERATORS,
@@ -104,14 +104,16 @@ def parse_request(
     request_headers = _Headers(headers)
     preferences = _Preferences(request_headers.get("prefer"))
     verb = method.upper()
-    media = negotiate(request_headers.get("accept"), _READ_MEDIA if verb in ("GET", "HEAD") else _WRITE_MEDIA)
+    media, strip_nulls = negotiate_nulls(
+        request_headers.get("accept"), _READ_MEDIA if verb in ("GET", "HEAD") else _WRITE_MEDIA
+    )
     singular = media == "singular"
     returning = _parse_select(table, _last(parameters, "select"))
     if verb in ("GET", "HEAD"):
         read = _parse_read(
             table, parameters, request_headers, preferences, max_rows, singular=singular, head=verb == "HEAD"
         )
-        return dataclasses.replace(read, csv=media == "csv")
+        return dataclasses.replace(read, csv=media == "csv", strip_nulls=strip_nulls)
     if verb == "POST":
         return InsertQuery(
             relation=table.name,
@@ -189,7 +191,7 @@ def parse_rpc(
     # An RPC's rows are read like a relation whose columns are the function's output columns.
     relation = Relation(catalogue.schema, target.name, target.columns)
     request_headers = _Headers(headers)
-    media = negotiate(request_headers.get("accept"), _READ_MEDIA)
+    media, strip_nulls = negotiate_nulls(request_headers.get("accept"), _READ_MEDIA)
     read = _parse_read(
         relation,
         [(key, value) for key, value in parameters if verb == "POST" or key not in raw_arguments],
@@ -199,7 +201,7 @@ def parse_rpc(
         singular=media == "singular",
         head=verb == "HEAD",
     )
-    return dataclasses.replace(read, arguments=arguments, csv=media == "csv")
+    return dataclasses.replace(read, arguments=arguments, csv=media == "csv", strip_nulls=strip_nulls)
 
 
 def _parse_read(
@@ -435,7 +437,7 @@ def _read_operation(
     else:
         value, position = text[position:], len(text)
     if operator == "is":
-        keyword = value.lower()
+        keyword = value.strip().lower()  # PostgREST skips blanks around a tree's "," and ")"
         if keyword not in _IS_VALUES:
             raise parse_error("filter", context, 1, 'expecting "null", "not_null", "true", "false" or "unknown"')
         return negated, operator, keyword, position

@@ -150,6 +150,7 @@ class ReadQuery:
     head: bool = False
     arguments: tuple[Argument, ...] | None = None
     csv: bool = False  # Accept: text/csv (the body is CSV, not JSON)
+    strip_nulls: bool = False  # Accept: application/vnd.pgrst.*+json;nulls=stripped (null values left out)
 
 
 @dataclass(frozen=True)
