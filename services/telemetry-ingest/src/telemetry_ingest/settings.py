@@ -56,7 +56,7 @@ class IngestSettings(BaseSettings):
         default=100, ge=1, le=10_000, description="Most postgres_changes bindings in one realtime channel join."
     )
     realtime_max_bindings_per_socket: int = Field(
-        default=1000, ge=1, le=100_000, description="Most postgres_changes bindings on one realtime connection."
+        default=500, ge=1, le=100_000, description="Most postgres_changes bindings on one realtime connection."
     )
     realtime_max_channels_per_socket: int = Field(
         default=100, ge=1, le=10_000, description="Most joined channels on one realtime connection."
@@ -65,7 +65,7 @@ class IngestSettings(BaseSettings):
         default=500, ge=1, le=1_000_000, description="Most open realtime connections per API key (or user)."
     )
     realtime_max_sockets_per_address: int = Field(
-        default=50, ge=1, le=1_000_000, description="Most open realtime connections per client address."
+        default=20, ge=1, le=1_000_000, description="Most open realtime connections per client address."
     )
     realtime_joins_per_second: float = Field(
         default=10.0, gt=0, le=10_000, description="Channel joins per second per realtime connection, after a burst."

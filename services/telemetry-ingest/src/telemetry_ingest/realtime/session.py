@@ -57,10 +57,10 @@ class RealtimeLimits:
     """What one client may hold (Supabase Realtime bounds the same things); see README.md for each."""
 
     bindings_per_join: int = 100
-    bindings_per_socket: int = 1_000
+    bindings_per_socket: int = 500
     channels_per_socket: int = 100
     sockets_per_key: int = 500
-    sockets_per_address: int = 50
+    sockets_per_address: int = 20
     joins_per_second: float = 10.0
     frame_bytes: int = 1 << 20
 
