@@ -61,6 +61,7 @@ _COMPARISONS: Final[dict[str, Callable[[Any, Any], bool]]] = {
 # What realtime-js's filter builder writes and this server evaluates. match/imatch (regular expressions) are
 # refused: a pattern evaluated against every inserted row is a denial-of-service lever (catastrophic backtracking).
 OPERATORS: Final = (*_COMPARISONS, "in", "like", "ilike", "is", "isdistinct")
+_UNREADABLE: Final = object()  # a row's value that is not of its column's type: no condition holds
 _IS_VALUES: Final = {"null": None, "unknown": None, "true": True, "false": False}
 
 
@@ -121,6 +122,14 @@ class Condition:
 
     def _truth(self, value: Any) -> bool | None:
         """SQL three-valued logic: None is unknown (a null compared with anything)."""
+        comparison = _COMPARISONS.get(self.operator)
+        if comparison is not None:
+            if value is None:
+                return None
+            try:
+                return comparison(value, self.values[0])
+            except TypeError:  # e.g. a date filter against a timestamp with a zone
+                return None
         if self.operator == "is":
             return value is None if self.values[0] is None else bool(value == self.values[0])
         if self.operator == "isdistinct":
@@ -129,17 +138,20 @@ class Condition:
             return None
         if self.operator == "in":
             return value in self.values
-        if self.operator in ("like", "ilike"):
-            return _like_matches(str(self.values[0]), str(value), fold_case=self.operator == "ilike")
-        try:
-            return _COMPARISONS[self.operator](value, self.values[0])
-        except TypeError:
-            return None
+        return _like_matches(str(self.values[0]), str(value), fold_case=self.operator == "ilike")
 
-    def matches(self, record: Mapping[str, Any]) -> bool:
-        try:
-            value = coerce(self.type_name, record.get(self.column))
-        except (TypeError, ValueError):
+    def matches(self, record: Mapping[str, Any], coerced: dict[str, Any] | None = None) -> bool:
+        """Whether the row passes; ``coerced`` caches the row's values by column across the conditions of a row."""
+        if coerced is not None and self.column in coerced:
+            value = coerced[self.column]
+        else:
+            try:
+                value = coerce(self.type_name, record.get(self.column))
+            except (TypeError, ValueError):
+                value = _UNREADABLE
+            if coerced is not None:
+                coerced[self.column] = value
+        if value is _UNREADABLE:
             return False
         truth = self._truth(value)
         if truth is None:
@@ -160,8 +172,9 @@ class ChangeFilter:
 
     conditions: tuple[Condition, ...]
 
-    def matches(self, record: Mapping[str, Any]) -> bool:
-        return all(condition.matches(record) for condition in self.conditions)
+    def matches(self, record: Mapping[str, Any], coerced: dict[str, Any] | None = None) -> bool:
+        """Whether the row passes every condition; pass one ``coerced`` dict per row to share conversions."""
+        return all(condition.matches(record, coerced) for condition in self.conditions)
 
     def index_key(self) -> tuple[str, tuple[Any, ...]] | None:
         """A column and the values it must equal, for the hub's index; None when no condition pins one."""

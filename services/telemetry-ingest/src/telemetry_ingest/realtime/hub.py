@@ -8,7 +8,7 @@ import itertools
 import json
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Protocol, Self
@@ -99,7 +99,9 @@ class _TableIndex:
     everything: dict[_EntryKey, _Entry] = field(default_factory=dict)  # no filter: every row
     # A filter with ``column=eq.X`` (or ``in``): found by the row's value of that column.
     pinned: dict[str, dict[Any, dict[_EntryKey, _Entry]]] = field(default_factory=dict)
-    scanned: dict[_EntryKey, _Entry] = field(default_factory=dict)  # other filters: checked one by one
+    # Other filters: each distinct filter is checked once per row (clients often share one, as realtime-js's
+    # identical bindings are collapsed by Supabase Realtime too).
+    scanned: dict[ChangeFilter, dict[_EntryKey, _Entry]] = field(default_factory=dict)
 
     def add(self, subscriber: Subscriber, binding: Binding) -> None:
         key = (id(subscriber), binding.id)
@@ -107,7 +109,7 @@ class _TableIndex:
         if binding.change_filter is None:
             self.everything[key] = (subscriber, binding)
         elif index_key is None:
-            self.scanned[key] = (subscriber, binding)
+            self.scanned.setdefault(binding.change_filter, {})[key] = (subscriber, binding)
         else:
             column, values = index_key
             by_value = self.pinned.setdefault(column, {})
@@ -118,7 +120,12 @@ class _TableIndex:
         key = (id(subscriber), binding.id)
         index_key = binding.change_filter.index_key() if binding.change_filter is not None else None
         self.everything.pop(key, None)
-        self.scanned.pop(key, None)
+        if binding.change_filter is not None and index_key is None:
+            sharing = self.scanned.get(binding.change_filter)
+            if sharing is not None:
+                sharing.pop(key, None)
+                if not sharing:
+                    del self.scanned[binding.change_filter]
         if index_key is not None:
             column, values = index_key
             by_value = self.pinned.get(column, {})
@@ -418,20 +425,40 @@ class RealtimeHub:
         column_types = self._columns.get((change.schema, change.table), {})
         columns = [{"name": name, "type": type_name} for name, type_name in column_types.items()]
         matched: dict[Subscriber, list[int]] = {}
-        candidates: list[_Entry] = list(index.everything.values())
+        coerced: dict[str, Any] = {}  # the row's values converted once, not once per binding
+        work = 0
+
+        def take(entries: Iterable[_Entry], change_filter: ChangeFilter | None) -> None:
+            # A scanned entry's filter was checked once for all who share it; a pinned one checks the rest of its own.
+            for subscriber, binding in entries:
+                own = binding.change_filter
+                if change_filter is not None or own is None or own.matches(change.record, coerced):
+                    matched.setdefault(subscriber, []).append(binding.id)
+
+        everything = list(index.everything.values())
+        take(everything, None)
+        work += len(everything)
         for column, by_value in index.pinned.items():
             try:
                 value = coerce(column_types.get(column, "text"), change.record.get(column))
-                entries = by_value.get(value) if value is not None else None
+                pinned = by_value.get(value) if value is not None else None
             except (TypeError, ValueError):
-                entries = None
-            if entries:
-                candidates.extend(entries.values())
-        candidates.extend(index.scanned.values())
-        for position, (subscriber, binding) in enumerate(candidates, start=1):
-            if binding.change_filter is None or binding.change_filter.matches(change.record):
-                matched.setdefault(subscriber, []).append(binding.id)
-            if position % FAN_OUT_SLICE == 0:
+                pinned = None
+            if pinned:
+                entries = list(pinned.values())
+                take(entries, None)
+                work += len(entries)
+            if work >= FAN_OUT_SLICE:
+                work = 0
+                await asyncio.sleep(0)
+        for change_filter, sharing in list(index.scanned.items()):
+            work += 1
+            if change_filter.matches(change.record, coerced):
+                entries = list(sharing.values())
+                take(entries, change_filter)
+                work += len(entries)
+            if work >= FAN_OUT_SLICE:
+                work = 0
                 await asyncio.sleep(0)
         for delivered, (subscriber, binding_ids) in enumerate(matched.items(), start=1):
             # A subscriber that left while this row was being matched gets nothing.

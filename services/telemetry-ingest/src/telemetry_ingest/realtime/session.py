@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from prometheus_client import Counter, Gauge
-from starlette.responses import JSONResponse
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
@@ -38,6 +37,7 @@ logger = logging.getLogger("telemetry_ingest.realtime")
 
 # Delivery is never allowed to block the hub: a client this far behind is disconnected instead.
 OUTBOX_LIMIT: Final = 10_000
+CLOSE_POLICY_VIOLATION: Final = 1008
 CLOSE_TRY_AGAIN_LATER: Final = 1013
 
 CHANGES_DELIVERED = Counter(
@@ -466,6 +466,14 @@ def _client_address(websocket: WebSocket) -> str:
     return websocket.client.host if websocket.client is not None else "unknown"
 
 
+async def _refuse_connection(websocket: WebSocket, code: int, reason: str) -> None:
+    """Open, then close at once with the reason: a client sees why in the close frame (an HTTP denial it may
+    not), and uvicorn's sans-io websocket logs an ASGI error for every denial response."""
+    logger.info("realtime connection refused", extra={"reason": reason, "close_code": code})
+    await websocket.accept()
+    await websocket.close(code=code, reason=reason)
+
+
 def realtime_route(
     hub: RealtimeHub,
     jwt_secret: str,
@@ -475,8 +483,8 @@ def realtime_route(
 ) -> WebSocketRoute:
     """The Supabase Realtime websocket endpoint; the ``apikey`` query parameter must be a valid API key.
 
-    ``vsn`` picks the serializer (1.0.0 when absent, as Phoenix does); another version is refused at the
-    handshake with HTTP 400 and the reason, a connection past a per-key or per-address limit with 429.
+    ``vsn`` picks the serializer (1.0.0 when absent, as Phoenix does); another version is closed at once with
+    1008 and the reason, a connection past a per-key or per-address limit with 1013 (try again later).
     """
     authenticator = Authenticator(jwt_secret)
     limits = limits or RealtimeLimits()
@@ -496,15 +504,13 @@ def realtime_route(
         vsn = websocket.query_params.get("vsn") or "1.0.0"
         if vsn not in SERIALIZERS:
             reason = f"unsupported vsn {vsn[:32]!r}: this server speaks {' and '.join(SERIALIZERS)}"
-            logger.info("realtime connection refused", extra={"reason": reason})
-            await websocket.send_denial_response(JSONResponse({"message": reason}, status_code=400))
+            await _refuse_connection(websocket, CLOSE_POLICY_VIOLATION, reason)
             return
         key, address = key_of(identity), _client_address(websocket)
         refusal = connections.admit(key, address)
         if refusal is not None:
             REFUSED.labels("sockets").inc()
-            logger.info("realtime connection refused", extra={"reason": refusal})
-            await websocket.send_denial_response(JSONResponse({"message": refusal}, status_code=429))
+            await _refuse_connection(websocket, CLOSE_TRY_AGAIN_LATER, refusal)
             return
         try:
             await websocket.accept()
