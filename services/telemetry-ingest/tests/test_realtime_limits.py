@@ -167,6 +167,12 @@ async def test_malformed_frames_get_an_error_or_a_close_code_never_a_traceback(
             json.dumps({"topic": "realtime:y", "event": "phx_join", "ref": "2", "payload": {"config": []}})
         )
         assert (await _receive(socket))["payload"]["status"] == "error"
+        await socket.send(
+            _join(
+                "realtime:z", "3", [{"event": "INSERT", "schema": "flux", "table": "mg_bess_readings", "filter": [1]}]
+            )
+        )
+        assert (await _receive(socket))["payload"]["response"]["reason"].startswith("filter is a string")
         # The connection is still served.
         await socket.send(json.dumps({"topic": "phoenix", "event": "heartbeat", "payload": {}, "ref": "3"}))
         assert (await _receive(socket))["ref"] == "3"

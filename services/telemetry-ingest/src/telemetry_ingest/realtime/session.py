@@ -37,6 +37,7 @@ logger = logging.getLogger("telemetry_ingest.realtime")
 
 # Delivery is never allowed to block the hub: a client this far behind is disconnected instead.
 OUTBOX_LIMIT: Final = 10_000
+EXPIRY_CHECK_MAX_S: Final = 86_400.0
 CLOSE_POLICY_VIOLATION: Final = 1008
 CLOSE_TRY_AGAIN_LATER: Final = 1013
 
@@ -161,6 +162,7 @@ class _Channel:
         self._selects = {binding.id: binding.columns for binding in bindings}
         self._row_key = row_key
         self.expiry: asyncio.TimerHandle | None = None
+        self.claims: Mapping[str, Any] = {}  # of the token the channel runs on; its exp ends the channel
 
     def deliver(self, change: RowChange, binding_ids: list[int], columns: list[dict[str, str]]) -> None:
         # Bindings with different ``select``s see different records: one message per distinct select.
@@ -392,6 +394,8 @@ class _Session:
         requested_table = item.get("table")
         table = None if requested_table in (None, "*") else str(requested_table)
         filter_text = item.get("filter")
+        if filter_text is not None and not isinstance(filter_text, str):
+            raise FilterError("filter is a string, e.g. device_id=eq.<uuid>")
         published = [name for published_schema, name in self._hub.published_tables if published_schema == schema]
         if not published:
             raise FilterError(f"schema {schema!r} has no published tables")
@@ -422,9 +426,13 @@ class _Session:
     def _schedule_expiry(self, channel: _Channel, identity: Identity) -> None:
         """Close the channel when the token it was joined (or last refreshed) with expires, as Supabase does."""
         self._stop_expiry(channel)
+        channel.claims = identity.claims
         delay = expiry_delay(identity.claims, time.time())
         if delay is not None:
-            channel.expiry = asyncio.get_running_loop().call_later(delay, self._expire, channel)
+            # Looked at again at least daily: a far-off exp must not overflow the loop's timer.
+            channel.expiry = asyncio.get_running_loop().call_later(
+                min(delay, EXPIRY_CHECK_MAX_S), self._expire, channel
+            )
 
     @staticmethod
     def _stop_expiry(channel: _Channel) -> None:
@@ -435,10 +443,15 @@ class _Session:
     def _expire(self, channel: _Channel) -> None:
         if self._channels.get(channel.topic) is not channel:
             return
+        delay = expiry_delay(channel.claims, time.time())
+        if delay is not None and delay > 0:
+            channel.expiry = asyncio.get_running_loop().call_later(
+                min(delay, EXPIRY_CHECK_MAX_S), self._expire, channel
+            )
+            return
         logger.info("realtime channel token expired", extra={"topic": channel.topic})
-        self.send(
-            _system(channel.topic, channel.join_ref, extension="system", message="Token has expired", status="error")
-        )
+        message = "Token has expired"
+        self.send(_system(channel.topic, channel.join_ref, extension="system", message=message, status="error"))
         self._leave(channel.topic)
 
     def _leave(self, topic: str) -> None:
