@@ -1,9 +1,9 @@
 """Phoenix channel frames in both serializers realtime clients speak: vsn 1.0.0 (objects) and 2.0.0 (arrays).
 
 vsn 1.0.0: ``{"join_ref", "ref", "topic", "event", "payload"}`` (realtime-py, older realtime-js).
-vsn 2.0.0: ``[join_ref, ref, topic, event, payload]`` (realtime-js's default since supabase-js 2.91). Its
-binary frames carry only Broadcast, which this server does not offer: a user broadcast push is answered with an
-error reply on its channel, any other binary frame closes the socket with 1003.
+vsn 2.0.0: ``[join_ref, ref, topic, event, payload]`` (realtime-js's default since early 2026, supabase-js
+PR #2034). Its binary frames carry only Broadcast, which this server does not offer: a user broadcast push is
+answered with an error reply on its channel, any other binary frame closes the socket with 1003.
 """
 
 from __future__ import annotations
