@@ -11,6 +11,7 @@ from telemetry_ingest.postgrest.catalogue import (
 )
 from telemetry_ingest.postgrest.compiler import CompiledQuery, compile_query
 from telemetry_ingest.postgrest.errors import PostgrestError, error_from_database, status_for_sqlstate
+from telemetry_ingest.postgrest.media import CSV_CONTENT_TYPE, Media, negotiate
 from telemetry_ingest.postgrest.parser import QueryString, parse_request, parse_rpc
 from telemetry_ingest.postgrest.query import (
     Argument,
@@ -19,6 +20,7 @@ from telemetry_ingest.postgrest.query import (
     Filter,
     InsertGroup,
     InsertQuery,
+    JsonStep,
     OrderTerm,
     Query,
     ReadQuery,
@@ -33,6 +35,7 @@ from telemetry_ingest.postgrest.response import (
 )
 
 __all__ = [
+    "CSV_CONTENT_TYPE",
     "JSON_CONTENT_TYPE",
     "Argument",
     "Catalogue",
@@ -44,6 +47,8 @@ __all__ = [
     "Function",
     "InsertGroup",
     "InsertQuery",
+    "JsonStep",
+    "Media",
     "OrderTerm",
     "Parameter",
     "PostgrestError",
@@ -59,6 +64,7 @@ __all__ = [
     "error_from_database",
     "error_response",
     "load_catalogue",
+    "negotiate",
     "parse_request",
     "parse_rpc",
     "quote_identifier",
