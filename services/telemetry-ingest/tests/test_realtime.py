@@ -217,6 +217,61 @@ async def test_an_invalid_api_key_is_refused(api_server: str) -> None:
         await websockets.connect(api_server.replace("http://", "ws://") + "/realtime/v1/websocket?vsn=1.0.0")
 
 
+async def test_realtime_py_filters_with_and_not_is_and_select(
+    pool: asyncpg.Pool, api_server: str, anon_key: str
+) -> None:
+    device = uuid.uuid4()
+    arrivals: asyncio.Queue[PostgresChangesPayload] = asyncio.Queue()
+    states: list[RealtimeSubscribeStates] = []
+    client = AsyncRealtimeClient(f"{api_server}/realtime/v1", token=anon_key, auto_reconnect=False)
+    channel = client.channel("bess-conditions")
+    channel.on_postgres_changes(
+        RealtimePostgresChangesListenEvent.Insert,
+        arrivals.put_nowait,
+        table="mg_bess_readings",
+        schema="flux",
+        # As realtime-py documents it: conditions joined by commas are an AND.
+        filter=f"device_id=eq.{device},soe=gt.40,available_inverter_blocks=is.null,target_power=not.in.(0,9)",
+        select=["soe", "target_power"],
+    )
+    try:
+        await channel.subscribe(lambda state, error: states.append(state))
+        assert states == [RealtimeSubscribeStates.SUBSCRIBED]
+        start = datetime(2026, 7, 1, tzinfo=UTC)
+        rows = [
+            (device, 40.0, 1.0, None),  # soe not > 40
+            (device, 60.0, 9.0, None),  # target_power in (0, 9)
+            (device, 60.0, 1.0, 2),  # blocks not null
+            (uuid.uuid4(), 60.0, 1.0, None),  # another device
+            (device, 61.5, 2.5, None),  # the one that passes
+        ]
+        for offset, (row_device, soe, target_power, blocks) in enumerate(rows):
+            await pool.execute(
+                "INSERT INTO flux.mg_bess_readings (time, device_id, soe, target_power, available_inverter_blocks)"
+                " VALUES ($1, $2, $3, $4, $5)",
+                start + timedelta(seconds=offset),
+                row_device,
+                soe,
+                target_power,
+                blocks,
+            )
+        payload = await asyncio.wait_for(arrivals.get(), 5)
+        record = payload["data"]["record"]
+        assert record is not None
+        # select: the listed columns and the row's key (device_id, time) only.
+        assert dict(record) == {
+            "soe": 61.5,
+            "target_power": 2.5,
+            "device_id": str(device),
+            "time": record["time"],
+        }
+        assert datetime.fromisoformat(str(record["time"])) == start + timedelta(seconds=4)
+        assert {column["name"] for column in payload["data"]["columns"]} == {"soe", "target_power", "device_id", "time"}
+        assert arrivals.empty()
+    finally:
+        await client.close()
+
+
 async def test_the_handshake_log_holds_no_part_of_the_key(
     api_server: str, anon_key: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

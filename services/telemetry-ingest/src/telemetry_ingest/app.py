@@ -24,14 +24,14 @@ from telemetry_ingest.group_commit import GroupCommitter
 from telemetry_ingest.handlers import device_status_route, readings_handler
 from telemetry_ingest.partitions import PartitionKeeper
 from telemetry_ingest.postgrest import load_catalogue
-from telemetry_ingest.realtime import RealtimeHub, realtime_route
+from telemetry_ingest.realtime import RealtimeHub, RealtimeLimits, realtime_route
 from telemetry_ingest.reorder import DayReorderer
 from telemetry_ingest.repository import ReadingsRepository
 from telemetry_ingest.rollups import RollupRefresher
 from telemetry_ingest.settings import IngestSettings
 from telemetry_ingest.upload import TelemetryUploader
 
-__all__ = ["SERVICE", "migrate", "reorder", "run"]
+__all__ = ["SERVICE", "migrate", "realtime_limits", "reorder", "run"]
 
 SERVICE = "telemetry-ingest"
 logger = logging.getLogger(__name__)
@@ -55,6 +55,19 @@ async def reorder(settings: IngestSettings) -> None:
     async with open_pool(str(settings.database.database_url), min_size=1, max_size=2) as pool:
         moved = await DayReorderer(pool=pool, after_s=settings.reorder_after_s).reorder_once()
     logger.info("reordering done", extra={"rows": moved})
+
+
+def realtime_limits(settings: IngestSettings) -> RealtimeLimits:
+    """The realtime endpoint's limits from the settings."""
+    return RealtimeLimits(
+        bindings_per_join=settings.realtime_max_bindings_per_join,
+        bindings_per_socket=settings.realtime_max_bindings_per_socket,
+        channels_per_socket=settings.realtime_max_channels_per_socket,
+        sockets_per_key=settings.realtime_max_sockets_per_key,
+        sockets_per_address=settings.realtime_max_sockets_per_address,
+        joins_per_second=settings.realtime_joins_per_second,
+        frame_bytes=settings.realtime_max_frame_bytes,
+    )
 
 
 async def run(settings: IngestSettings) -> None:
@@ -93,7 +106,7 @@ async def run(settings: IngestSettings) -> None:
             health=health,
             extra_routes=[
                 device_status_route(repository),
-                realtime_route(hub, settings.jwt_secret.get_secret_value()),
+                realtime_route(hub, settings.jwt_secret.get_secret_value(), limits=realtime_limits(settings)),
             ],
         )
         await stack.enter_async_context(

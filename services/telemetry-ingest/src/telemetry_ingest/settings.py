@@ -56,6 +56,29 @@ class IngestSettings(BaseSettings):
     reorder_interval_s: float = Field(
         default=900.0, gt=0, le=86_400, description="Seconds between looks for days to rewrite in device order."
     )
+    # Realtime limits, Supabase Realtime's kind (it caps channels per client, joins per second and users): one
+    # anon client once held 150,000 bindings and stalled the event loop ingest and the REST API share.
+    realtime_max_bindings_per_join: int = Field(
+        default=100, ge=1, le=10_000, description="Most postgres_changes bindings in one realtime channel join."
+    )
+    realtime_max_bindings_per_socket: int = Field(
+        default=500, ge=1, le=100_000, description="Most postgres_changes bindings on one realtime connection."
+    )
+    realtime_max_channels_per_socket: int = Field(
+        default=100, ge=1, le=10_000, description="Most joined channels on one realtime connection."
+    )
+    realtime_max_sockets_per_key: int = Field(
+        default=500, ge=1, le=1_000_000, description="Most open realtime connections per API key (or user)."
+    )
+    realtime_max_sockets_per_address: int = Field(
+        default=20, ge=1, le=1_000_000, description="Most open realtime connections per client address."
+    )
+    realtime_joins_per_second: float = Field(
+        default=10.0, gt=0, le=10_000, description="Channel joins per second per realtime connection, after a burst."
+    )
+    realtime_max_frame_bytes: int = Field(
+        default=1 << 20, ge=1024, le=16 << 20, description="Largest realtime websocket frame a client may send."
+    )
     amqp: AmqpSettings = Field(default_factory=AmqpSettings)
     database: PostgresSettings = Field(default_factory=PostgresSettings)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
