@@ -274,10 +274,11 @@ async def test_anon_cannot_read_device_metadata_but_the_other_columns(api_url: s
 
 
 async def test_a_request_with_too_many_filters_is_refused_naming_the_cap(api_url: str) -> None:
-    terms = ",".join(f"time.like.*{index:03d}*x" for index in range(1500))
+    # The probe's filter had 1,500 of these (test_api_attack.py sends it); 150 keep the URL short.
+    terms = ",".join(f"time.like.*{index:03d}*x" for index in range(150))
     attack = await call(api_url, "GET", f"/rest/v1/mg_bess_readings?select=soe&or=({terms})", token=ANON)
     assert (attack.status_code, attack.json()["code"]) == (400, "PGRST100")
-    assert attack.json()["message"].startswith("Too many filters: 1500; a request may hold at most 100")
+    assert attack.json()["message"].startswith("Too many filters: 150; a request may hold at most 100")
     nested = ",".join(f"and(soe.eq.{index},soe.eq.{index})" for index in range(51))
     assert (await call(api_url, "GET", f"/rest/v1/mg_bess_readings?or=({nested})", token=ANON)).status_code == 400
     flat = "&".join(f"soe=neq.{index}" for index in range(101))
