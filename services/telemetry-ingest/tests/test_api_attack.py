@@ -154,7 +154,10 @@ async def test_an_anonymous_flood_of_slow_filters_leaves_other_clients_readiness
                         headers={"apikey": SERVICE},
                     )
                 )
+                assert (other.status_code, other.json()) == (200, [{"soe": 50}]), terms
+                assert other_s < PROMPTLY_S, (terms, other_s)
                 ready, ready_s = await _timed(client.get("/readyz"))
+                assert (ready.status_code, ready_s < PROMPTLY_S) == (200, True), (terms, ready_s, ready.text)
                 device = uuid.uuid4()
                 published.append(device)
                 reading = {"time": start.isoformat(), "device_id": str(device), "soe": 40.0, "target_power": 0.0}
@@ -162,12 +165,7 @@ async def test_an_anonymous_flood_of_slow_filters_leaves_other_clients_readiness
                     aio_pika.Message(json.dumps([reading]).encode(), message_id=str(uuid.uuid4())),
                     routing_key=routing.RoutingKeys.TELEMETRY_BESS,
                 )
-                stored_s = await _stored(connection, device)
-
-                assert (other.status_code, other.json()) == (200, [{"soe": 50}]), terms
-                assert other_s < PROMPTLY_S, (terms, other_s)
-                assert (ready.status_code, ready_s < PROMPTLY_S) == (200, True), (terms, ready_s, ready.text)
-                assert stored_s < STORED_WITHIN_S
+                assert await _stored(connection, device) < STORED_WITHIN_S
                 answers = await attack
                 statuses = sorted({answer.status_code for answer in answers})
                 if terms > 100:

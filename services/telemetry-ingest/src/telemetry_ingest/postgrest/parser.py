@@ -252,7 +252,7 @@ def _parse_range(headers: _Headers) -> tuple[int, int | None]:
     header = headers.get("range")
     if header is None:
         return 0, None
-    match = re.fullmatch(r"\s*(?:items=)?([0-9]+)-([0-9]*)\s*", header)  # not \d: it matches "²" too
+    match = re.fullmatch(r"\s*(?:items=)?([0-9]+)-([0-9]*)\s*", header)  # not \d, which takes "٣" too
     if match is None:
         return 0, None
     start = int(match[1])
