@@ -24,6 +24,7 @@ from telemetry_ingest.connection_share import ConnectionsBusy, ConnectionShare, 
 from telemetry_ingest.openapi import OPENAPI_CONTENT_TYPE, build_openapi
 from telemetry_ingest.postgrest import (
     Catalogue,
+    CompiledQuery,
     PostgrestError,
     PostgrestResponse,
     Query,
@@ -269,11 +270,11 @@ class _Api:
     @staticmethod
     def _error(error: PostgrestError) -> PostgrestResponse:
         response = error_response(error)
-        # PostgREST challenges on every 401: a bad token with its description, a permission error plainly.
         if isinstance(error, ConnectionsBusy):
             return dataclasses.replace(response, headers={**response.headers, "Retry-After": str(error.retry_after)})
         if error.status != 401:
             return response
+        # PostgREST challenges on every 401: a bad token with its description, a permission error plainly.
         challenge = error.challenge if isinstance(error, AuthenticationError) else "Bearer"
         return dataclasses.replace(response, headers={**response.headers, "WWW-Authenticate": challenge})
 
@@ -399,7 +400,7 @@ class _Api:
                     await self.pool.release(connection)
         except asyncpg.PostgresError as error:
             mapped = error_from_database(error, anonymous=identity.anonymous)
-            if mapped.code == "57014" and mapped.details is None:
+            if mapped.code == "57014" and "statement timeout" in mapped.message:
                 raise _statement_timeout(identity.role, timeout_s) from error
             raise mapped from error
         except UnicodeError as error:
@@ -417,7 +418,7 @@ class _Api:
     async def _run(
         self,
         connection: Any,
-        compiled: Any,
+        compiled: CompiledQuery,
         context: str,
         claims: str,
         identity: Identity,
