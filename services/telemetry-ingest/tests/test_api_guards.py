@@ -17,7 +17,17 @@ import httpx
 import pytest
 
 from gridloop_common.observability import Health
-from telemetry_ingest.postgrest import Catalogue, InsertQuery, Relation, compile_query, parse_request
+from telemetry_ingest.postgrest import (
+    Catalogue,
+    Column,
+    InsertQuery,
+    PostgrestError,
+    Privileges,
+    Relation,
+    compile_query,
+    parse_request,
+)
+from telemetry_ingest.postgrest.privileges import check_privileges
 from telemetry_ingest.routes import build_app
 from telemetry_ingest.settings import IngestSettings
 
@@ -343,3 +353,67 @@ async def test_a_statement_past_the_role_timeout_is_reported_as_the_statement_ti
 async def test_superscript_and_other_non_ascii_digits_are_a_400(api_url: str, path: str) -> None:
     answer = await call(api_url, "GET", path, token=ANON)
     assert (answer.status_code, answer.json()["code"]) == (400, "PGRST100"), answer.text
+
+
+# --- the rules, without a database ------------------------------------------------------------------------------
+
+_TABLE = Relation(
+    "flux",
+    "things",
+    {name: Column(name, "text") for name in ("id", "name", "secret")},
+    primary_key=("id",),
+)
+_RULES = Catalogue(
+    "flux",
+    {"things": _TABLE},
+    privileges={
+        ("writer", "things"): Privileges(
+            select=frozenset({"id", "name"}), insert=frozenset({"id", "name", "secret"}), update=frozenset({"name"})
+        ),
+    },
+)
+
+
+@pytest.mark.parametrize(
+    ("method", "query", "body", "headers", "allowed"),
+    [
+        ("GET", "select=id,name", b"", {}, True),
+        ("GET", "select=id,secret", b"", {}, False),
+        ("GET", "select=id&secret=eq.x", b"", {}, False),
+        ("GET", "select=id&or=(name.eq.a,and(id.eq.1,secret.eq.x))", b"", {}, False),
+        ("GET", "select=id&order=secret", b"", {}, False),
+        ("POST", "", b'[{"id": "1", "secret": "s"}, {"name": "n"}]', {}, True),
+        # A representation reads the rows back: SELECT on what it returns.
+        ("POST", "", b'{"id": "1"}', {"Prefer": "return=representation"}, False),
+        ("POST", "select=id", b'{"id": "1"}', {"Prefer": "return=representation"}, True),
+        # An upsert that updates on conflict needs UPDATE on the columns it sets.
+        ("POST", "", b'{"id": "1", "name": "n"}', {"Prefer": "resolution=merge-duplicates"}, False),
+        ("POST", "", b'{"id": "1", "name": "n"}', {"Prefer": "resolution=ignore-duplicates"}, True),
+        ("PATCH", "id=eq.1", b'{"name": "n"}', {}, True),
+        ("PATCH", "id=eq.1", b'{"secret": "s"}', {}, False),
+        ("PATCH", "secret=eq.1", b'{"name": "n"}', {}, False),
+        ("DELETE", "id=eq.1", b"", {}, False),
+    ],
+)
+def test_privilege_rules(method: str, query: str, body: bytes, headers: dict[str, str], allowed: bool) -> None:
+    parsed = parse_request(_RULES, method=method, relation="things", query=query, headers=headers, body=body)
+    if allowed:
+        check_privileges(_RULES, "writer", parsed, anonymous=False)
+        return
+    with pytest.raises(PostgrestError) as refused:
+        check_privileges(_RULES, "writer", parsed, anonymous=False)
+    assert (refused.value.status, refused.value.code, refused.value.message) == (
+        403,
+        "42501",
+        "permission denied for table things",
+    )
+    with pytest.raises(PostgrestError) as anonymous:
+        check_privileges(_RULES, "anon", parsed, anonymous=True)
+    assert anonymous.value.status == 401
+
+
+def test_a_nul_in_a_quoted_alias_never_reaches_the_sql_text() -> None:
+    parsed = parse_request(_RULES, method="GET", relation="things", query='select="a\x00b":name', headers={})
+    with pytest.raises(PostgrestError) as refused:
+        compile_query(_RULES, parsed)
+    assert (refused.value.status, refused.value.code) == (400, "PGRST100")
