@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,6 +65,11 @@ async def test_service_starts_ready_and_stops_within_20_s_of_sigterm(
             assert (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
             metrics = await client.get(f"http://127.0.0.1:{port}/metrics")
             assert "process_cpu_seconds_total" in metrics.text
+        # The live exposition, as a Prometheus scrapes it, passes Prometheus's linter.
+        promtool = shutil.which("promtool")
+        assert promtool is not None, "promtool is missing: run scripts/ensure-infrastructure.sh"
+        lint = subprocess.run([promtool, "check", "metrics"], input=metrics.content, capture_output=True, timeout=60)
+        assert lint.returncode == 0, (lint.stdout + lint.stderr).decode()
 
         connection = await aio_pika.connect(amqp_url)
         async with connection:
@@ -181,3 +187,24 @@ async def test_gridloop_status_shows_every_service_ready(service_environment: di
         assert any(line.startswith(name) and " ready " in line for line in lines), result.stdout
     assert any(line.startswith("scheduler.upstream ") for line in lines)
     assert "DEAD-LETTERED" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("secret", "problem"),
+    [
+        ("whsec_AA==", "decodes to 1 bytes; Standard Webhooks secrets are at least 24"),
+        ("whsec_not*base64!", "is not whsec_<base64>"),
+        ("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw whsec_c2hvcnQ=", "secret 2 of 2: webhook secret decodes to 5 bytes"),
+    ],
+)
+def test_an_unusable_webhook_secret_stops_the_gateway_with_one_line(
+    secret: str, problem: str, service_environment: dict[str, str]
+) -> None:
+    environment = {**service_environment, "GRIDLOOP_WEBHOOK_SECRET": secret}
+    result = subprocess.run([_script("gridloop-gateway")], env=environment, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.startswith("gridloop-gateway: invalid setting GRIDLOOP_WEBHOOK_SECRET: ")
+    assert problem in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+    assert secret.split()[-1].removeprefix("whsec_") not in result.stderr  # the key is never echoed

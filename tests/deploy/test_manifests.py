@@ -18,6 +18,7 @@ import copy
 import inspect
 import json
 import re
+import shlex
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -33,6 +34,9 @@ import yaml
 from pydantic import SecretStr, TypeAdapter, ValidationError
 from pydantic_settings import BaseSettings
 
+from gridloop_common.contracts import routing
+from gridloop_common.messaging.topology import EXCHANGES, QUEUES
+
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES_DIR = ROOT / "services"
 K8S = ROOT / "deploy" / "k8s"
@@ -43,6 +47,7 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERIGNORE = ROOT / ".dockerignore"
 TOOLS_DOCKERFILE = ROOT / "tools" / "Dockerfile"
+PRODUCER_SCRIPT = ROOT / "deploy" / "rabbitmq" / "producer-user.sh"
 
 # The dev group requires kubernetes-validate>=1.34, which bundles this version's schemas.
 KUBERNETES_VERSION = "1.34.0"
@@ -616,6 +621,44 @@ def test_compose_references_are_consistent() -> None:
             assert dockerfile == f"services/{name}/Dockerfile" and name in SERVICE_DIRECTORIES, (
                 f"{where}: builds {dockerfile}; a service is named after its folder under services/"
             )
+
+
+# The queue producer's RabbitMQ user: configure nothing, write gridloop.upstream only, read nothing.
+PRODUCER_PERMISSIONS = ("^$", r"^gridloop\.upstream$", "^$")
+
+
+def test_queue_producers_get_a_user_that_may_only_publish_to_gridloop_upstream() -> None:
+    where = relative(PRODUCER_SCRIPT)
+    commands = [shlex.split(line) for line in PRODUCER_SCRIPT.read_text().splitlines() if "set_permissions" in line]
+    assert len(commands) == 1, f"{where}: expected one set_permissions command, got {commands}"
+    [command] = commands
+    permissions = tuple(command[-3:])
+    assert permissions == PRODUCER_PERMISSIONS, f"{where}: permissions {permissions}, expected {PRODUCER_PERMISSIONS}"
+    configure, write, read = (re.compile(permission) for permission in permissions)
+    # The broker checks a publish to the default exchange against the name amq.default.
+    exchanges = [spec.name for spec in EXCHANGES] + ["amq.default", "amq.topic"]
+    assert [name for name in exchanges if write.search(name)] == [routing.UPSTREAM_EXCHANGE], (
+        f"{where}: the producer may write to {[name for name in exchanges if write.search(name)]}"
+    )
+    resources = [*exchanges, *(spec.name for spec in QUEUES)]
+    assert not [name for name in resources if configure.search(name) or read.search(name)], (
+        f"{where}: the producer may configure or read something"
+    )
+
+    producer = compose_service("rabbitmq-producer-user")
+    where = "docker-compose.yml service 'rabbitmq-producer-user'"
+    assert "producer-user.sh" in " ".join(str(word) for word in producer.get("entrypoint", [])), (
+        f"{where}: must run deploy/rabbitmq/producer-user.sh"
+    )
+    mounts = [str(volume).split(":")[0] for volume in producer.get("volumes", [])]
+    assert f"./{relative(PRODUCER_SCRIPT)}" in mounts, f"{where}: must mount {relative(PRODUCER_SCRIPT)}"
+    assert dependencies(producer).get("rabbitmq") == "service_healthy", f"{where}: must wait for rabbitmq"
+    assert str(producer.get("restart", "no")) == "no", f"{where}: a one-shot service must not restart"
+
+    readme = K8S_README.read_text()
+    assert "producer-user.sh" in readme and r"^gridloop\.upstream$" in readme, (
+        "deploy/k8s/README.md must tell how to make the producer user and what it may do"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------

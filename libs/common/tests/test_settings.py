@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gridloop_common.settings import AmqpSettings, PostgresSettings, load_settings
+from gridloop_common.settings import AmqpSettings, HttpServerSettings, PostgresSettings, load_settings
 
 
 class _ExampleSettings(BaseSettings):
@@ -40,3 +41,32 @@ def test_invalid_setting_names_the_variable(
     with pytest.raises(SystemExit):
         load_settings(_ExampleSettings, program="gridloop-example")
     assert capsys.readouterr().err.startswith("gridloop-example: invalid setting GRIDLOOP_EXAMPLE_PORT: ")
+
+
+class _ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GRIDLOOP_", extra="ignore")
+
+    http: HttpServerSettings = Field(default_factory=HttpServerSettings)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("GRIDLOOP_FORWARDED_ALLOW_IPS", "10.0.0.0/8,ingress-nginx"),
+        ("GRIDLOOP_HTTP_MAX_CONNECTIONS", "10"),
+        ("GRIDLOOP_HTTP_MAX_HEADER_BYTES", "10"),
+    ],
+)
+def test_a_bad_http_limit_or_proxy_stops_the_service_naming_it(
+    variable: str, value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SystemExit) as stopped:
+        load_settings(_ServerSettings, program="gridloop-example")
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.startswith(f"gridloop-example: invalid setting {variable}: ")
+
+
+def test_no_proxy_is_trusted_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GRIDLOOP_FORWARDED_ALLOW_IPS", raising=False)
+    assert HttpServerSettings().forwarded_allow_list() == []

@@ -16,6 +16,7 @@ from device_agent.control import (
     WritePlan,
     follow_load_setpoint,
     plan_writes,
+    reserve_for,
 )
 
 NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
@@ -167,3 +168,34 @@ def test_device_limits_from_registry_metadata() -> None:
     limits = DeviceLimits.from_metadata({"capacity_kwh": 13.5, "max_power_kw": 5, "modbus": {}})
     assert (limits.max_power_w, limits.capacity_wh) == (5000, 13500)
     assert DeviceLimits.from_metadata({"max_power_kw": "five"}) == DeviceLimits()
+
+
+def test_a_command_reserve_records_what_the_device_held_and_the_release_writes_it_back() -> None:
+    during = reserve_for(50.0, held_pct=10.0, restore_pct=None, default_pct=None)
+    assert (during.write_pct, during.restore_pct) == (50.0, 10.0)
+    # A second command with its own reserve keeps the first record: the device's own value, not 50.
+    again = reserve_for(30.0, held_pct=50.0, restore_pct=during.restore_pct, default_pct=None)
+    assert (again.write_pct, again.restore_pct) == (30.0, 10.0)
+    after = reserve_for(None, held_pct=30.0, restore_pct=again.restore_pct, default_pct=None)
+    assert (after.write_pct, after.restore_pct) == (10.0, None)
+
+
+def test_without_a_command_reserve_the_device_reserve_is_left_alone() -> None:
+    untouched = reserve_for(None, held_pct=25.0, restore_pct=None, default_pct=None)
+    assert (untouched.write_pct, untouched.restore_pct) == (None, None)
+    already = reserve_for(None, held_pct=10.0, restore_pct=10.0, default_pct=None)
+    assert (already.write_pct, already.restore_pct) == (None, None)
+
+
+def test_the_registry_default_is_what_a_release_writes_back_even_after_a_restart() -> None:
+    recorded = reserve_for(50.0, held_pct=20.0, restore_pct=None, default_pct=15.0)
+    assert (recorded.write_pct, recorded.restore_pct) == (50.0, 15.0)
+    # A restarted agent recorded nothing, and the device still holds the old command's 50 %.
+    restarted = reserve_for(None, held_pct=50.0, restore_pct=None, default_pct=15.0)
+    assert (restarted.write_pct, restarted.restore_pct) == (15.0, None)
+
+
+def test_the_registry_default_reserve_is_read_from_the_metadata() -> None:
+    assert DeviceLimits.from_metadata({"backup_reserve_percentage": 20}).default_reserve_pct == 20.0
+    for invalid in (120, -1, "20", True, float("nan")):
+        assert DeviceLimits.from_metadata({"backup_reserve_percentage": invalid}).default_reserve_pct is None

@@ -143,8 +143,8 @@ async def test_the_reserve_stops_discharge(bus: ModbusBus, simulator: BatterySim
     simulator.step(600)
     assert simulator.soc_pct == pytest.approx(58)
     assert simulator.applied_power_w == 0
-    # Asking again at the reserve plans no discharge at all, and says why.
-    plan = await battery.apply(ControlIntent(ControlMode.DISCHARGE, setpoint_w=5000))
+    # The same command asking again at the reserve plans no discharge at all, and says why.
+    plan = await battery.apply(ControlIntent(ControlMode.DISCHARGE, setpoint_w=5000, backup_reserve_pct=58))
     assert plan.power_w == 0
     assert "reserve" in plan.clamps[0].reason
 
@@ -171,6 +171,26 @@ async def test_self_consumption_releases_control(bus: ModbusBus, simulator: Batt
     simulator.step(60)
     assert simulator.applied_power_w == 0
     assert not await battery.refresh_revert_timer()  # nothing to keep alive
+
+
+async def test_a_command_reserve_is_undone_when_released(bus: ModbusBus, simulator: BatterySimulator) -> None:
+    battery = _battery(bus, simulator)
+    assert simulator.value(124, "MinRsvPct") == pytest.approx(10)
+    await battery.apply(ControlIntent(ControlMode.DISCHARGE, setpoint_w=2000, backup_reserve_pct=50))
+    assert simulator.value(124, "MinRsvPct") == pytest.approx(50)
+    await battery.apply(ControlIntent(ControlMode.SELF_CONSUMPTION))
+    assert simulator.value(124, "MinRsvPct") == pytest.approx(10)
+    assert not (await battery.read_snapshot()).externally_controlled
+
+
+async def test_the_registry_default_reserve_is_written_back_after_a_restart(
+    bus: ModbusBus, simulator: BatterySimulator
+) -> None:
+    limits = DeviceLimits(default_reserve_pct=15)
+    await _battery(bus, simulator).apply(ControlIntent(ControlMode.DISCHARGE, setpoint_w=2000, backup_reserve_pct=50))
+    restarted = _battery(bus, simulator)  # a new agent process: it never saw the device's reserve before 50
+    await restarted.apply(ControlIntent(ControlMode.SELF_CONSUMPTION), limits)
+    assert simulator.value(124, "MinRsvPct") == pytest.approx(15)
 
 
 async def test_backup_charges_to_full_and_holds(bus: ModbusBus, simulator: BatterySimulator) -> None:

@@ -7,8 +7,8 @@ from typing import Any
 import jwt
 import pytest
 
-from telemetry_ingest.auth import AuthenticationError, Authenticator, issue_key
-from telemetry_ingest.rate_limits import TIERS, RateLimiter, Tier, bucket_key
+from telemetry_ingest.auth import AuthenticationError, Authenticator, Identity, issue_key
+from telemetry_ingest.rate_limits import TIERS, RateLimiter, Tier, bucket_key, rate_limited
 
 SECRET = "unit-test-secret-of-the-flux-api-0123456789"
 NOW = 1_800_000_000.0
@@ -173,7 +173,7 @@ def test_burst_then_refusal_then_refill_at_the_tier_rate() -> None:
     assert all(decision.allowed for decision in decisions)
     assert [decision.remaining for decision in decisions[:3]] == [99, 98, 97]
     assert decisions[-1].headers() == {
-        "X-RateLimit-Limit": "60",
+        "X-RateLimit-Limit": "100",
         "X-RateLimit-Remaining": "0",
         "X-RateLimit-Reset": str(int(NOW) + 100),
     }
@@ -214,8 +214,49 @@ def test_buckets_stay_bounded() -> None:
     assert len(limiter._buckets) <= 10
 
 
+@pytest.mark.parametrize("tier", sorted(TIERS))
+def test_remaining_never_exceeds_limit(tier: str) -> None:
+    # Probe finding L3: the limit was the per-minute rate while remaining counted the burst's tokens.
+    clock = Clock()
+    limiter = RateLimiter(clock=clock)
+    decisions = [limiter.take(tier, "key:a") for _ in range(TIERS[tier].burst + 1)]
+    clock.now += 3600
+    decisions.append(limiter.take(tier, "key:a"))
+    assert all(decision.remaining <= decision.limit for decision in decisions)
+    assert (decisions[0].limit, decisions[0].remaining) == (TIERS[tier].burst, TIERS[tier].burst - 1)
+    assert (decisions[-2].allowed, decisions[-2].remaining) == (False, 0)
+    assert str(TIERS[tier].per_minute) in rate_limited(decisions[-2]).message
+
+
+def _identity(token: str) -> Identity:
+    return authenticator().identify(token)
+
+
 def test_bucket_keys() -> None:
-    assert bucket_key(role="anon", token="t", client_address="1.2.3.4") == "address:1.2.3.4"
-    assert bucket_key(role="service_role", token=None, client_address="1.2.3.4") == "address:1.2.3.4"
-    keyed = bucket_key(role="authenticated", token="secret-token", client_address="1.2.3.4")
-    assert keyed.startswith("key:") and "secret-token" not in keyed
+    anon = _identity(token({"role": "anon"}))
+    assert bucket_key(role="anon", identity=anon, client_address="1.2.3.4") == "address:1.2.3.4"
+    assert bucket_key(role="anon", identity=None, client_address="1.2.3.4") == "address:1.2.3.4"
+    assert bucket_key(role="anon", identity=anon, client_address="1.2.3.5") != "address:1.2.3.4"
+    keyed = bucket_key(role="authenticated", identity=_identity(token({"role": "authenticated"})), client_address="")
+    assert keyed.startswith("signature:")
+
+
+def test_a_token_draws_on_its_subjects_bucket_whatever_its_spelling() -> None:
+    # Probe finding L3: the same token with "=" appended to its signature was accepted and got a fresh bucket.
+    plain = token({"role": "service_role", "iat": 1})
+    padded = plain + "="
+    assert _identity(padded).role == "service_role"  # PyJWT accepts it: the decoded signature is the same
+    keys = {bucket_key(role="service_role", identity=_identity(text), client_address="x") for text in (plain, padded)}
+    assert len(keys) == 1
+    other = token({"role": "service_role", "iat": 2})
+    assert bucket_key(role="service_role", identity=_identity(other), client_address="x") not in keys
+    # Tokens of one subject share its bucket; another subject has its own. No key material is in a key.
+    first, second = (token({"role": "authenticated", "sub": "user-1", "iat": iat}) for iat in (1, 2))
+    subject_keys = {
+        bucket_key(role="authenticated", identity=_identity(text), client_address="x") for text in (first, second)
+    }
+    assert len(subject_keys) == 1
+    (subject_key,) = subject_keys
+    assert "user-1" not in subject_key
+    third = token({"role": "authenticated", "sub": "user-2"})
+    assert bucket_key(role="authenticated", identity=_identity(third), client_address="x") != subject_key

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -266,3 +268,150 @@ async def test_rpc_through_the_parser(pool: asyncpg.Pool, catalogue: Catalogue) 
     with pytest.raises(PostgrestError) as unknown:
         parse_rpc(catalogue, method="POST", function="get_meter_readings_5m", query="", headers={}, body=b'{"x": 1}')
     assert (unknown.value.status, unknown.value.code) == (404, "PGRST202")
+
+
+# --- PostgREST fidelity (probe finding R4): quotes inside values, JSON paths, casts, CSV -------------------
+
+
+@pytest.fixture
+async def site(pool: asyncpg.Pool, catalogue: Catalogue) -> str:
+    """A site of three registered devices with awkward names and jsonb metadata (one without)."""
+    site = f"T{uuid.uuid4().hex[:12]}"
+    rows = [
+        {
+            "name": f'{site} 19" rack',  # one double quote: PostgREST takes it as an ordinary character
+            "type": "bess",
+            "site": site,
+            "metadata": {
+                "max_power_kw": 5000,
+                "modbus": {"host": "10.0.0.5", "unit_id": 1},
+                "it's": "apostrophe",
+                "a\\b": "backslash",
+            },
+        },
+        {"name": f"{site} a,b\nc", "type": "bess", "site": site, "metadata": {"max_power_kw": 250}},
+        {"name": f"{site} plain", "type": "meter", "site": site, "metadata": None},
+    ]
+    response = await request(pool, catalogue, "POST", "", relation="mg_device_registry", body=rows)
+    assert response.status == 201
+    return site
+
+
+async def read_registry(pool: asyncpg.Pool, catalogue: Catalogue, query: str) -> list[dict[str, Any]]:
+    response = await request(pool, catalogue, "GET", query, relation="mg_device_registry")
+    assert response.status == 200
+    rows: list[dict[str, Any]] = json.loads(response.body or "")
+    return rows
+
+
+async def test_values_holding_double_quotes_find_their_rows(
+    pool: asyncpg.Pool, catalogue: Catalogue, site: str
+) -> None:
+    quoted, plain = f'{site} 19" rack', f"{site} plain"
+    # As postgrest-js sends them (no quoting, no escaping) and as postgrest-py does (quoted, escaped).
+    for query, expected in (
+        (f"name=in.({quoted},{plain})", [plain, quoted]),
+        (f'name=in.("{site} 19\\" rack","{plain}")', [plain, quoted]),
+        (f"or=(name.eq.{quoted},name.eq.{plain})", [plain, quoted]),
+        (f"name=eq.{quoted}&or=(name.in.({quoted}))", [quoted]),
+    ):
+        rows = await read_registry(pool, catalogue, f"site=eq.{site}&select=name&order=name&{query}")
+        assert sorted(row["name"] for row in rows) == sorted(expected), query
+
+
+async def test_json_paths_select_filter_and_order(pool: asyncpg.Pool, catalogue: Catalogue, site: str) -> None:
+    rows = await read_registry(
+        pool,
+        catalogue,
+        f"site=eq.{site}&select=metadata->>max_power_kw,host:metadata->modbus->>host,metadata->modbus->unit_id"
+        "&metadata->>max_power_kw=eq.5000",
+    )
+    # ->> gives text, -> gives JSON; the last key names the column unless aliased.
+    assert rows == [{"max_power_kw": "5000", "host": "10.0.0.5", "unit_id": 1}]
+    by_json = await read_registry(pool, catalogue, f"site=eq.{site}&select=type&metadata->max_power_kw=eq.250")
+    assert by_json == [{"type": "bess"}]
+    ordered = await read_registry(
+        pool, catalogue, f"site=eq.{site}&select=power:metadata->max_power_kw&order=metadata->max_power_kw.desc"
+    )
+    assert ordered == [{"power": None}, {"power": 5000}, {"power": 250}]  # DESC puts nulls first
+    in_tree = await read_registry(
+        pool,
+        catalogue,
+        f"site=eq.{site}&select=type&or=(metadata->modbus->>host.like.10.*,metadata->>max_power_kw.is.null)&order=type",
+    )
+    assert in_tree == [{"type": "bess"}, {"type": "meter"}]
+    awkward = await read_registry(
+        pool,
+        catalogue,
+        f'site=eq.{site}&select=q:metadata->>"it\'s",s:metadata->>"a\\\\b"&metadata->>"it\'s"=eq.apostrophe',
+    )
+    assert awkward == [{"q": "apostrophe", "s": "backslash"}]
+
+
+async def test_casts_in_select(pool: asyncpg.Pool, catalogue: Catalogue, site: str, device: uuid.UUID) -> None:
+    text = await request(
+        pool, catalogue, "GET", f"device_id=eq.{device}&select=soe::text,level:soe::int&order=time&limit=2"
+    )
+    assert json.loads(text.body or "") == [{"soe": "10", "level": 10}, {"soe": "30", "level": 30}]
+    numeric = await read_registry(
+        pool, catalogue, f"site=eq.{site}&select=metadata->>max_power_kw::numeric&type=eq.meter"
+    )
+    assert numeric == [{"max_power_kw": None}]
+    with pytest.raises(PostgrestError) as not_a_number:
+        await read_registry(pool, catalogue, f"site=eq.{site}&select=name::integer")
+    assert (not_a_number.value.status, not_a_number.value.code) == (400, "22P02")
+
+
+async def test_nulls_stripped_leaves_null_values_out(pool: asyncpg.Pool, catalogue: Catalogue, site: str) -> None:
+    query = f"site=eq.{site}&select=type,kw:metadata->max_power_kw&order=type&limit=2"
+    stripped = await request(
+        pool,
+        catalogue,
+        "GET",
+        query + "&type=eq.meter",
+        relation="mg_device_registry",
+        headers={"Accept": "application/vnd.pgrst.array+json;nulls=stripped"},
+    )
+    assert json.loads(stripped.body or "") == [{"type": "meter"}]
+    kept = await read_registry(pool, catalogue, query + "&type=eq.meter")
+    assert kept == [{"type": "meter", "kw": None}]
+
+
+async def test_csv_body_is_a_header_and_rfc_4180_rows(pool: asyncpg.Pool, catalogue: Catalogue, site: str) -> None:
+    await request(
+        pool,
+        catalogue,
+        "PATCH",
+        f"site=eq.{site}&type=eq.meter",
+        relation="mg_device_registry",
+        body={"type": ""},
+    )
+    response = await request(
+        pool,
+        catalogue,
+        "GET",
+        f"site=eq.{site}&select=name,type,kw:metadata->max_power_kw,metadata->modbus&order=name",
+        relation="mg_device_registry",
+        headers={"Accept": "text/csv"},
+    )
+    assert response.headers["Content-Type"] == "text/csv; charset=utf-8"
+    body = response.body or ""
+    assert body.split("\n")[0] == "name,type,kw,modbus"
+    assert list(csv.reader(io.StringIO(body))) == [
+        ["name", "type", "kw", "modbus"],
+        [f'{site} 19" rack', "bess", "5000", '{"host": "10.0.0.5", "unit_id": 1}'],
+        [f"{site} a,b\nc", "bess", "250", ""],
+        [f"{site} plain", "", "", ""],
+    ]
+    # An empty string is quoted, a NULL is an empty field; quotes inside a field are doubled.
+    assert body.endswith(f'\n{site} plain,"",,')
+    assert f'\n"{site} 19"" rack",bess,5000,"{{""host"": ""10.0.0.5"", ""unit_id"": 1}}"\n' in body
+    empty = await request(
+        pool,
+        catalogue,
+        "GET",
+        "site=eq.nowhere&select=name,site",
+        relation="mg_device_registry",
+        headers={"Accept": "text/csv"},
+    )
+    assert (empty.status, empty.body) == (200, "name,site")

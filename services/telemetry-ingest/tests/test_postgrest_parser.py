@@ -15,6 +15,7 @@ from telemetry_ingest.postgrest import (
     DeleteQuery,
     Filter,
     InsertQuery,
+    JsonStep,
     OrderTerm,
     PostgrestError,
     ReadQuery,
@@ -149,7 +150,8 @@ def test_select_order_limit_offset_and_range() -> None:
         ("name=in.a,b", '"failed to parse filter (in.a,b)" (line 1, column 1)'),
         ("name=is.maybe", '"failed to parse filter (is.maybe)" (line 1, column 1)'),
         ("or=(soe.eq.1", '"failed to parse logic tree ((soe.eq.1)" (line 1, column 1)'),
-        ("or=(soe.eq.1,and(soe.gt.2)", '"failed to parse logic tree ((soe.eq.1,and(soe.gt.2))" (line 1, column 23)'),
+        # The inner "and(" takes the last ")", so the outer tree ends without one: the error is at the end of input.
+        ("or=(soe.eq.1,and(soe.gt.2)", '"failed to parse logic tree ((soe.eq.1,and(soe.gt.2))" (line 1, column 24)'),
         ("or=()", '"failed to parse logic tree (())" (line 1, column 2)'),
         ("limit=ten", '"failed to parse limit parameter (ten)" (line 1, column 1)'),
     ],
@@ -445,3 +447,188 @@ def test_patch_with_empty_body_binds_only_the_parameters_it_uses(query: str) -> 
     )
     assert empty.parameters == ()
     assert "WHERE FALSE" in empty.sql and "UPDATE" not in empty.sql
+
+
+# --- PostgREST fidelity: quotes inside values, JSON paths, casts, media types (probe finding R4) -------------
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        # postgrest-js quotes a value only when it holds , ( or ), and never escapes a quote inside it.
+        ('name=in.(a"b,c)', Filter("name", "in", ('a"b', "c"))),
+        ('name=in.(say "hi")', Filter("name", "in", ('say "hi"',))),
+        # postgrest-py quotes a value holding a quote and escapes it with a backslash.
+        (r'name=in.("a\"b",c)', Filter("name", "in", ('a"b', "c"))),
+        # A quoted value must be followed by "," or ")"; otherwise its quotes are ordinary characters.
+        ('name=in.("a"b,c)', Filter("name", "in", ('"a"b', "c"))),
+        ('name=eq.a"b', Filter("name", "eq", 'a"b')),
+    ],
+)
+def test_a_double_quote_inside_a_value_is_accepted_as_postgrest_accepts_it(query: str, expected: Filter) -> None:
+    assert where(query) == (expected,)
+
+
+def test_a_double_quote_inside_a_value_of_a_logic_tree() -> None:
+    (tree,) = where('or=(name.eq.x"y,name.in.(q"r,"s,t"),and(name.like.*"*,soe.eq.1),name.eq."u\\"v")')
+    assert tree == Condition(
+        "or",
+        (
+            Filter("name", "eq", 'x"y'),
+            Filter("name", "in", ('q"r', "s,t")),
+            Condition("and", (Filter("name", "like", '%"%'), Filter("soe", "eq", "1"))),
+            Filter("name", "eq", 'u"v'),
+        ),
+    )
+    # An unquoted value runs to the next "," or ")", so it may hold "(" too; a {...} array literal keeps commas.
+    (array,) = where("or=(name.eq.a(b,name.eq.{1,2})")
+    assert array == Condition("or", (Filter("name", "eq", "a(b"), Filter("name", "eq", "{1,2}")))
+    compiled = compile_query(CATALOGUE, read('name=in.(a"b,c)&or=(name.eq.x"y)'))
+    assert compiled.parameters == (['a"b', "c"], 'x"y')
+
+
+@pytest.mark.parametrize(
+    ("select", "expected", "output_name"),
+    [
+        ("metadata->>max_power_kw", SelectItem("metadata", None, (JsonStep("->>", "max_power_kw"),)), "max_power_kw"),
+        (
+            "metadata->modbus->>host",
+            SelectItem("metadata", None, (JsonStep("->", "modbus"), JsonStep("->>", "host"))),
+            "host",
+        ),
+        ("power:metadata->>max_power_kw", SelectItem("metadata", "power", (JsonStep("->>", "max_power_kw"),)), "power"),
+        # An index names nothing: the last key names the column, else the column itself (PostgREST's pgFmtAs).
+        ("metadata->0", SelectItem("metadata", None, (JsonStep("->", "0", 0),)), "metadata"),
+        ("metadata->a->-1", SelectItem("metadata", None, (JsonStep("->", "a"), JsonStep("->", "-1", -1))), "a"),
+        ('metadata->>"a,b"', SelectItem("metadata", None, (JsonStep("->>", "a,b"),)), "a,b"),
+        ("soe::text", SelectItem("soe", None, (), "text"), "soe"),
+        ("level:soe::Double  Precision", SelectItem("soe", "level", (), "double precision"), "level"),
+        (
+            "metadata->>max_power_kw::numeric",
+            SelectItem("metadata", None, (JsonStep("->>", "max_power_kw"),), "numeric"),
+            "max_power_kw",
+        ),
+    ],
+)
+def test_json_paths_and_casts_in_select(select: str, expected: SelectItem, output_name: str) -> None:
+    (item,) = read(f"select={select}").select
+    assert item == expected
+    assert item.output_name == output_name
+
+
+def test_json_paths_in_filters_order_and_trees_compile_with_quoted_keys() -> None:
+    query = read(
+        "select=name,metadata->>max_power_kw&metadata->>max_power_kw=eq.5000&metadata->modbus->unit=gt.1"
+        "&or=(metadata->>site.eq.WLCE,metadata->>site.is.null)&order=metadata->>max_power_kw.desc.nullslast"
+    )
+    path = (JsonStep("->>", "max_power_kw"),)
+    assert query.where.children[:2] == (
+        Filter("metadata", "eq", "5000", path=path),
+        Filter("metadata", "gt", "1", path=(JsonStep("->", "modbus"), JsonStep("->", "unit"))),
+    )
+    assert query.order == (OrderTerm("metadata", True, False, path),)
+    sql = compile_query(CATALOGUE, query).sql
+    # ->> compares as text, -> as jsonb; keys are SQL literals, never bare text.
+    assert """("mg_bess_readings"."metadata"->>'max_power_kw') = $1::text::text""" in sql
+    assert """("mg_bess_readings"."metadata"->'modbus'->'unit') > $2::text::jsonb""" in sql
+    assert """ORDER BY ("mg_bess_readings"."metadata"->>'max_power_kw') DESC NULLS LAST""" in sql
+
+
+def test_json_keys_are_escaped_and_never_reach_sql_raw() -> None:
+    hostile = "x') OR true; --"
+    sql = compile_query(CATALOGUE, read(f'select=key:metadata->>"{hostile}"&metadata->>"{hostile}"=eq.1')).sql
+    escaped = "'x'') OR true; --'"
+    assert sql.count(escaped) == 2
+    assert hostile not in sql.replace(escaped, "")
+    backslash = compile_query(CATALOGUE, read(r'select=metadata->>"a\\b"')).sql  # the key a\b
+    assert r"E'a\\b'" in backslash
+    nul = refused("select=metadata->>a%00b")
+    assert (nul.status, nul.code) == (400, "PGRST100")
+
+
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [
+        ("select=soe->>x", "42883"),  # a JSON path needs a json or jsonb column
+        ("soe->>x=eq.1", "42883"),
+        ("order=soe->x", "42883"),
+        ("or=(soe->>x.eq.1)", "42883"),
+        ("select=metadata->", "PGRST100"),
+        ("select=metadata->1234567890123", "PGRST100"),
+        ("select=soe::pg_sleep", "42704"),  # casts come from an allow-list, never from the request
+        ("select=soe::text;DROP TABLE x", "42704"),
+        ("select=soe::text);DROP TABLE x;--", "PGRST100"),
+        ("select=soe::", "PGRST100"),
+        ("select=nope->>x", "42703"),
+    ],
+)
+def test_bad_json_paths_and_casts_are_4xx(query: str, code: str) -> None:
+    error = refused(query)
+    assert (error.status, error.code) == (400, code), error
+
+
+@pytest.mark.parametrize(
+    ("accept", "csv", "singular"),
+    [
+        (None, False, False),
+        ("", False, False),
+        ("*/*", False, False),
+        ("application/json", False, False),
+        ("application/json; charset=utf-8", False, False),
+        ("application/vnd.pgrst.array+json;nulls=stripped", False, False),
+        ("application/vnd.pgrst.object+json", False, True),
+        ("application/vnd.pgrst.object+json;nulls=stripped", False, True),
+        ("application/vnd.pgrst.object", False, True),
+        ("text/csv", True, False),
+        ("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", False, False),
+        ("text/csv;q=0.5, application/json", False, False),
+        ("text/plain, text/csv", True, False),
+    ],
+)
+def test_accept_chooses_the_media_type(accept: str | None, csv: bool, singular: bool) -> None:
+    query = read("", {} if accept is None else {"Accept": accept})
+    assert (query.csv, query.singular) == (csv, singular)
+    assert query.strip_nulls == ("nulls=stripped" in (accept or ""))
+
+
+def test_a_type_with_nulls_stripped_leaves_null_values_out() -> None:
+    many = compile_query(CATALOGUE, read("", {"Accept": "application/vnd.pgrst.array+json;nulls=stripped"}))
+    assert "json_strip_nulls(json_agg(page))" in many.sql
+    one = compile_query(CATALOGUE, read("", {"Accept": "application/vnd.pgrst.object+json; nulls=stripped"}))
+    assert "json_strip_nulls(json_agg(page) -> 0)" in one.sql
+    assert not read("", {"Accept": "application/json;nulls=stripped"}).strip_nulls  # PostgREST's vendor types only
+
+
+def test_blanks_around_a_trees_separators_are_skipped() -> None:
+    (tree,) = where("or=( name.is.null , soe.eq.1)")
+    assert tree == Condition("or", (Filter("name", "is", "null"), Filter("soe", "eq", "1")))
+
+
+@pytest.mark.parametrize(
+    ("accept", "method", "listed"),
+    [
+        ("text/plain", "GET", "text/plain"),
+        ("application/xml, image/png;q=0.5", "GET", "application/xml, image/png"),
+        ("application/vnd.pgrst.plan+text; options=analyze", "GET", "application/vnd.pgrst.plan+text"),
+        ("text/csv", "DELETE", "text/csv"),  # CSV is offered for reads only
+    ],
+)
+def test_a_type_not_offered_is_406_pgrst107(accept: str, method: str, listed: str) -> None:
+    with pytest.raises(PostgrestError) as caught:
+        parse_request(
+            CATALOGUE, method=method, relation="mg_bess_readings", query="soe=eq.1", headers={"Accept": accept}
+        )
+    assert (caught.value.status, caught.value.code) == (406, "PGRST107")
+    assert caught.value.message == f"None of these media types are available: {listed}"
+
+
+def test_csv_reads_compile_to_a_header_and_quoted_fields() -> None:
+    compiled = compile_query(CATALOGUE, read('select=soe,"a,b":name,soe', {"Accept": "text/csv"}))
+    assert compiled.parameters[-1] == 'soe,"a,b",soe'
+    assert 'FROM page AS csv_row("c1", "c2", "c3")' in compiled.sql
+    response = build_response(read("", {"Accept": "text/csv"}), total_count=None, page_count=1, body="soe\n1")
+    assert (response.status, response.headers["Content-Type"], response.body) == (
+        200,
+        "text/csv; charset=utf-8",
+        "soe\n1",
+    )

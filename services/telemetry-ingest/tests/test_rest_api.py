@@ -572,7 +572,7 @@ async def test_rate_limit_burst_then_429_then_refill(api_url: str, api_clock: Co
             response = await client.get("/rest/v1/market_data_types?select=id&limit=1")
             statuses.append(response.status_code)
         assert statuses == [200] * 100
-        assert response.headers["X-RateLimit-Limit"] == "60"
+        assert response.headers["X-RateLimit-Limit"] == "100"  # the burst: Remaining counts down from it
         assert response.headers["X-RateLimit-Remaining"] == "0"
         refused = await client.get("/rest/v1/market_data_types?select=id&limit=1")
         assert refused.status_code == 429
@@ -583,7 +583,7 @@ async def test_rate_limit_burst_then_429_then_refill(api_url: str, api_clock: Co
         assert set(body) == {"code", "details", "hint", "message"} and body["code"] == "over_request_rate_limit"
         # Another key's bucket is untouched (service_role: 1000/min, burst 2000).
         other = await client.get("/rest/v1/market_data_types?select=id&limit=1", headers=headers_for(SERVICE))
-        assert (other.status_code, other.headers["X-RateLimit-Limit"]) == (200, "1000")
+        assert (other.status_code, other.headers["X-RateLimit-Limit"]) == (200, "2000")
         api_clock.advance(1.0)  # anon refills one request per second
         assert (await client.get("/rest/v1/market_data_types?select=id&limit=1")).status_code == 200
         assert (await client.get("/rest/v1/market_data_types?select=id&limit=1")).status_code == 429
@@ -617,3 +617,126 @@ async def test_an_unexpected_error_is_a_logged_500(catalogue: Catalogue, caplog:
     assert response.status_code == 500
     assert response.json() == {"code": "PGRSTX00", "details": None, "hint": None, "message": "Internal server error"}
     assert any(record.message == "unhandled error in API request" for record in caplog.records)
+
+
+async def test_postgrest_fidelity_with_the_python_client_and_as_postgrest_js_sends(api_url: str) -> None:
+    """Probe finding R4: a quote inside in.()/or=() values, Accept: text/csv, JSON paths and casts."""
+    site = f"R4{uuid.uuid4().hex[:10]}"
+    quoted = f'{site} 19" rack'  # one double quote, an ordinary character to PostgREST
+    async with AsyncPostgrestClient(f"{api_url}/rest/v1", headers=headers_for(SERVICE), schema="flux") as client:
+        await (
+            client.from_("mg_device_registry")
+            .insert(
+                [
+                    {"name": quoted, "type": "bess", "site": site, "metadata": {"max_power_kw": 5000}},
+                    {"name": f"{site} other", "type": "bess", "site": site, "metadata": {"max_power_kw": 250}},
+                ]
+            )
+            .execute()
+        )
+        # postgrest-py quotes and escapes the value; postgrest-js (below) sends it as it is.
+        found = await client.from_("mg_device_registry").select("name").in_("name", [quoted]).execute()
+        assert found.data == [{"name": quoted}]
+        power = await (
+            client.from_("mg_device_registry")
+            .select("name,power:metadata->>max_power_kw")
+            .eq("metadata->>max_power_kw", "5000")
+            .eq("site", site)
+            .execute()
+        )
+        assert power.data == [{"name": quoted, "power": "5000"}]
+        listed = await (
+            client.from_("mg_device_registry")
+            .select("name,metadata->max_power_kw")
+            .eq("site", site)
+            .order("metadata->max_power_kw")
+            .csv()
+            .execute()
+        )
+        assert listed.data == f'name,max_power_kw\n{site} other,250\n"{site} 19"" rack",5000'
+    unquoted = await call(
+        api_url, "GET", f"/rest/v1/mg_device_registry?select=name&name=in.({quoted})&or=(name.eq.{quoted})"
+    )
+    assert (unquoted.status_code, unquoted.json()) == (200, [{"name": quoted}])
+    cast = await call(
+        api_url,
+        "GET",
+        f"/rest/v1/mg_device_registry?select=site::text,kw:metadata->>max_power_kw::int&name=eq.{quoted}",
+    )
+    assert cast.json() == [{"site": site, "kw": 5000}]
+
+
+@pytest.mark.parametrize(
+    ("accept", "status", "content_type"),
+    [
+        ("text/csv", 200, "text/csv; charset=utf-8"),
+        ("application/json", 200, "application/json; charset=utf-8"),
+        ("*/*", 200, "application/json; charset=utf-8"),
+        ("application/vnd.pgrst.object+json", 200, "application/vnd.pgrst.object+json; charset=utf-8"),
+        ("application/vnd.pgrst.object", 200, "application/vnd.pgrst.object+json; charset=utf-8"),
+        ("text/plain", 406, "application/json; charset=utf-8"),
+        ("application/xml", 406, "application/json; charset=utf-8"),
+    ],
+)
+async def test_accept_is_negotiated_as_postgrest_does(
+    api_url: str, accept: str, status: int, content_type: str
+) -> None:
+    response = await call(
+        api_url, "GET", "/rest/v1/market_data_types?select=id,name&id=eq.1", headers={"Accept": accept}
+    )
+    assert (response.status_code, response.headers["content-type"]) == (status, content_type), response.text
+    if accept == "text/csv":
+        assert response.text == "id,name\n1,niv_estimate"
+    if status == 406:
+        assert response.json() == {
+            "code": "PGRST107",
+            "details": None,
+            "hint": None,
+            "message": f"None of these media types are available: {accept}",
+        }
+    root = await call(api_url, "GET", "/rest/v1/", headers={"Accept": "text/csv"})
+    assert (root.status_code, root.json()["code"]) == (406, "PGRST107")
+
+
+async def test_rate_limit_headers_describe_one_bucket(api_url: str, api_clock: ControlledClock) -> None:
+    """Probe finding L3: X-RateLimit-Remaining is never above X-RateLimit-Limit, on any tier."""
+    api_clock.advance(3600)  # every bucket is full
+    for token, burst in ((ANON, 100), (AUTHENTICATED, 500), (SERVICE, 2000)):
+        response = await call(api_url, "GET", "/rest/v1/market_data_types?select=id&limit=1", token=token)
+        limit, remaining = int(response.headers["X-RateLimit-Limit"]), int(response.headers["X-RateLimit-Remaining"])
+        assert (limit, remaining) == (burst, burst - 1)
+    api_clock.advance(3600)
+
+
+async def test_buckets_follow_the_resolved_client_address_and_the_key_not_its_spelling(
+    pool: Any, catalogue: Catalogue
+) -> None:
+    """Probe findings L3 and M5: anon draws on the bucket of the client address the server resolved (uvicorn's,
+    from X-Forwarded-For only for trusted proxies), never on a header the client sets; a key's bucket does not
+    change when its text does (a "=" appended to the signature)."""
+    clock = ControlledClock()
+    clock.freeze()
+    app = build_app(
+        pool=pool,
+        catalogue=catalogue,
+        settings=IngestSettings(jwt_secret=SECRET),
+        health=Health(service="test"),
+        clock=clock,
+    )
+
+    async def remaining(address: str, token: str, headers: dict[str, str] | None = None) -> int:
+        transport = httpx.ASGITransport(app=app, client=(address, 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            response = await client.get(
+                "/rest/v1/market_data_types?select=id&limit=1", headers={**headers_for(token), **(headers or {})}
+            )
+        assert response.status_code == 200, response.text
+        return int(response.headers["X-RateLimit-Remaining"])
+
+    assert await remaining("10.0.0.1", ANON) == 99
+    assert await remaining("10.0.0.1", ANON, {"X-Forwarded-For": "10.9.9.9", "X-Real-IP": "10.9.9.8"}) == 98
+    assert await remaining("10.0.0.2", ANON) == 99
+    without_subject = signed({"role": "service_role", "iat": int(clock())})
+    assert await remaining("10.0.0.1", without_subject) == 1999
+    assert await remaining("10.0.0.1", without_subject + "=") == 1998
+    assert await remaining("10.0.0.3", without_subject) == 1997  # a key's bucket, wherever it comes from

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -255,6 +256,45 @@ async def test_run_forever_backs_off_on_errors_and_recovers(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+@pytest.mark.parametrize("interval_s", [10.0, 60.0, 600.0])
+async def test_a_silent_battery_is_reported_within_five_minutes_at_any_interval(
+    upload_pool: asyncpg.Pool, upstream: UpstreamSimulator, upstream_client: httpx.AsyncClient, interval_s: float
+) -> None:
+    clock = RecordingClock(NOW)
+    uploader = TelemetryUploader(pool=upload_pool, client=upstream_client, interval_s=interval_s, clock=clock)
+    device_id = await register_battery(upload_pool, "battery-silent")
+    await insert_readings(upload_pool, device_id, [(NOW, 50.0, 0.0)])  # its last reading; silent after it
+
+    task = asyncio.create_task(uploader.run_forever())
+    try:
+        await clock.next_sleep()
+        report_times: list[datetime] = []
+        requests_seen = 0
+        while clock.now() < NOW + timedelta(minutes=16):
+            for upload in upstream.telemetry[requests_seen:]:
+                assert upload["status_code"] == 200
+                if any(point["device_id"] == "battery-silent" for point in upload["points"]):
+                    report_times.append(clock.now())  # the pass that sent it ran at this (fake) time
+            requests_seen = len(upstream.telemetry)
+            clock.advance(clock.sleeps[-1])
+            await clock.next_sleep()
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    assert report_times[0] == NOW  # the reading itself
+    gaps = [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(report_times)]
+    assert len(gaps) >= 3
+    assert max(gaps) < 300, gaps
+    # Silent since its reading: every later report is an offline one, and together they leave no hole.
+    offline = [point for point in upstream.accepted_telemetry if not point["last_is_online"]]
+    assert offline[0]["start_time"] == _iso(NOW)
+    for earlier, later in itertools.pairwise(offline):
+        end = datetime.fromisoformat(earlier["start_time"]) + timedelta(seconds=earlier["duration_s"])
+        assert datetime.fromisoformat(later["start_time"]) == end
 
 
 async def test_the_simulator_checks_points_as_the_origin_documents(

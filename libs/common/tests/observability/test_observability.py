@@ -76,3 +76,35 @@ async def test_fake_clock_wakes_sleepers_only_when_advanced() -> None:
     clock.advance(5)
     await asyncio.wait_for(sleeper, 1)
     assert (clock.now() - start).total_seconds() == 10
+
+
+def test_log_lines_carry_no_token_material(capsys: pytest.CaptureFixture[str]) -> None:
+    token = "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoiYW5vbiJ9.c2lnbmF0dXJlLW9mLXRoZS1rZXk"
+    opaque = "upstream-bearer-7f3a9c"
+    configure_logging(service="telemetry-ingest", level="INFO")
+    try:
+        log = logging.getLogger("uvicorn.error")
+        # uvicorn's websocket handshake line, with its arguments, and its colour variant as an extra.
+        log.info(
+            '%s - "WebSocket %s" [accepted]',
+            "127.0.0.1:5000",
+            f"/realtime/v1/websocket?apikey={token}&vsn=1.0.0",
+            extra={"color_message": f"/realtime/v1/websocket?access_token={token}"},
+        )
+        log.info("headers %s", [(b"authorization", f"Bearer {opaque}".encode()), (b"apikey", token.encode())])
+        log.warning(
+            "upstream refused", extra={"request": f"Authorization: Bearer {opaque}", "url": f"/x?token={opaque}"}
+        )
+        try:
+            raise ValueError(f"bad key {token}")
+        except ValueError:
+            log.exception("failed")
+    finally:
+        logging.getLogger().handlers.clear()
+    text = capsys.readouterr().err
+    lines = [json.loads(line) for line in text.strip().splitlines()]
+    assert len(lines) == 4
+    assert "apikey=[redacted]&vsn=1.0.0" in lines[0]["message"]
+    assert "[redacted]" in lines[3]["exception"]
+    for part in [*token.split("."), opaque]:
+        assert part not in text

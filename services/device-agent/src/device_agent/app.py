@@ -11,6 +11,7 @@ from starlette.applications import Starlette
 from device_agent import handlers
 from device_agent.fleet import Fleet
 from device_agent.modbus.bus import ModbusBus
+from device_agent.registry_feed import listen_for_registry_changes
 from device_agent.settings import DeviceAgentSettings
 from device_agent.telemetry import TelemetryPoller
 from gridloop_common.contracts import routing
@@ -51,7 +52,12 @@ async def run(settings: DeviceAgentSettings) -> None:
         )
         health.add_check("broker", broker.ready)
         await stack.enter_async_context(
-            serve_http(Starlette(routes=health_routes(health)), host=settings.agent_host, port=settings.agent_port)
+            serve_http(
+                Starlette(routes=health_routes(health)),
+                host=settings.agent_host,
+                port=settings.agent_port,
+                settings=settings.http,
+            )
         )
         bus = await stack.enter_async_context(ModbusBus(timeout_s=2.0))
         fleet = Fleet(
@@ -64,6 +70,16 @@ async def run(settings: DeviceAgentSettings) -> None:
         tasks = await stack.enter_async_context(asyncio.TaskGroup())
         fleet_task = tasks.create_task(fleet.run_forever(), name="fleet")
         stack.callback(fleet_task.cancel)
+        # Registry changes (telemetry-ingest's trigger) wake the fleet at once; the period stays as a safety net.
+        listener_task = tasks.create_task(
+            listen_for_registry_changes(
+                str(settings.database.database_url),
+                fleet.registry_changed,
+                probe_interval_s=settings.agent_registry_refresh_s,
+            ),
+            name="registry-listen",
+        )
+        stack.callback(listener_task.cancel)
         # Telemetry: every registered battery and meter, polled on the interval grid from the fleet's
         # registry view; it starts after the first registry load and shares the bus at poll priority.
         poller = TelemetryPoller(

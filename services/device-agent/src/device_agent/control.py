@@ -27,9 +27,11 @@ __all__ = [
     "IntentExpired",
     "InvalidIntent",
     "RegisterWrite",
+    "ReserveChoice",
     "WritePlan",
     "follow_load_setpoint",
     "plan_writes",
+    "reserve_for",
     "revert_timeout_for",
 ]
 
@@ -70,13 +72,20 @@ class DeviceLimits:
 
     max_power_w: float | None = None
     capacity_wh: float | None = None
+    # The device's own MinRsvPct, put back when a command that changed it ends (metadata
+    # `backup_reserve_percentage`); None: put back what the device held before the command.
+    default_reserve_pct: float | None = None
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> DeviceLimits:
-        """Read `max_power_kw` and `capacity_kwh` (DESIGN section 4); missing or invalid values are None."""
+        """Read `max_power_kw`, `capacity_kwh` (DESIGN section 4) and `backup_reserve_percentage`.
+
+        Missing or invalid values are None.
+        """
         return cls(
             max_power_w=_positive_kilo(metadata.get("max_power_kw")),
             capacity_wh=_positive_kilo(metadata.get("capacity_kwh")),
+            default_reserve_pct=_percentage(metadata.get("backup_reserve_percentage")),
         )
 
 
@@ -168,6 +177,36 @@ def revert_timeout_for(limits_timeout_s: int, valid_until: datetime | None, now:
     if valid_until is not None:
         timeout = min(timeout, math.ceil((valid_until - now).total_seconds()))
     return max(1, min(_MAX_REVERT_S, timeout))
+
+
+@dataclass(frozen=True)
+class ReserveChoice:
+    """The MinRsvPct an intent writes, and the reserve to put back once an intent without one follows."""
+
+    write_pct: float | None  # None: leave MinRsvPct as the device holds it
+    restore_pct: float | None  # None: nothing of ours to undo
+
+
+def reserve_for(
+    requested_pct: float | None, *, held_pct: float | None, restore_pct: float | None, default_pct: float | None
+) -> ReserveChoice:
+    """The reserve to write for an intent, undoing a command's reserve once a command without one follows.
+
+    requested_pct is the intent's backup reserve, held_pct the device's MinRsvPct now, restore_pct what an
+    earlier intent recorded to put back, default_pct the registry's. The first intent that changes the
+    reserve records the registry default, or else what the device held before it; the next intent without a
+    reserve (the release at a command's end, a command that sets none) writes that back. With nothing
+    recorded (the agent restarted while a command held the device) the registry default is written back
+    wherever the device differs from it.
+    """
+    if requested_pct is not None:
+        if restore_pct is None:
+            restore_pct = default_pct if default_pct is not None else held_pct
+        return ReserveChoice(write_pct=requested_pct, restore_pct=restore_pct)
+    target_pct = restore_pct if restore_pct is not None else default_pct
+    if target_pct is None or (held_pct is not None and math.isclose(target_pct, held_pct, abs_tol=1e-9)):
+        return ReserveChoice(write_pct=None, restore_pct=None)
+    return ReserveChoice(write_pct=target_pct, restore_pct=None)
 
 
 def plan_writes(intent: ControlIntent, limits: ControlLimits, now: datetime) -> WritePlan:
@@ -312,3 +351,9 @@ def _positive_kilo(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
         return None
     return float(value) * 1000.0
+
+
+def _percentage(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
+        return None
+    return float(value)

@@ -193,10 +193,11 @@ class BatteryController:
         await self._set_availability(True, None)
         clamped = "; ".join(clamp.reason for clamp in self._plan.clamps) or None
         notes = "; ".join(self._plan.notes) or None
+        caveats = "; ".join(action.caveats()) or None
         return self._outcome(
             action,
             applied=True,
-            reason=clamped or notes,
+            reason="; ".join(part for part in (clamped or notes, caveats) if part) or None,
             applied_setpoint_w=int(abs(self._plan.power_w)) if action.setpoint_w is not None else None,
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from device_agent.control import (
     DeviceLimits,
     WritePlan,
     plan_writes,
+    reserve_for,
     revert_timeout_for,
 )
 from device_agent.modbus.bus import DeviceAddress, ModbusBus, Priority
@@ -123,6 +125,8 @@ class SunSpecBattery:
         self._clock = clock
         self._map: SunSpecMap | None = None
         self._active: _ActiveControl | None = None
+        # MinRsvPct to write back when an intent without a reserve follows one that changed it (reserve_for).
+        self._reserve_to_restore: float | None = None
 
     @property
     def sunspec(self) -> SunSpecMap | None:
@@ -203,7 +207,19 @@ class SunSpecBattery:
             battery_power_w=snapshot.power_w or 0.0,
             revert_timeout_s=self._revert_timeout_s,
         )
+        reserve = reserve_for(
+            intent.backup_reserve_pct,
+            held_pct=snapshot.reserve_pct,
+            restore_pct=self._reserve_to_restore,
+            default_pct=registry.default_reserve_pct,
+        )
+        if reserve.write_pct != intent.backup_reserve_pct:
+            # No reserve asked for, and the device still holds a command's: the plan writes it back.
+            intent = dataclasses.replace(intent, backup_reserve_pct=reserve.write_pct)
         plan = plan_writes(intent, control_limits, moment)
+        if reserve.restore_pct is not None:
+            # Recorded before writing: a write that fails half-way may already have changed MinRsvPct.
+            self._reserve_to_restore = reserve.restore_pct
         storage_address = self._require_map().require(STORAGE.model_id).address
         point_at = {write.offset + index: write.point for write in plan.writes for index in range(len(write.registers))}
         for offset, registers in plan.blocks():
@@ -212,6 +228,7 @@ class SunSpecBattery:
         self._active = (
             None if plan.revert_timeout_s == 0 else _ActiveControl(plan, self._clock(), plan.revert_timeout_s)
         )
+        self._reserve_to_restore = reserve.restore_pct
         logger.info(
             "battery control applied",
             extra={
@@ -219,6 +236,7 @@ class SunSpecBattery:
                 "mode": str(intent.mode),
                 "power_w": plan.power_w,
                 "revert_timeout_s": plan.revert_timeout_s,
+                "reserve_pct": reserve.write_pct,
                 "clamps": [clamp.reason for clamp in plan.clamps],
             },
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import asyncpg
@@ -11,13 +12,18 @@ from device_agent.controller import BatteryController
 from device_agent.meter import SiteMeter
 from device_agent.modbus.bus import ModbusBus
 from device_agent.repository import RegisteredDevice, load_devices
+from gridloop_common.contracts import DeviceType
 from gridloop_common.messaging import Publisher
 
 __all__ = ["Fleet"]
 
 logger = logging.getLogger(__name__)
 
-_BATTERY_TYPES = frozenset({"bess", "battery", "storage"})
+# While the registry table does not exist yet (telemetry-ingest has not migrated), look again soon: 0.5 s,
+# doubling up to the normal period, so an agent started first drives devices moments after the migration.
+REGISTRY_MISSING_FIRST_RETRY_S = 0.5
+# How often a wait for an unknown device re-reads the registry itself when no change notice wakes it.
+DEVICE_WAIT_RECHECK_S = 1.0
 
 
 class Fleet:
@@ -41,6 +47,10 @@ class Fleet:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._known: dict[str, RegisteredDevice] = {}
         self.loaded = asyncio.Event()
+        self._registry_changed = asyncio.Event()
+        # One reconciliation at a time: an older read applied after a newer one would retire new devices.
+        self._refresh_lock = asyncio.Lock()
+        self._missing_retry_s = REGISTRY_MISSING_FIRST_RETRY_S
 
     def controller(self, device_name: str) -> BatteryController | None:
         return self._controllers.get(device_name)
@@ -56,8 +66,34 @@ class Fleet:
         """
         return list(self._known.values())
 
+    def registry_changed(self) -> None:
+        """A change notice (LISTEN on the registry's channel): re-read the registry now, not at the period's end."""
+        self._registry_changed.set()
+
+    async def wait_for_controller(self, device_name: str, *, timeout_s: float) -> BatteryController | None:
+        """The device's controller, re-reading the registry until it names the device or ``timeout_s`` is up.
+
+        For an action that overtook its device's registration: it waits for the registry instead of being
+        refused. Each announced change wakes it, and it re-reads at least every DEVICE_WAIT_RECHECK_S in
+        case the change notice is lost (LISTEN connection down).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            await self.refresh()
+            controller = self.controller(device_name)
+            remaining = deadline - loop.time()
+            if controller is not None or remaining <= 0:
+                return controller
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._registry_changed.wait(), min(remaining, DEVICE_WAIT_RECHECK_S))
+
     async def refresh(self) -> None:
         """Re-read the registry and reconcile the controllers with it."""
+        async with self._refresh_lock:
+            await self._refresh_unlocked()
+
+    async def _refresh_unlocked(self) -> None:
         devices = await load_devices(self._pool)
         if devices is None:
             logger.warning("device registry not found yet (telemetry-ingest has not migrated)")
@@ -69,7 +105,7 @@ class Fleet:
                 del self._controllers[name]
                 logger.info("device retired", extra={"device": name})
         for device in devices:
-            if device.device_type not in _BATTERY_TYPES or device.name in self._controllers:
+            if device.device_type != DeviceType.BESS or device.name in self._controllers:
                 continue
             meter = by_name.get(device.site_meter) if device.site_meter else None
             controller = BatteryController(
@@ -86,6 +122,18 @@ class Fleet:
         self._known = by_name
         self.loaded.set()
 
+    async def _until_next_refresh(self) -> None:
+        """Until a registry change is announced or the period is up (sooner while no registry was ever read)."""
+        if self.loaded.is_set():
+            timeout_s = self._refresh_interval_s
+        else:
+            timeout_s = min(self._missing_retry_s, self._refresh_interval_s)
+            self._missing_retry_s = min(self._missing_retry_s * 2, self._refresh_interval_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._registry_changed.wait(), timeout_s)
+        # Cleared before the re-read: a notice arriving during it sets the event again for one more.
+        self._registry_changed.clear()
+
     def _report_crash(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             logger.error("device task crashed", extra={"task": task.get_name()}, exc_info=task.exception())
@@ -97,7 +145,7 @@ class Fleet:
                     await self.refresh()
                 except (asyncpg.PostgresError, OSError) as error:
                     logger.warning("registry refresh failed", extra={"error": repr(error)})
-                await asyncio.sleep(self._refresh_interval_s)
+                await self._until_next_refresh()
         finally:
             for task in self._tasks.values():
                 task.cancel()

@@ -11,9 +11,21 @@ from device_agent.fleet import Fleet
 from gridloop_common.contracts import DeviceAction, DeviceOutcome, routing
 from gridloop_common.messaging import Delivery, Publisher, model_handler
 
-__all__ = ["device_action_handler"]
+__all__ = ["UNKNOWN_DEVICE_WAIT_S", "device_action_handler", "unknown_device_wait_s"]
 
 logger = logging.getLogger(__name__)
+
+# How long an action for a device the agent does not drive waits for the registry to name it before it is
+# refused: registrations reach the agent within a second (LISTEN/NOTIFY), so this covers a notice that was
+# lost with the LISTEN connection, and an unknown device's refusal comes no later than this.
+UNKNOWN_DEVICE_WAIT_S = 10.0
+
+
+def unknown_device_wait_s(valid_until: datetime | None, *, now: datetime) -> float:
+    """How long to wait for an unknown device: UNKNOWN_DEVICE_WAIT_S, never past the action's validity."""
+    if valid_until is None:
+        return UNKNOWN_DEVICE_WAIT_S
+    return max(0.0, min(UNKNOWN_DEVICE_WAIT_S, (valid_until - now).total_seconds()))
 
 
 def device_action_handler(fleet: Fleet, publisher: Publisher) -> Callable[[Delivery], Awaitable[None]]:
@@ -23,9 +35,12 @@ def device_action_handler(fleet: Fleet, publisher: Publisher) -> Callable[[Deliv
         await asyncio.wait_for(fleet.loaded.wait(), 30)
         controller = fleet.controller(action.device_name)
         if controller is None:
-            # Registered since the last periodic re-read? Look again before refusing.
-            await fleet.refresh()
-            controller = fleet.controller(action.device_name)
+            # Registered a moment ago (the action overtook the registry's change notice)? Wait for it.
+            wait_s = unknown_device_wait_s(action.valid_until, now=datetime.now(tz=UTC))
+            logger.info(
+                "action waits for its device's registration", extra={"device": action.device_name, "wait_s": wait_s}
+            )
+            controller = await fleet.wait_for_controller(action.device_name, timeout_s=wait_s)
         if controller is None:
             outcome: DeviceOutcome | None = DeviceOutcome(
                 action_id=action.action_id,

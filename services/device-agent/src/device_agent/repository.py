@@ -62,7 +62,7 @@ async def load_devices(pool: asyncpg.Pool) -> list[RegisteredDevice] | None:
             RegisteredDevice(
                 device_id=row["id"],
                 name=row["name"],
-                device_type=str(row["type"]).lower(),
+                device_type=str(row["type"]),
                 address=address,
                 limits=DeviceLimits.from_metadata(metadata),
                 site_meter=site_meter if isinstance(site_meter, str) else None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gridloop_common.settings import AmqpSettings, ObservabilitySettings, PostgresSettings
+from gridloop_common.settings import AmqpSettings, HttpServerSettings, ObservabilitySettings, PostgresSettings
 
 __all__ = ["DeviceAgentSettings"]
 
@@ -27,3 +27,4 @@ class DeviceAgentSettings(BaseSettings):
     amqp: AmqpSettings = Field(default_factory=AmqpSettings)
     database: PostgresSettings = Field(default_factory=PostgresSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    http: HttpServerSettings = Field(default_factory=HttpServerSettings)

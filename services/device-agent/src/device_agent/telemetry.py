@@ -28,12 +28,10 @@ from device_agent.profiles.sunspec import (
     read_model,
 )
 from device_agent.repository import RegisteredDevice
-from gridloop_common.contracts import BessReading, CommandSource, MeterReading, routing
+from gridloop_common.contracts import BessReading, CommandSource, DeviceType, MeterReading, routing
 from gridloop_common.messaging import Publisher, PublishError
 
 __all__ = [
-    "BATTERY_TYPES",
-    "METER_TYPES",
     "CycleReport",
     "TelemetryPoller",
     "batch_message_id",
@@ -42,9 +40,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-BATTERY_TYPES: Final = frozenset({"bess", "battery", "storage"})
-METER_TYPES: Final = frozenset({"meter"})
 
 # Fixed namespace: the same batch (kind, cycle time, devices) always gets the same message id.
 _BATCH_NAMESPACE: Final = uuid.UUID("5b1f4c1e-3f8a-4d53-9a57-6f0e4f0c2a11")
@@ -312,7 +307,7 @@ class TelemetryPoller:
         """Follow the registry: keep state of unchanged devices, rebuild changed ones, drop removed ones."""
         current: dict[uuid.UUID, _PolledDevice] = {}
         for device in self._devices():
-            if device.device_type not in BATTERY_TYPES and device.device_type not in METER_TYPES:
+            if device.device_type not in (DeviceType.BESS, DeviceType.METER):
                 continue
             known = self._polled.get(device.device_id)
             if known is not None and known.device == device:
@@ -320,7 +315,7 @@ class TelemetryPoller:
                 continue
             source: _MeterSource | _BatterySource = (
                 _BatterySource(bus=self._bus, device=device)
-                if device.device_type in BATTERY_TYPES
+                if device.device_type == DeviceType.BESS
                 else _MeterSource(bus=self._bus, device=device)
             )
             current[device.device_id] = _PolledDevice(device=device, source=source)

@@ -40,6 +40,7 @@ async def run(settings: OptimizerSettings) -> None:
                 Starlette(routes=health_routes(health)),
                 host=settings.optimizer_host,
                 port=settings.optimizer_port,
+                settings=settings.http,
             )
         )
         await stack.enter_async_context(

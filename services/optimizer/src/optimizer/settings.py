@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gridloop_common.settings import AmqpSettings, ObservabilitySettings
+from gridloop_common.settings import AmqpSettings, HttpServerSettings, ObservabilitySettings
 
 __all__ = ["OptimizerSettings"]
 
@@ -20,3 +20,4 @@ class OptimizerSettings(BaseSettings):
     optimizer_time_limit_s: float = Field(default=10.0, gt=0, le=300, description="Most seconds one solve may take.")
     amqp: AmqpSettings = Field(default_factory=AmqpSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    http: HttpServerSettings = Field(default_factory=HttpServerSettings)

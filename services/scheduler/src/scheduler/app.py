@@ -74,6 +74,7 @@ async def run(settings: SchedulerSettings, *, clock: Clock | None = None) -> Non
                 Starlette(routes=health_routes(health)),
                 host=settings.scheduler_host,
                 port=settings.scheduler_port,
+                settings=settings.http,
             )
         )
         upstream = settings.upstream
@@ -106,7 +107,12 @@ async def run(settings: SchedulerSettings, *, clock: Clock | None = None) -> Non
         stack.push_async_callback(listener.remove_listener, "scheduler_timers", dispatcher.wake)
         tasks = await stack.enter_async_context(asyncio.TaskGroup())
         for queue_name, handler in (
-            (routing.Queues.SCHEDULER_UPSTREAM, handlers.upstream_event_handler(events, receiver, commands)),
+            (
+                routing.Queues.SCHEDULER_UPSTREAM,
+                handlers.upstream_event_handler(
+                    events, receiver, commands, max_envelope_bytes=settings.upstream_max_envelope_bytes
+                ),
+            ),
             (routing.Queues.SCHEDULER_DEVICE_OUTCOMES, handlers.device_report_handler(commands)),
             (routing.Queues.SCHEDULER_RPC, rpc_handler(broker.publisher, handlers.rpc_server(commands))),
         ):

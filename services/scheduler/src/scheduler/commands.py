@@ -115,11 +115,13 @@ def _decide(command: Command, seen: CommandLook, *, event_type: str, now: dateti
         f", end at {command.ends_at.isoformat()}" if command.ends_at else ", no end (until replaced)"
     )
     result = "new" if verdict == planning.VersionVerdict.NEW else "updated"
+    caveats = "; ".join(command.battery_commands.caveats()) or None
     return result, VersionWrite(
         state="scheduled",
         timers=_window_timers(command, now=now),
-        history=[received, ("scheduled", scheduled)],
+        history=[received, ("scheduled", f"{scheduled}; {caveats}" if caveats else scheduled)],
         ack_status="OK",
+        ack_reason=caveats,
     )
 
 

@@ -9,9 +9,11 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 from pydantic import ValidationError
 
 from gridloop_common.contracts import DeviceAvailability, DeviceOutcome, UpstreamEvent
+from gridloop_common.contracts.documents import RefusedDocument, load_document
 from gridloop_common.contracts.routing import RoutingKeys
 from gridloop_common.messaging import Delivery, PoisonMessage, RetryableError
 from scheduler.commands import CommandReceiver
@@ -28,13 +30,38 @@ def _validation_summary(error: ValidationError) -> str:
     )
 
 
+# PostgreSQL errors that say the data itself can never be stored, however often it is retried: class 22
+# (data exception: 22P02 bad jsonb text such as NaN, 22P05 \u0000 in jsonb, 22021 NUL in text, 22003, and
+# asyncpg's own "invalid input for query argument", e.g. a lone surrogate) and class 54 (program limit
+# exceeded: a value too large or too deeply nested). Anything else (connections, locks, a missing table)
+# may pass on a later attempt and is retried.
+_UNSTORABLE = (asyncpg.DataError, asyncpg.ProgramLimitExceededError)
+_REASON_LIMIT = 500
+
+
 def upstream_event_handler(
-    events: EventRepository, receiver: CommandReceiver, commands: CommandRepository
+    events: EventRepository, receiver: CommandReceiver, commands: CommandRepository, *, max_envelope_bytes: int
 ) -> Callable[[Delivery], Awaitable[None]]:
-    """Store every upstream envelope once; apply command events to the lifecycle."""
+    """Store every upstream envelope once; apply command events to the lifecycle.
+
+    What can never be stored (too large, JSON that jsonb refuses, an invalid command without a usable id)
+    is dead-lettered at once with the reason and leaves nothing behind, except a FAILED acknowledgement
+    for a command whose id can be read, so the upstream learns of the refusal.
+    """
 
     async def handle(delivery: Delivery) -> None:
-        envelope = delivery.json()
+        if len(delivery.body) > max_envelope_bytes:
+            # Not parsed at all: reading a command id out of a giant body is the cost the limit avoids.
+            raise PoisonMessage(
+                f"envelope of {len(delivery.body)} bytes is over the {max_envelope_bytes}-byte limit"
+                " (GRIDLOOP_UPSTREAM_MAX_ENVELOPE_BYTES); not stored"
+            )
+        try:
+            envelope = load_document(delivery.body)
+        except RefusedDocument as refused:
+            reason = f"envelope cannot be stored: {refused}"[:_REASON_LIMIT]
+            await _fail_command(commands, _lenient_command_id(delivery.body), reason)
+            raise PoisonMessage(reason) from refused
         if not isinstance(envelope, dict):
             raise PoisonMessage("envelope must be a JSON object")
         try:
@@ -46,46 +73,88 @@ def upstream_event_handler(
         record = UpstreamRecord(
             event_key=event_key, event_type=event.event_type, envelope=envelope, correlation_id=trace
         )
-        command = None
-        if event.event_type.startswith("command."):
-            try:
-                command = event.command()
-            except ValidationError as error:
-                if await events.record_event(record):
-                    await _refuse_invalid_command(commands, envelope, error)
-                return
-        if command is None:
-            first_time = await events.record_event(record)
-            logger.info(
-                "upstream event stored" if first_time else "upstream event already stored",
-                extra={"event_type": event.event_type, "event_key": event_key},
-            )
-            return
-        # Applying a command is idempotent by (id, updated_at), so a redelivery is safe to re-apply. The
-        # event is stored by the same statement that reads what the decision needs.
+        command_id = _command_id(envelope) if event.event_type.startswith("command.") else None
         try:
-            await receiver.receive(command, event_type=event.event_type, correlation_id=trace, record=record)
-        except RegistryUnavailable as error:
-            raise RetryableError(str(error)) from error
+            await _store_and_apply(events, receiver, commands, event, record, command_id=command_id)
+        except _UNSTORABLE as error:
+            # One line (the DETAIL comes on a line of its own), short enough for an acknowledgement's reason.
+            problem = f"PostgreSQL cannot store this {event.event_type} event ({error.sqlstate}): {error}"
+            reason = " ".join(problem.split())[:_REASON_LIMIT]
+            await _fail_command(commands, command_id, reason)
+            raise PoisonMessage(reason) from error
 
     return handle
 
 
-async def _refuse_invalid_command(
-    commands: CommandRepository, envelope: dict[str, Any], error: ValidationError
+async def _store_and_apply(
+    events: EventRepository,
+    receiver: CommandReceiver,
+    commands: CommandRepository,
+    event: UpstreamEvent,
+    record: UpstreamRecord,
+    *,
+    command_id: uuid.UUID | None,
 ) -> None:
-    """An authentic command we cannot parse: FAILED upstream when its id is readable, else poison."""
+    command = None
+    if event.event_type.startswith("command."):
+        try:
+            command = event.command()
+        except ValidationError as error:
+            summary = _validation_summary(error)
+            if command_id is None:
+                # Nobody to acknowledge and nothing worth keeping: dead-lettered, not stored.
+                raise PoisonMessage(f"invalid command without a usable id: {summary}") from error
+            if await events.record_event(record):
+                await _fail_command(commands, command_id, f"invalid command: {summary}")
+            return
+    if command is None:
+        first_time = await events.record_event(record)
+        logger.info(
+            "upstream event stored" if first_time else "upstream event already stored",
+            extra={"event_type": event.event_type, "event_key": record.event_key},
+        )
+        return
+    # Applying a command is idempotent by (id, updated_at), so a redelivery is safe to re-apply. The
+    # event is stored by the same statement that reads what the decision needs.
+    try:
+        await receiver.receive(
+            command, event_type=event.event_type, correlation_id=record.correlation_id, record=record
+        )
+    except RegistryUnavailable as error:
+        raise RetryableError(str(error)) from error
+
+
+def _command_id(envelope: dict[str, Any]) -> uuid.UUID | None:
+    """The command id of a command envelope, if it can be read (even when the rest of the command cannot)."""
     event_object = envelope.get("event_object")
     raw_id = event_object.get("id") if isinstance(event_object, dict) else None
+    if not isinstance(raw_id, str):
+        return None
     try:
-        command_id = uuid.UUID(str(raw_id))
+        return uuid.UUID(raw_id)
     except ValueError:
-        raise PoisonMessage(f"invalid command without a usable id: {_validation_summary(error)}") from error
-    reason = f"invalid command: {_validation_summary(error)}"
+        return None
+
+
+def _lenient_command_id(body: bytes) -> uuid.UUID | None:
+    """The command id of a body the strict loader refused, read as leniently as Python's json allows."""
+    try:
+        envelope = json.loads(body)
+    except (ValueError, RecursionError):  # not JSON at all, a giant integer, deep nesting
+        return None
+    if not isinstance(envelope, dict) or not str(envelope.get("event_type", "")).startswith("command."):
+        return None
+    return _command_id(envelope)
+
+
+async def _fail_command(commands: CommandRepository, command_id: uuid.UUID | None, reason: str) -> None:
+    """Queue a FAILED acknowledgement with ``reason`` for a command the scheduler refuses (when it has an id)."""
+    if command_id is None:
+        return
     async with commands.pool.acquire() as connection, connection.transaction():
         await commands.history(connection, command_id, "failed", reason)
         await commands.enqueue_ack(connection, command_id=command_id, device_status="FAILED", reason=reason)
-    logger.warning("invalid command refused", extra={"command_id": str(command_id), "reason": reason})
+    logger.warning("command refused", extra={"command_id": str(command_id), "reason": reason})
 
 
 def device_report_handler(commands: CommandRepository) -> Callable[[Delivery], Awaitable[None]]:

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from gridloop_common.contracts import BatteryMode, Command, CommandStatus, DeviceAction, PowerMode
+from gridloop_common.contracts import BatteryMode, Command, CommandStatus, DeviceAction, DeviceType, PowerMode
 
 __all__ = [
     "ACK_BACKOFF_CAP_S",
@@ -29,7 +29,6 @@ __all__ = [
 ACK_BACKOFF_CAP_S = 60.0
 # An availability report older than this says nothing about the device any more.
 AVAILABILITY_STALE_AFTER = timedelta(minutes=5)
-_STORAGE_TYPES = frozenset({"bess", "battery", "storage"})
 
 
 @dataclass(frozen=True)
@@ -105,7 +104,7 @@ def decide(command: Command, device: DeviceFacts | None, *, now: datetime) -> De
         return Decision(False, f"unknown device {command.device_id!r}: no such name in the device registry")
     if not device.active:
         return Decision(False, f"device {device.name!r} is deactivated in the device registry")
-    if device.device_type.lower() not in _STORAGE_TYPES:
+    if device.device_type != DeviceType.BESS:
         return Decision(
             False,
             f"unsupported mode {command.battery_commands.mode}: device {device.name!r} is a "

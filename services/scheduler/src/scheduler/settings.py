@@ -5,7 +5,13 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gridloop_common.settings import AmqpSettings, ObservabilitySettings, PostgresSettings, UpstreamSettings
+from gridloop_common.settings import (
+    AmqpSettings,
+    HttpServerSettings,
+    ObservabilitySettings,
+    PostgresSettings,
+    UpstreamSettings,
+)
 
 __all__ = ["SchedulerSettings"]
 
@@ -21,10 +27,16 @@ class SchedulerSettings(BaseSettings):
         default="/v1/commands/{id}",
         description="PATCH path template for acknowledgements ({id} = command id).",
     )
+    upstream_max_envelope_bytes: int = Field(
+        default=1_048_576,
+        ge=1024,
+        description="Largest upstream envelope taken from the queue; larger ones are dead-lettered, not stored.",
+    )
     amqp: AmqpSettings = Field(default_factory=AmqpSettings)
     database: PostgresSettings = Field(default_factory=PostgresSettings)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    http: HttpServerSettings = Field(default_factory=HttpServerSettings)
 
     @field_validator("upstream_ack_path")
     @classmethod

@@ -97,7 +97,9 @@ async def run(settings: IngestSettings) -> None:
                 realtime_route(hub, settings.jwt_secret.get_secret_value()),
             ],
         )
-        await stack.enter_async_context(serve_http(application, host=settings.ingest_host, port=settings.ingest_port))
+        await stack.enter_async_context(
+            serve_http(application, host=settings.ingest_host, port=settings.ingest_port, settings=settings.http)
+        )
         tasks = await stack.enter_async_context(asyncio.TaskGroup())
         partition_task = tasks.create_task(PartitionKeeper(pool=pool).run_forever(), name="partitions")
         stack.callback(partition_task.cancel)

@@ -11,6 +11,7 @@ __all__ = ["OPENAPI_CONTENT_TYPE", "build_openapi"]
 OPENAPI_CONTENT_TYPE = "application/openapi+json; charset=utf-8"
 _JSON = "application/json"
 _SINGULAR = "application/vnd.pgrst.object+json"
+_CSV = "text/csv"
 
 _INTEGER_BOUNDS = {
     "smallint": (-32768, 32767),
@@ -98,7 +99,10 @@ _ERRORS = {
     "401": _error_response("Missing or invalid API key (PGRST301-303), or anon lacking a privilege (42501)"),
     "403": _error_response("The key's role lacks the privilege (42501)"),
     "404": _error_response("Unknown table or function (PGRST205, PGRST202)"),
-    "406": _error_response("Schema not exposed (PGRST106) or singular object not exactly one row (PGRST116)"),
+    "406": _error_response(
+        "Schema not exposed (PGRST106), Accept names no type offered (PGRST107: reads offer application/json, "
+        "application/vnd.pgrst.object+json and text/csv), or singular object not exactly one row (PGRST116)"
+    ),
     "409": _error_response("Duplicate key or foreign-key violation (23505, 23503)"),
     "413": _error_response("Body too large"),
     "416": _error_response("Range not satisfiable (PGRST103)"),
@@ -107,12 +111,16 @@ _ERRORS = {
 }
 
 
-def _rows_response(description: str, schema_name: str) -> dict[str, Any]:
+def _rows_response(description: str, schema_name: str, *, csv: bool = False) -> dict[str, Any]:
+    """The rows as JSON, one row as an object (vnd.pgrst.object), and for reads CSV (a header row, then the rows)."""
     rows = {"type": "array", "items": {"$ref": f"#/components/schemas/{schema_name}"}}
-    return {
-        "description": description,
-        "content": {_JSON: {"schema": rows}, _SINGULAR: {"schema": {"$ref": f"#/components/schemas/{schema_name}"}}},
+    content: dict[str, Any] = {
+        _JSON: {"schema": rows},
+        _SINGULAR: {"schema": {"$ref": f"#/components/schemas/{schema_name}"}},
     }
+    if csv:
+        content[_CSV] = {"schema": {"type": "string"}}
+    return {"description": description, "content": content}
 
 
 def _empty(description: str) -> dict[str, Any]:
@@ -161,8 +169,8 @@ def _table_path(relation: Relation) -> dict[str, Any]:
             "summary": f"Read rows of {name}",
             "parameters": read,
             "responses": {
-                "200": _rows_response("The rows", name),
-                "206": _rows_response("Part of the rows (Range or limit with count)", name),
+                "200": _rows_response("The rows", name, csv=True),
+                "206": _rows_response("Part of the rows (Range or limit with count)", name, csv=True),
                 **_ERRORS,
             },
         },
@@ -252,7 +260,7 @@ def _function_path(function: Function) -> dict[str, Any]:
     ]
     result_filters = _filter_parameters(name, function.columns)
     paging = [_reference(parameter) for parameter in ("select", "order", "limit", "offset", "preferCount")]
-    responses = {"200": _rows_response("The function's rows", f"rpc.{name}"), **_ERRORS}
+    responses = {"200": _rows_response("The function's rows", f"rpc.{name}", csv=True), **_ERRORS}
     return {
         "get": {
             "tags": ["rpc"],
@@ -290,8 +298,10 @@ def _shared_parameters(schema: str) -> dict[str, Any]:
         }
 
     return {
-        "select": query("select", "Columns to return, optionally renamed: alias:column,other"),
-        "order": query("order", "Ordering: column[.asc|.desc][.nullsfirst|.nullslast],..."),
+        "select": query(
+            "select", "Columns to return: [alias:]column[->key|->>key...][::type], e.g. max:metadata->>max_power_kw"
+        ),
+        "order": query("order", "Ordering: column[->>key][.asc|.desc][.nullsfirst|.nullslast],..."),
         "limit": query("limit", "At most this many rows", pattern="^[0-9]{1,6}$"),
         "offset": query("offset", "Skip this many rows", pattern="^[0-9]{1,6}$"),
         "or": query("or", "Any of the conditions: (column.op.value,and(...),...)"),
@@ -366,7 +376,8 @@ def build_openapi(catalogue: Catalogue, *, server_url: str = "/rest/v1", version
                 f"PostgREST-compatible API over schema {catalogue.schema}. Authenticate with an API key "
                 "(HS256 JWT, role anon | authenticated | service_role) in `apikey` and/or "
                 "`Authorization: Bearer`. Rate limits per key: anon 60/min (burst 100), authenticated "
-                "300/min (500), service_role 1000/min (2000), reported in X-RateLimit-* headers."
+                "300/min (500), service_role 1000/min (2000); X-RateLimit-Limit is the burst (the bucket's "
+                "capacity), X-RateLimit-Remaining the requests left in it, X-RateLimit-Reset when it is full."
             ),
         },
         "servers": [{"url": server_url}],

@@ -8,6 +8,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from jwt.exceptions import DecodeError
+from jwt.utils import base64url_decode
+
+from telemetry_ingest.auth import Identity
 from telemetry_ingest.postgrest import PostgrestError
 
 __all__ = ["TIERS", "Decision", "RateLimiter", "Tier", "bucket_key", "rate_limited"]
@@ -34,13 +38,18 @@ TIERS: Mapping[str, Tier] = {
 
 @dataclass(frozen=True)
 class Decision:
-    """The outcome of one request against its bucket, and the headers that report it."""
+    """The outcome of one request against its bucket, and the headers that report it.
+
+    ``limit`` is the bucket's capacity (the tier's burst) and ``remaining`` the whole tokens left in it, so the
+    two describe the same bucket and ``remaining`` never exceeds ``limit``; ``per_minute`` is the refill rate.
+    """
 
     allowed: bool
     limit: int
     remaining: int
     reset_at: int
     retry_after: int | None
+    per_minute: int = 0
 
     def headers(self) -> dict[str, str]:
         """`X-RateLimit-*` for every response; `Retry-After` as well when refused."""
@@ -60,12 +69,31 @@ class _Bucket:
     updated: float
 
 
-def bucket_key(*, role: str, token: str | None, client_address: str) -> str:
-    """Which bucket a request draws from: the client's address for anon (every browser shares the anon key),
-    the API key otherwise, by digest so that no key is kept in memory."""
-    if role == "anon" or token is None:
+def bucket_key(*, role: str, identity: Identity | None, client_address: str) -> str:
+    """Which bucket a request draws from (within its role's tier).
+
+    Anon, and a request whose key was refused, draw on their client address's bucket: every browser shares the
+    anon key. ``client_address`` is the resolved one (uvicorn takes it from X-Forwarded-For only for the
+    trusted proxies it is told of), never a header the client chose. Another role draws on its subject's
+    bucket (the token's ``sub``), so a user's tokens share one; a token without ``sub`` is keyed by its decoded
+    signature, not by its text, which base64url lets a client vary (a ``=`` appended, unused low bits) without
+    changing the signature. Both by digest, so that no key material is kept in memory.
+    """
+    if role == "anon" or identity is None:
         return f"address:{client_address}"
-    return "key:" + hashlib.sha256(token.encode()).hexdigest()[:32]
+    subject = identity.claims.get("sub")
+    if isinstance(subject, str) and subject:
+        return "subject:" + hashlib.sha256(subject.encode()).hexdigest()[:32]
+    return "signature:" + hashlib.sha256(_signature(identity.token)).hexdigest()[:32]
+
+
+def _signature(token: str) -> bytes:
+    """The decoded signature of a verified token, decoded as PyJWT decoded it when it checked the signature."""
+    encoded = token.rpartition(".")[2]
+    try:
+        return base64url_decode(encoded)
+    except (DecodeError, ValueError):  # not reached for a verified token; keyed by the text all the same
+        return encoded.encode()
 
 
 def rate_limited(decision: Decision) -> PostgrestError:
@@ -73,7 +101,7 @@ def rate_limited(decision: Decision) -> PostgrestError:
     return PostgrestError(
         429,
         "over_request_rate_limit",
-        f"Rate limit exceeded: {decision.limit} requests per minute",
+        f"Rate limit exceeded: {decision.per_minute} requests per minute (burst {decision.limit})",
         details=f"Retry after {decision.retry_after} seconds",
         hint="Slow down, or use a key of a higher tier.",
     )
@@ -82,8 +110,10 @@ def rate_limited(decision: Decision) -> PostgrestError:
 class RateLimiter:
     """Token buckets keyed by (tier, key): refilled at the tier's rate, at most its burst, one token a request.
 
-    ``X-RateLimit-Limit`` is the sustained rate per minute (as in the seed's example), ``-Remaining`` the
-    whole tokens left, ``-Reset`` the Unix time at which the bucket is full again. Time comes from
+    ``X-RateLimit-Limit`` is the bucket's capacity (the tier's burst), ``-Remaining`` the whole tokens left in
+    it, ``-Reset`` the Unix time at which the bucket is full again: all three describe the one bucket, so
+    Remaining never exceeds Limit (the seed's example shows the per-minute rate as the limit, but then a full
+    bucket's Remaining, the burst, was above it). Time comes from
     ``clock`` (Unix seconds), so tests control it. Not shared between replicas: each replica limits on
     its own, so N replicas admit up to N times the rate.
     """
@@ -117,10 +147,11 @@ class RateLimiter:
         retry_after = None if allowed else max(1, math.ceil((1.0 - bucket.tokens) / tier.per_second))
         return Decision(
             allowed=allowed,
-            limit=tier.per_minute,
+            limit=tier.burst,
             remaining=int(bucket.tokens),
             reset_at=math.ceil(now + (tier.burst - bucket.tokens) / tier.per_second),
             retry_after=retry_after,
+            per_minute=tier.per_minute,
         )
 
     def _prune(self, now: float) -> None:

@@ -28,9 +28,14 @@ logger = logging.getLogger(__name__)
 
 READINGS_TABLES: Final = ("mg_meter_readings", "mg_bess_readings")
 
-REORDERED_DAYS = Counter("gridloop_reordered_days_total", "UTC days of readings rewritten in device order.", ["table"])
+# "dates", not "days": promtool takes a name with the token "days" for a duration in a non-base unit.
+REORDERED_DATES = Counter(
+    "gridloop_reordered_dates_total", "UTC dates (days) of readings rewritten in device order.", ["table"]
+)
 REORDERED_ROWS = Counter("gridloop_reordered_rows_total", "Readings rewritten in device order.", ["table"])
-PENDING_DAYS = Gauge("gridloop_reorder_pending_days", "Closed days of readings not yet in device order.", ["table"])
+PENDING_DATES = Gauge(
+    "gridloop_reorder_pending_dates", "Closed UTC dates (days) of readings not yet in device order.", ["table"]
+)
 
 
 class DayReorderer:
@@ -108,15 +113,15 @@ class DayReorderer:
         rewritten: set[str] = set()
         for table in READINGS_TABLES:
             days = await self.pending_days(table)
-            PENDING_DAYS.labels(table).set(len(days))
+            PENDING_DATES.labels(table).set(len(days))
             for position, day in enumerate(days, start=1):
                 started = time.perf_counter()
                 moved, partition = await self.reorder_day(table, day)
-                PENDING_DAYS.labels(table).set(len(days) - position)
+                PENDING_DATES.labels(table).set(len(days) - position)
                 if moved is None:
                     continue  # another replica did it meanwhile
                 total += moved
-                REORDERED_DAYS.labels(table).inc()
+                REORDERED_DATES.labels(table).inc()
                 REORDERED_ROWS.labels(table).inc(moved)
                 if partition is not None and moved:
                     rewritten.add(partition)

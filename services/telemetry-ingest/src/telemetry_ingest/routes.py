@@ -23,6 +23,7 @@ from telemetry_ingest.auth import AuthenticationError, Authenticator, Identity
 from telemetry_ingest.connection_share import ConnectionsBusy, ConnectionShare, client_key
 from telemetry_ingest.openapi import OPENAPI_CONTENT_TYPE, build_openapi
 from telemetry_ingest.postgrest import (
+    JSON_CONTENT_TYPE,
     Catalogue,
     CompiledQuery,
     PostgrestError,
@@ -32,6 +33,7 @@ from telemetry_ingest.postgrest import (
     compile_query,
     error_from_database,
     error_response,
+    negotiate,
     parse_request,
     parse_rpc,
 )
@@ -245,7 +247,7 @@ class _Api:
         role = identity.role if identity is not None else "anon"
         decision = self.rate_limiter.take(
             role,
-            bucket_key(role=role, token=identity.token if identity else None, client_address=client_address),
+            bucket_key(role=role, identity=identity, client_address=client_address),
         )
         extra_headers.update(decision.headers())
         if not decision.allowed:
@@ -326,7 +328,10 @@ class _Api:
     ) -> PostgrestResponse:
         if request.method not in _READ_METHODS:
             raise PostgrestError(405, "PGRST117", f"Unsupported HTTP method: {request.method}")
-        return PostgrestResponse(200, {"Content-Type": OPENAPI_CONTENT_TYPE}, self.openapi_body.decode())
+        # PostgREST's root offers the OpenAPI document as itself or as plain JSON; any other type is 406.
+        media = negotiate(request.headers.get("accept"), ("openapi", "json"))
+        content_type = OPENAPI_CONTENT_TYPE if media == "openapi" else JSON_CONTENT_TYPE
+        return PostgrestResponse(200, {"Content-Type": content_type}, self.openapi_body.decode())
 
     async def _invalid_path(
         self, request: Request, identity: Identity, parameters: list[tuple[str, str]]

@@ -7,7 +7,13 @@ from dataclasses import dataclass
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gridloop_common.settings import AmqpSettings, ObservabilitySettings, PostgresSettings, UpstreamSettings
+from gridloop_common.settings import (
+    AmqpSettings,
+    HttpServerSettings,
+    ObservabilitySettings,
+    PostgresSettings,
+    UpstreamSettings,
+)
 
 __all__ = ["IngestSettings", "RoleLimits"]
 
@@ -126,6 +132,7 @@ class IngestSettings(BaseSettings):
     database: PostgresSettings = Field(default_factory=PostgresSettings)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    http: HttpServerSettings = Field(default_factory=HttpServerSettings)
     telemetry_upload: bool = Field(default=True, description="Upload battery telemetry upstream (on/off).")
     # At most 300 s: the upstream wants every device reported at least every five minutes.
     telemetry_upload_interval_s: float = Field(default=60.0, gt=0, le=300, description="Seconds between uploads.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -16,7 +16,7 @@ from prometheus_client import Counter
 
 from gridloop_common.clock import Clock, SystemClock
 
-__all__ = ["TELEMETRY_PATH", "TelemetryUploader", "UploadError", "UploadReport"]
+__all__ = ["TELEMETRY_PATH", "TelemetryUploader", "UploadError", "UploadReport", "next_report_due", "report_due"]
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +24,10 @@ TELEMETRY_PATH = "/v1/telemetry/BATTERY"
 MAX_POINTS_PER_REQUEST = 1000  # the upstream's documented limit
 # The upstream wants every device at least every five minutes; a battery silent for longer is offline.
 OFFLINE_AFTER = timedelta(minutes=5)
+# A battery silent since its last report is reported offline this long before its five minutes are up,
+# and the uploader wakes up for it then whatever its interval: the pass and its request must land inside
+# the five minutes (reporting only once they were up sent the report at 300.6 s at a 10 s interval).
+REPORT_LEAD = timedelta(seconds=30)
 # Some programmes need 30 days of history before enrolment; nothing older is sent.
 BACKFILL = timedelta(days=30)
 # A point the upstream keeps answering FAILED is given up after this many sends (the origin's "bad apple").
@@ -136,6 +140,8 @@ class UploadReport:
     dropped: int = 0
     offline_devices: list[str] = dataclasses.field(default_factory=list)
     locked_out: bool = False  # another replica was uploading; nothing was sent
+    # When the next pass must run for some battery to be reported in time; None when none is known.
+    next_report_due: datetime | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,6 +200,7 @@ class TelemetryUploader:
         failures = 0
         while True:
             retry_after_s = 0.0
+            next_report_due: datetime | None = None
             try:
                 report = await self.upload_once(self._clock.now())
             except UploadError as error:
@@ -214,6 +221,7 @@ class TelemetryUploader:
                 logger.exception("telemetry upload crashed; backing off", extra={"failures": failures})
             else:
                 failures = 0
+                next_report_due = report.next_report_due
                 if report.requests:
                     logger.info(
                         "telemetry uploaded",
@@ -224,7 +232,13 @@ class TelemetryUploader:
                             "offline": len(report.offline_devices),
                         },
                     )
-            await self._clock.sleep(self._next_delay(failures, retry_after_s))
+            delay = self._next_delay(failures, retry_after_s)
+            if not failures and next_report_due is not None:
+                # A battery due for its five-minute report is not left waiting for a long interval. The
+                # floor keeps a report the upstream keeps refusing from being resent in a tight loop.
+                until_due = (next_report_due - self._clock.now()).total_seconds()
+                delay = min(delay, max(until_due, min(self._interval_s, REPORT_LEAD.total_seconds() / 2)))
+            await self._clock.sleep(delay)
 
     def _next_delay(self, failures: int, retry_after_s: float) -> float:
         factor = min(2**failures, MAX_BACKOFF_INTERVALS) if failures else 1
@@ -258,11 +272,14 @@ class TelemetryUploader:
         points = await self._fresh_points(connection, devices, now, budget)
         points += await self._retry_points(connection, devices, budget - len(points))
         points += self._offline_points(devices, now, report)
+        reported = {device.id: device.reported_until for device in devices}
         for start in range(0, len(points), self._batch_size):
             batch = points[start : start + self._batch_size]
             results = await self._send(batch)
             report.requests += 1
-            await self._record(connection, batch, results, report)
+            for device_id, end in await self._record(connection, batch, results, report):
+                reported[device_id] = max(end, reported[device_id] or end)
+        report.next_report_due = next_report_due(reported.values())
         return report
 
     async def _fresh_points(
@@ -302,7 +319,8 @@ class TelemetryUploader:
     def _offline_points(self, devices: Sequence[_Device], now: datetime, report: UploadReport) -> list[_Point]:
         points: list[_Point] = []
         for device in devices:
-            if device.latest_reading is not None and now - device.latest_reading < OFFLINE_AFTER:
+            silent = device.latest_reading is None or now - device.latest_reading >= OFFLINE_AFTER
+            if not silent and not report_due(device.reported_until, device.latest_reading, now):
                 continue
             # The offline span starts where the last report (or reading) ended, so coverage has no gap.
             known = [moment for moment in (device.reported_until, device.latest_reading) if moment is not None]
@@ -344,7 +362,8 @@ class TelemetryUploader:
         batch: Sequence[_Point],
         results: Sequence[tuple[bool, str]],
         report: UploadReport,
-    ) -> None:
+    ) -> list[tuple[UUID, datetime]]:
+        """Settle the batch's points; returns the end of each device's newest accepted point."""
         uploaded: dict[UUID, datetime] = {}
         reported: dict[UUID, datetime] = {}
         parks: list[tuple[UUID, datetime, int, str]] = []
@@ -390,6 +409,23 @@ class TelemetryUploader:
         UPLOAD_POINTS.labels("failed").inc(sum(1 for accepted, _ in results if not accepted))
         UPLOAD_POINTS.labels("dropped").inc(dropped)
         report.dropped += dropped
+        return list(reported.items())
+
+
+def report_due(reported_until: datetime | None, latest_reading: datetime | None, now: datetime) -> bool:
+    """Is a battery with nothing new since its last report due for an offline report at ``now``?
+
+    Only a battery silent since that report is: one with readings not yet reported is reported by them.
+    """
+    if reported_until is None or (latest_reading is not None and latest_reading > reported_until):
+        return False
+    return now >= reported_until + OFFLINE_AFTER - REPORT_LEAD
+
+
+def next_report_due(last_reports: Iterable[datetime | None]) -> datetime | None:
+    """The earliest moment one of these batteries (by the end of its last accepted point) is due again."""
+    known = [last for last in last_reports if last is not None]
+    return min(known) + OFFLINE_AFTER - REPORT_LEAD if known else None
 
 
 def _device(row: Mapping[str, Any]) -> _Device:

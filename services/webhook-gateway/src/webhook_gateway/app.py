@@ -36,7 +36,9 @@ async def run(settings: GatewaySettings) -> None:
         )
         health.add_check("broker", broker.ready)
         application = routes.build_app(settings=settings, publisher=broker.publisher, health=health)
-        await stack.enter_async_context(serve_http(application, host=settings.gateway_host, port=settings.gateway_port))
+        await stack.enter_async_context(
+            serve_http(application, host=settings.gateway_host, port=settings.gateway_port, settings=settings.http)
+        )
         if settings.upstream_poll == "on":
             token = settings.upstream.upstream_token.get_secret_value()
             client = await stack.enter_async_context(

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gridloop_common.contracts import UpstreamEvent, routing
+from gridloop_common.contracts import UNKNOWN_EVENT_TYPE, UpstreamEvent, routing
 from gridloop_common.messaging import Publisher
 
 __all__ = ["InvalidEvent", "UnknownEventType", "field_errors", "forward", "parse_event"]
@@ -42,9 +42,10 @@ def parse_event(payload: Any) -> UpstreamEvent:
     try:
         event = UpstreamEvent.model_validate(payload)
     except ValidationError as error:
-        errors = field_errors(error)
-        if [entry["field"] for entry in errors] == ["event_type"] and isinstance(payload.get("event_type"), str):
+        # Only a well-formed but unknown type is "ignored"; one too long for a routing key is invalid.
+        if [detail["type"] for detail in error.errors()] == [UNKNOWN_EVENT_TYPE]:
             raise UnknownEventType(payload["event_type"]) from error
+        errors = field_errors(error)
         raise InvalidEvent(errors) from error
     try:
         event.command()

@@ -9,7 +9,6 @@ bodies, same headers (Content-Type, Content-Length, Retry-After on 503, X-Correl
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from random import getrandbits
@@ -22,6 +21,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gridloop_common.contracts import UpstreamEvent
+from gridloop_common.contracts.documents import RefusedDocument, load_document, may_hold_refused_values
 from gridloop_common.messaging import Publisher, PublishError
 from gridloop_common.observability import Health, correlation_id, health_routes
 from webhook_gateway import forwarding, signatures
@@ -164,9 +164,16 @@ class WebhookEndpoint:
         if event is None:
             # Invalid or unusual: the original path gives the precise answer (400, 422, or ignored).
             try:
-                payload = json.loads(raw)
-            except (UnicodeDecodeError, json.JSONDecodeError) as error:
-                return _error(400, "invalid_json", f"body is not JSON: {error}")
+                payload = load_document(raw)
+            except RefusedDocument as refused:
+                # JSON the scheduler could never store (NaN, \u0000, a lone surrogate, ...) or that breaks a
+                # parser (nesting, giant numbers): refused here, before anything is published.
+                return _error(
+                    400,
+                    "invalid_json",
+                    f"body is not acceptable JSON: {refused}",
+                    errors=[{"field": refused.location or "body", "message": refused.problem}],
+                )
             try:
                 event = forwarding.parse_event(payload)
             except forwarding.UnknownEventType as unknown:
@@ -191,10 +198,12 @@ class WebhookEndpoint:
 def _parse_fast(raw: bytes) -> UpstreamEvent | None:
     """The envelope validated straight from the JSON bytes, or None when it is not a valid one.
 
-    Valid UTF-8 JSON gives the same event as ``json.loads`` then ``forwarding.parse_event`` (duplicate
-    keys: the last wins in both; NaN and Infinity are accepted by both); anything else, including every
-    error case, is left to that original path.
+    Valid UTF-8 JSON gives the same event as ``load_document`` then ``forwarding.parse_event`` (duplicate
+    keys: the last wins in both); anything else, including every error case and any body that might hold
+    a value ``load_document`` refuses (pydantic reads NaN, \u0000 and 1e400 anywhere), is left to that path.
     """
+    if may_hold_refused_values(raw):
+        return None
     try:
         event = UpstreamEvent.model_validate_json(raw)
         event.command()

@@ -7,7 +7,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gridloop_common.settings import AmqpSettings, ObservabilitySettings, UpstreamSettings
+from gridloop_common.settings import AmqpSettings, HttpServerSettings, ObservabilitySettings, UpstreamSettings
+from webhook_gateway.signatures import SECRET_PREFIX, decode_secret
 
 __all__ = ["GatewaySettings"]
 
@@ -29,6 +30,7 @@ class GatewaySettings(BaseSettings):
     amqp: AmqpSettings = Field(default_factory=AmqpSettings)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    http: HttpServerSettings = Field(default_factory=HttpServerSettings)
 
     @field_validator("webhook_secret")
     @classmethod
@@ -36,9 +38,15 @@ class GatewaySettings(BaseSettings):
         secrets = [part for part in value.get_secret_value().replace(",", " ").split() if part]
         if not secrets:
             raise ValueError("at least one secret is required")
-        for secret in secrets:
-            if not secret.startswith("whsec_") or len(secret) <= len("whsec_"):
+        for position, secret in enumerate(secrets, start=1):
+            if not secret.startswith(SECRET_PREFIX) or len(secret) <= len(SECRET_PREFIX):
                 raise ValueError("each secret must look like whsec_<base64>")
+            try:
+                # Decoded here, at start-up, so a bad key stops the service with one line instead of a
+                # traceback when the first delivery arrives.
+                decode_secret(secret)
+            except ValueError as error:
+                raise ValueError(f"secret {position} of {len(secrets)}: {error}") from None
         return value
 
     def webhook_secrets(self) -> list[str]:

@@ -13,6 +13,7 @@ from typing import ClassVar
 
 __all__ = [
     "ID_HEADER",
+    "MINIMUM_SECRET_BYTES",
     "SIGNATURE_HEADER",
     "TIMESTAMP_HEADER",
     "InvalidSignature",
@@ -31,6 +32,9 @@ TIMESTAMP_HEADER = "webhook-timestamp"
 SIGNATURE_HEADER = "webhook-signature"
 
 SECRET_PREFIX = "whsec_"
+# Standard Webhooks asks for 24 to 64 random bytes; a shorter key makes the HMAC guessable offline from
+# any one signed delivery.
+MINIMUM_SECRET_BYTES = 24
 SIGNATURE_VERSION = "v1"
 EXPECTED_SIGNATURE_FORMAT = "space-separated 'v1,<base64 HMAC-SHA256 of id.timestamp.body>' entries"
 
@@ -110,8 +114,9 @@ class InvalidSignature(SignatureError):
 def decode_secret(secret: str) -> bytes:
     """The HMAC key of a ``whsec_<base64>`` secret (the bare base64 form is accepted too).
 
-    Raises ValueError for an empty or non-base64 secret: that is a configuration error, not the
-    sender's, so it is deliberately not a SignatureError.
+    Raises ValueError for a non-base64 secret or one shorter than ``MINIMUM_SECRET_BYTES`` decoded: that
+    is a configuration error, not the sender's, so it is deliberately not a SignatureError. The message
+    never quotes the secret.
     """
     encoded = secret.removeprefix(SECRET_PREFIX)
     # Senders often strip base64 padding; restore it instead of rejecting a key that is otherwise fine.
@@ -120,8 +125,11 @@ def decode_secret(secret: str) -> bytes:
         key = base64.b64decode(padded, validate=True)
     except (binascii.Error, ValueError) as error:
         raise ValueError(f"webhook secret is not {SECRET_PREFIX}<base64>: {error}") from None
-    if not key:
-        raise ValueError("webhook secret is empty")
+    if len(key) < MINIMUM_SECRET_BYTES:
+        raise ValueError(
+            f"webhook secret decodes to {len(key)} bytes; Standard Webhooks secrets are at least "
+            f"{MINIMUM_SECRET_BYTES} random bytes, base64-encoded after {SECRET_PREFIX}"
+        )
     return key
 
 

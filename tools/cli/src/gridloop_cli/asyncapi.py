@@ -84,8 +84,11 @@ def document() -> dict[str, Any]:
                 "How upstream producers and gridloop's services talk over RabbitMQ. Producers in message-queue "
                 "mode publish the upstream envelope to the durable topic exchange `gridloop.upstream` with "
                 "routing key = event_type, persistent (delivery mode 2), a unique message_id and content type "
-                "application/json, on a channel with publisher confirms. An envelope that breaks the schema is "
-                "dead-lettered to `scheduler.upstream.dead-letter` with the reason in the header "
+                "application/json, on a channel with publisher confirms. The envelope is strict JSON that "
+                "PostgreSQL can store as jsonb (no NaN or Infinity, no \\u0000, no lone surrogates, nesting at "
+                "most 64 deep, numbers of at most 1000 digits) of at most GRIDLOOP_UPSTREAM_MAX_ENVELOPE_BYTES "
+                "(1 MiB). An envelope that breaks the schema or these rules is dead-lettered at once, not stored, "
+                "to `scheduler.upstream.dead-letter` with the reason in the header "
                 "`x-gridloop-dead-letter-reason` and counted in gridloop_messages_consumed_total"
                 '{outcome="dead_letter"}. Generated from gridloop_common.contracts by `gridloop asyncapi`.'
             ),

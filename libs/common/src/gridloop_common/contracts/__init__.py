@@ -9,6 +9,7 @@ from gridloop_common.contracts.flux import (
     BessReading,
     CommandSource,
     DeviceRegistryEntry,
+    DeviceType,
     MarketData,
     MarketDataType,
     MarketDataTypeId,
@@ -31,6 +32,7 @@ from gridloop_common.contracts.grid_services import (
     TimeOfUseTariffRequest,
 )
 from gridloop_common.contracts.upstream import (
+    UNKNOWN_EVENT_TYPE,
     BatteryCommand,
     BatteryMode,
     Command,
@@ -44,6 +46,7 @@ from gridloop_common.contracts.upstream import (
 
 __all__ = [
     "MARKET_DATA_TYPES",
+    "UNKNOWN_EVENT_TYPE",
     "BatteryCommand",
     "BatteryMode",
     "BessReading",
@@ -57,6 +60,7 @@ __all__ = [
     "DeviceOutcome",
     "DeviceRegistryEntry",
     "DeviceStatus",
+    "DeviceType",
     "DirectControlDevice",
     "EventType",
     "FlatTariffRequest",

@@ -16,6 +16,7 @@ __all__ = [
     "BessReading",
     "CommandSource",
     "DeviceRegistryEntry",
+    "DeviceType",
     "MarketData",
     "MarketDataType",
     "MarketDataTypeId",
@@ -54,6 +55,23 @@ class MarketDataTypeId(enum.IntEnum):
     AXLE_DISPATCH = 4
 
 
+class DeviceType(enum.StrEnum):
+    """The values of ``mg_device_registry.type`` (DESIGN section 4), the one list every service reads.
+
+    telemetry-ingest's migration 0016 holds the same list in a CHECK constraint, so a registration with
+    any other spelling (``battery``, ``storage``, ``BESS``) is refused instead of being driven by one
+    service and ignored by another.
+    """
+
+    BESS = "bess"  # a battery; seed 000 calls it electric_storage
+    METER = "meter"
+    SPACE_HEATING = "space_heating"
+    WATER_HEATER = "water_heater"
+    ON_OFF_EV_CHARGER = "on_off_ev_charger"
+    ELECTRIC_VEHICLE_V1G = "electric_vehicle_v1g"
+    ELECTRIC_VEHICLE_V2G = "electric_vehicle_v2g"
+
+
 class DeviceRegistryEntry(_FluxRow):
     """A row of ``flux.mg_device_registry``; ``name`` is unique and is what upstream ``device_id`` names.
 
@@ -64,7 +82,7 @@ class DeviceRegistryEntry(_FluxRow):
 
     id: UUID | None = None
     name: str = Field(min_length=1)
-    type: str = Field(min_length=1, description="Device type, e.g. bess or meter.")
+    type: DeviceType = Field(description="Device type, one of DeviceType.")
     site: str = Field(min_length=1, description="Site code, e.g. WLCE.")
     metadata: dict[str, Any] | None = None
     active: bool = True

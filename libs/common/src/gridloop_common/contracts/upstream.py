@@ -5,8 +5,10 @@ from typing import Annotated, Any, Final
 from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 __all__ = [
+    "UNKNOWN_EVENT_TYPE",
     "BatteryCommand",
     "BatteryMode",
     "Command",
@@ -66,9 +68,15 @@ class EventType(enum.StrEnum):
 _COMMAND_EVENT_TYPES: Final = frozenset(EventType)
 _OTHER_EVENT_TYPE_PREFIXES: Final = ("event.", "enrollment.")
 _SETTINGS_APPLY: Final = "settings.apply"
+# The event type is the AMQP routing key, a short string of at most 255 bytes (not characters).
+_ROUTING_KEY_MAX_BYTES: Final = 255
+# The pydantic error type of an event type that is well formed but not one this version knows: senders
+# are told "ignored" rather than "invalid" for it, so they do not retry.
+UNKNOWN_EVENT_TYPE: Final = "unknown_event_type"
 _POWER_MODE_MODES: Final = frozenset({BatteryMode.CHARGE, BatteryMode.DISCHARGE})
 
 _Percentage = Annotated[int, Field(ge=0, le=100)]
+_IGNORED_SETTINGS: Final = ("enable_grid_export", "maximum_charge_percentage")
 
 
 class _BatteryInstruction(BaseModel):
@@ -91,6 +99,21 @@ class _BatteryInstruction(BaseModel):
     maximum_charge_percentage: _Percentage | None = Field(
         default=None, description="State of charge the battery stops charging at, in percent."
     )
+
+    def caveats(self) -> list[str]:
+        """Where gridloop carries these settings out differently from what they say, in words for a person.
+
+        The scheduler's acknowledgement and the device-agent's outcome both give them as their reason, so
+        neither a SAVINGS command nor a deprecated setting is silently treated otherwise than asked.
+        """
+        notes = []
+        if self.mode == BatteryMode.SAVINGS:
+            notes.append("SAVINGS follows self-consumption until the optimizer provides a plan")
+        # Both are deprecated upstream; no device control path reads them.
+        ignored = [name for name in _IGNORED_SETTINGS if getattr(self, name) is not None]
+        if ignored:
+            notes.append(f"{' and '.join(ignored)} ignored (deprecated upstream)")
+        return notes
 
     @field_validator("power_mode")
     @classmethod
@@ -174,14 +197,22 @@ class UpstreamEvent(BaseModel):
     @field_validator("event_type")
     @classmethod
     def _known_event_type(cls, event_type: str) -> str:
+        size = len(event_type.encode("utf-8", "surrogatepass"))
+        if size > _ROUTING_KEY_MAX_BYTES:
+            raise ValueError(
+                f"event_type is {size} bytes in UTF-8; it is the AMQP routing key, "
+                f"at most {_ROUTING_KEY_MAX_BYTES} bytes"
+            )
         if event_type in _COMMAND_EVENT_TYPES or event_type == _SETTINGS_APPLY:
             return event_type
         for prefix in _OTHER_EVENT_TYPE_PREFIXES:
             if event_type.startswith(prefix) and len(event_type) > len(prefix):
                 return event_type
-        raise ValueError(
+        # Without a context pydantic leaves the message as it is, braces in the event type included.
+        raise PydanticCustomError(
+            UNKNOWN_EVENT_TYPE,
             f"unknown event type {event_type!r}: expected command.created|updated|started|ended|canceled, "
-            "event.*, enrollment.* or settings.apply"
+            "event.*, enrollment.* or settings.apply",
         )
 
     def command(self) -> Command | None:

@@ -67,6 +67,10 @@ class Delivery:
             return json.loads(self.body)
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise PoisonMessage(f"body is not JSON: {error}") from error
+        except ValueError as error:  # an integer beyond Python's digit limit: the same next time
+            raise PoisonMessage(f"body is not readable JSON: {error}") from error
+        except RecursionError as error:
+            raise PoisonMessage("body is not readable JSON: nested too deeply") from error
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
@@ -94,9 +98,26 @@ def _validation_reason(error: ValidationError) -> str:
 
 
 def _attempt_of(message: AbstractIncomingMessage) -> int:
-    # Quorum queues count returned deliveries in x-delivery-count (absent on the first delivery).
-    count = (message.headers or {}).get("x-delivery-count", 0)
-    return count + 1 if isinstance(count, int) else 1
+    """This delivery's attempt number, counting only what the broker wrote.
+
+    Quorum queues count failed deliveries in ``x-delivery-count`` and write it into a redelivered message,
+    replacing whatever the producer put there; on a first delivery RabbitMQ 3.12+ adds nothing, so a
+    header seen then is the producer's and must not dead-letter its message early. So a first delivery is
+    attempt 1 whatever its headers say. From RabbitMQ 4.3 a redelivery that was not a failure (a requeue
+    on shutdown is a nack) leaves the failed count at 0 and the header out, but the broker then writes
+    ``x-acquired-count`` (at least 1, never below the failed count): the smaller of the two bounds a
+    forged value. Earlier brokers write ``x-delivery-count`` on every redelivery.
+    """
+    if not message.redelivered:
+        return 1
+    headers = message.headers or {}
+    failed = _count(headers.get("x-delivery-count")) or 0  # absent: no failed delivery recorded
+    acquired = _count(headers.get("x-acquired-count"))
+    return (failed if acquired is None else min(failed, acquired)) + 1
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 class Consumer:

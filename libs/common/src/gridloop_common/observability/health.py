@@ -15,6 +15,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from gridloop_common.lifecycle import StartupError
+from gridloop_common.observability.http_server import server_config
+from gridloop_common.settings import HttpServerSettings
 
 __all__ = ["Health", "health_routes", "serve_http"]
 
@@ -85,17 +87,15 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 @contextlib.asynccontextmanager
-async def serve_http(app: ASGIApp, *, host: str, port: int) -> AsyncIterator[uvicorn.Server]:
-    """Serve ``app`` until the block exits; raises StartupError at entry when the port cannot be bound."""
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_config=None,
-        access_log=False,
-        lifespan="off",
-        timeout_graceful_shutdown=5,
-    )
+async def serve_http(
+    app: ASGIApp, *, host: str, port: int, settings: HttpServerSettings | None = None
+) -> AsyncIterator[uvicorn.Server]:
+    """Serve ``app`` until the block exits; raises StartupError at entry when the port cannot be bound.
+
+    ``settings`` bounds the server (see http_server); None takes the defaults, not the environment.
+    """
+    limits = settings if settings is not None else HttpServerSettings.model_construct()
+    config = server_config(app, host=host, port=port, settings=limits)
     server = _EmbeddedServer(config)
     task = asyncio.create_task(server.serve(), name=f"http:{port}")
     while not server.started:

@@ -12,6 +12,7 @@ from telemetry_ingest.postgrest.catalogue import (
 )
 from telemetry_ingest.postgrest.compiler import CompiledQuery, compile_query
 from telemetry_ingest.postgrest.errors import PostgrestError, error_from_database, status_for_sqlstate
+from telemetry_ingest.postgrest.media import CSV_CONTENT_TYPE, Media, negotiate
 from telemetry_ingest.postgrest.parser import QueryString, parse_request, parse_rpc
 from telemetry_ingest.postgrest.query import (
     Argument,
@@ -20,6 +21,7 @@ from telemetry_ingest.postgrest.query import (
     Filter,
     InsertQuery,
     InsertRows,
+    JsonStep,
     OrderTerm,
     Query,
     ReadQuery,
@@ -34,6 +36,7 @@ from telemetry_ingest.postgrest.response import (
 )
 
 __all__ = [
+    "CSV_CONTENT_TYPE",
     "JSON_CONTENT_TYPE",
     "Argument",
     "Catalogue",
@@ -45,6 +48,8 @@ __all__ = [
     "Function",
     "InsertQuery",
     "InsertRows",
+    "JsonStep",
+    "Media",
     "OrderTerm",
     "Parameter",
     "PostgrestError",
@@ -61,6 +66,7 @@ __all__ = [
     "error_from_database",
     "error_response",
     "load_catalogue",
+    "negotiate",
     "parse_request",
     "parse_rpc",
     "quote_identifier",

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 
 from telemetry_ingest.postgrest.catalogue import Catalogue, Relation, quote_identifier, quote_literal
 from telemetry_ingest.postgrest.query import (
+    CAST_TYPES,
     OPERATORS,
     Argument,
     Condition,
     DeleteQuery,
     Filter,
     InsertQuery,
+    JsonPath,
     OrderTerm,
     Query,
     ReadQuery,
@@ -79,7 +81,7 @@ def _compile_read(catalogue: Catalogue, query: ReadQuery, parameters: _Parameter
     limit = f" LIMIT {int(query.limit)}" if query.limit is not None else ""
     offset = f" OFFSET {int(query.offset)}" if query.offset else ""
     total = f"(SELECT count(*) FROM {source} WHERE {where})" if query.count_exact else "NULL::bigint"
-    body = "NULL::text" if query.head else _body(query.singular)
+    body = "NULL::text" if query.head else _read_body(query, parameters)
     return (
         f"WITH page AS (SELECT {_select_list(relation, query.select)} FROM {source}"
         f" WHERE {where}{order}{limit}{offset})\n"
@@ -195,16 +197,89 @@ def _column(relation: Relation, column: str) -> str:
     return f"{quote_identifier(relation.name)}.{quote_identifier(column)}"
 
 
+def _literal(text: str) -> str:
+    """A SQL string literal of ``text`` (a JSON key; the parser refuses NUL): quotes doubled, and an E'' string
+    with backslashes doubled when it holds one, so it reads the same whatever standard_conforming_strings says."""
+    quoted = "'" + text.replace("'", "''") + "'"
+    return "E" + quoted.replace("\\", "\\\\") if "\\" in text else quoted
+
+
+def _field(relation: Relation, column: str, path: JsonPath) -> str:
+    """A column, followed by its JSON path (``->'key'``, ``->>'key'``, ``->(0)``) as PostgREST writes it; a path is
+    parenthesised, since ``::`` binds tighter than ``->`` and ``->>``."""
+    expression = _column(relation, column)
+    for step in path:
+        operand = f"({int(step.index)})" if step.index is not None else _literal(step.key)
+        expression = f"{expression}{step.arrow}{operand}"
+    return f"({expression})" if path else expression
+
+
+def _field_type(relation: Relation, column: str, path: JsonPath) -> str:
+    """The SQL type of a field: ``->>`` gives text, ``->`` the column's json or jsonb."""
+    return "text" if path and path[-1].arrow == "->>" else relation.columns[column].sql_type
+
+
+def _select_expression(relation: Relation, item: SelectItem) -> str:
+    expression = _field(relation, item.column, item.path)
+    if item.cast is None:
+        return expression
+    if item.cast not in CAST_TYPES.values():
+        raise ValueError(f"cast to {item.cast!r} is not in the allow-list")  # the parser gives only those
+    return f"CAST({expression} AS {item.cast})"
+
+
 def _select_list(relation: Relation, items: tuple[SelectItem, ...]) -> str:
-    return ", ".join(f"{_column(relation, item.column)} AS {quote_identifier(item.output_name)}" for item in items)
+    return ", ".join(f"{_select_expression(relation, item)} AS {quote_identifier(item.output_name)}" for item in items)
 
 
 def _order(relation: Relation, terms: tuple[OrderTerm, ...]) -> str:
     parts = []
     for term in terms:
         nulls = "" if term.nulls_first is None else (" NULLS FIRST" if term.nulls_first else " NULLS LAST")
-        parts.append(f"{_column(relation, term.column)} {'DESC' if term.descending else 'ASC'}{nulls}")
+        field = _field(relation, term.column, term.path)
+        parts.append(f"{field} {'DESC' if term.descending else 'ASC'}{nulls}")
     return ", ".join(parts)
+
+
+def _read_body(query: ReadQuery, parameters: _Parameters) -> str:
+    if query.csv:
+        return _csv_body(query.select, parameters)
+    if query.strip_nulls:
+        # PostgREST's nulls=stripped: each row object without its null-valued keys.
+        if query.singular:
+            return "(SELECT json_strip_nulls(json_agg(page) -> 0)::text FROM page)"
+        return "(SELECT coalesce(json_strip_nulls(json_agg(page)), '[]')::text FROM page)"
+    return _body(query.singular)
+
+
+def _csv_text(value: str) -> str:
+    """One CSV field as RFC 4180 quotes it: in double quotes (inner ones doubled) when it holds a comma, a quote or
+    a line break, or is empty (so that an empty string differs from NULL, which is an empty field)."""
+    if value == "" or any(character in value for character in '",\r\n'):
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+def _csv_body(items: tuple[SelectItem, ...], parameters: _Parameters) -> str:
+    """PostgREST's CSV: a header row of the output names, then one line per row, fields in PostgreSQL's text form.
+
+    The page's columns are renamed by position (two select items may share an output name); the header is a
+    parameter, as every text from the request is."""
+    header = parameters.add(",".join(_csv_text(item.output_name) for item in items))
+    names = [quote_identifier(f"c{number}") for number in range(1, len(items) + 1)]
+    fields = []
+    for name in names:
+        text = f"csv_row.{name}::text"
+        fields.append(
+            f"CASE WHEN csv_row.{name} IS NULL THEN '' "
+            f"WHEN {text} = '' OR {text} ~ '[\",\\r\\n]' THEN '\"' || replace({text}, '\"', '\"\"') || '\"' "
+            f"ELSE {text} END"
+        )
+    row = " || ',' || ".join(fields)
+    return (
+        f"(SELECT {header}::text || coalesce(E'\\n' || string_agg({row}, E'\\n'), '') "
+        f"FROM page AS csv_row({', '.join(names)}))"
+    )
 
 
 def _argument(argument: Argument, parameters: _Parameters) -> str:
@@ -226,8 +301,8 @@ def _condition(relation: Relation, condition: Condition, parameters: _Parameters
 
 
 def _filter(relation: Relation, condition: Filter, parameters: _Parameters) -> str:
-    column = _column(relation, condition.column)
-    sql_type = relation.columns[condition.column].sql_type
+    column = _field(relation, condition.column, condition.path)
+    sql_type = _field_type(relation, condition.column, condition.path)
     if condition.operator in OPERATORS:
         assert isinstance(condition.value, str)
         expression = f"{column} {OPERATORS[condition.operator]} {parameters.add(condition.value)}::text::{sql_type}"

@@ -7,6 +7,7 @@ __all__ = [
     "ambiguous_or_missing_filter",
     "bad_json",
     "error_from_database",
+    "json_path_on_non_json",
     "parse_error",
     "range_not_satisfiable",
     "status_for_sqlstate",
@@ -49,6 +50,17 @@ def parse_error(what: str, text: str, column: int, details: str) -> PostgrestErr
 def unknown_column(relation: str, column: str) -> PostgrestError:
     """42703: a filter, select or order names a column the relation does not have."""
     return PostgrestError(400, "42703", f"column {relation}.{column} does not exist")
+
+
+def json_path_on_non_json(relation: str, column: str, sql_type: str, arrow: str) -> PostgrestError:
+    """42883: ``->``/``->>`` on a column that is not json or jsonb, worded as PostgreSQL words the missing operator."""
+    return PostgrestError(
+        400,
+        "42883",
+        f"operator does not exist: {sql_type} {arrow} unknown",
+        details=f"column {relation}.{column} is {sql_type}",
+        hint="JSON paths (-> and ->>) apply to json and jsonb columns",
+    )
 
 
 def unknown_body_column(relation: str, column: str) -> PostgrestError:

@@ -14,12 +14,15 @@ from telemetry_ingest.postgrest.errors import (
     PostgrestError,
     ambiguous_or_missing_filter,
     bad_json,
+    json_path_on_non_json,
     parse_error,
     unknown_body_column,
     unknown_column,
     unknown_relationship,
 )
+from telemetry_ingest.postgrest.media import Media, negotiate_nulls
 from telemetry_ingest.postgrest.query import (
+    CAST_TYPES,
     OPERATORS,
     Argument,
     Condition,
@@ -27,6 +30,8 @@ from telemetry_ingest.postgrest.query import (
     Filter,
     InsertQuery,
     InsertRows,
+    JsonPath,
+    JsonStep,
     OrderTerm,
     Query,
     ReadQuery,
@@ -47,7 +52,9 @@ _LOGIC_KEYS: dict[str, tuple[Literal["and", "or"], bool]] = {
     "not.and": ("and", True),
 }
 _IS_VALUES = {"null", "not_null", "true", "false", "unknown"}
-_SINGULAR_MEDIA_TYPE = "application/vnd.pgrst.object+json"
+# What each kind of request can answer with (the first is the default); anything else is 406 PGRST107.
+_READ_MEDIA: tuple[Media, ...] = ("json", "singular", "csv")
+_WRITE_MEDIA: tuple[Media, ...] = ("json", "singular")
 _ORDER_KEYWORDS = ("nullsfirst", "nullslast", "desc", "asc")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CLOSING_QUOTE = '"\\""'
@@ -96,13 +103,17 @@ def parse_request(
     parameters = _query_pairs(query)
     request_headers = _Headers(headers)
     preferences = _Preferences(request_headers.get("prefer"))
-    singular = _SINGULAR_MEDIA_TYPE in (request_headers.get("accept") or "")
     verb = method.upper()
+    media, strip_nulls = negotiate_nulls(
+        request_headers.get("accept"), _READ_MEDIA if verb in ("GET", "HEAD") else _WRITE_MEDIA
+    )
+    singular = media == "singular"
     returning = _parse_select(table, _last(parameters, "select"))
     if verb in ("GET", "HEAD"):
-        return _parse_read(
+        read = _parse_read(
             table, parameters, request_headers, preferences, max_rows, singular=singular, head=verb == "HEAD"
         )
+        return dataclasses.replace(read, csv=media == "csv", strip_nulls=strip_nulls)
     if verb == "POST":
         return InsertQuery(
             relation=table.name,
@@ -180,16 +191,17 @@ def parse_rpc(
     # An RPC's rows are read like a relation whose columns are the function's output columns.
     relation = Relation(catalogue.schema, target.name, target.columns)
     request_headers = _Headers(headers)
+    media, strip_nulls = negotiate_nulls(request_headers.get("accept"), _READ_MEDIA)
     read = _parse_read(
         relation,
         [(key, value) for key, value in parameters if verb == "POST" or key not in raw_arguments],
         request_headers,
         _Preferences(request_headers.get("prefer")),
         max_rows,
-        singular=_SINGULAR_MEDIA_TYPE in (request_headers.get("accept") or ""),
+        singular=media == "singular",
         head=verb == "HEAD",
     )
-    return dataclasses.replace(read, arguments=arguments)
+    return dataclasses.replace(read, arguments=arguments, csv=media == "csv", strip_nulls=strip_nulls)
 
 
 def _parse_read(
@@ -279,17 +291,34 @@ def _parse_select(table: Relation, text: str | None) -> tuple[SelectItem, ...]:
         if parenthesis >= 0:
             embedded = item[:parenthesis].lstrip(".")
             raise unknown_relationship(table.name, _unquote(embedded.split("!")[0]))
-        colon = _find_unquoted(item, ":")
+        colon = _find_alias_separator(item)
         alias, column = ("", item) if colon < 0 else (item[:colon], item[colon + 1 :])
         if alias.strip().startswith('"'):
             alias = _field_name(alias, "select parameter", text, at)
         elif alias and not _NAME.match(alias):
             raise parse_error("select parameter", text, at + 1, f"invalid alias {alias!r}")
-        column = _field_name(column, "select parameter", text, at + colon + 1)
-        if column not in table.columns:
-            raise unknown_column(table.name, column)
-        items.append(SelectItem(column, alias or None))
+        items.append(_parse_select_field(table, column, text, at + colon + 1, alias or None))
     return tuple(items)
+
+
+def _parse_select_field(table: Relation, token: str, context: str, offset: int, alias: str | None) -> SelectItem:
+    """``column[->key...][::type]`` of one select entry (the alias already taken off)."""
+    stripped = token.strip()
+    start = offset + len(token) - len(token.lstrip())
+    column, path, end = _read_field(stripped, 0, "", "select parameter", context, start)
+    cast = None
+    if stripped.startswith("::", end):
+        cast = _cast_type(stripped[end + 2 :])
+    elif end != len(stripped):
+        found = stripped[end]
+        raise parse_error(
+            "select parameter",
+            context,
+            start + end + 1,
+            f'unexpected "{found}" expecting "->", "::", "," or end of input',
+        )
+    _check_field(table, column, path)
+    return SelectItem(column, alias, path, cast)
 
 
 def _parse_column_list(table: Relation, text: str | None, what: str) -> tuple[str, ...]:
@@ -319,17 +348,9 @@ def _parse_order(table: Relation, text: str | None) -> tuple[OrderTerm, ...]:
         return parse_error("order", text, at + 1, f"unexpected {found} expecting {expected}")
 
     while True:
-        if text.startswith('"', position):
-            quoted = _read_quoted(text, position)
-            if quoted is None:
-                raise fail(len(text), _CLOSING_QUOTE)
-            column, position = quoted
-        else:
-            match = re.compile(r"[^.,]+").match(text, position)
-            if match is None:
-                raise fail(position, "field name (* or [a..z0..9_$])")
-            column = match[0]
-            position = match.end()
+        if position == len(text) or text[position] in ".,":
+            raise fail(position, "field name (* or [a..z0..9_$])")
+        column, path, position = _read_field(text, position, ".,", "order", text, 0)
         descending = False
         nulls_first: bool | None = None
         seen_direction = False
@@ -346,9 +367,8 @@ def _parse_order(table: Relation, text: str | None) -> tuple[OrderTerm, ...]:
                 descending = word == "desc"
             else:
                 nulls_first = word == "nullsfirst"
-        if column not in table.columns:
-            raise unknown_column(table.name, column)
-        terms.append(OrderTerm(column, descending, nulls_first))
+        _check_field(table, column, path)
+        terms.append(OrderTerm(column, descending, nulls_first, path))
         if position == len(text):
             return tuple(terms)
         if text[position] != ",":
@@ -366,85 +386,261 @@ def _parse_where(table: Relation, parameters: list[tuple[str, str]]) -> Conditio
             continue
         if key in _LOGIC_KEYS:
             conjunction, negated = _LOGIC_KEYS[key]
-            children.append(_parse_tree(table, conjunction, negated, value, value))
+            children.append(_parse_tree(table, conjunction, negated, value))
             continue
-        column = key
-        if key.startswith('"'):
-            quoted = _read_quoted(key, 0)
-            if quoted is None:
-                raise parse_error("tree path", key, len(key) + 1, f"unexpected end of input expecting {_CLOSING_QUOTE}")
-            # Anything after the closing quote is an embedding path, which no column matches.
-            column = quoted[0] if quoted[1] == len(key) else key
-        if column not in table.columns:
-            raise unknown_column(table.name, column)
-        children.append(_parse_filter(table, column, value, value, quoted_values=False))
+        column, path = _filter_key(table, key)
+        negated, operator, operand, end = _read_operation(value, 0, value, in_tree=False)
+        if end != len(value):
+            raise parse_error("filter", value, end + 1, f'unexpected "{value[end]}" expecting end of input')
+        children.append(Filter(column, operator, operand, negated, path))
     return Condition("and", tuple(children))
 
 
-def _parse_filter(table: Relation, column: str, expression: str, context: str, *, quoted_values: bool) -> Filter:
-    """``[not.]operator.value`` for ``column``."""
-    negated = expression.startswith("not.")
-    rest = expression[4:] if negated else expression
-    operator, dot, value = rest.partition(".")
-    if not dot or (operator not in OPERATORS and operator not in ("like", "ilike", "in", "is")):
+def _filter_key(table: Relation, key: str) -> tuple[str, JsonPath]:
+    """The column (and JSON path) a filter's key names. Text left after it is an embedding path (``"soe".x``),
+    which no column matches."""
+    column, path, end = _read_field(key, 0, "", "tree path", key, 0)
+    if end != len(key):
+        raise unknown_column(table.name, key)
+    _check_field(table, column, path)
+    return column, path
+
+
+def _read_operation(
+    text: str, position: int, context: str, *, in_tree: bool
+) -> tuple[bool, str, str | tuple[str, ...], int]:
+    """``[not.]operator.value`` from ``text[position]``: negated, operator, value and the index after the value.
+
+    A value runs to the end of ``text``, or in a logic tree to the next ``,`` or ``)`` unless double-quoted; an
+    ``in`` list is parenthesised. As in PostgREST, a ``"`` that does not open a whole quoted value is an ordinary
+    character (postgrest-js quotes only values holding ``,()``, and never escapes a ``"``)."""
+    negated = text.startswith("not.", position)
+    if negated:
+        position += 4
+    dot = text.find(".", position)
+    operator = text[position:dot] if dot >= 0 else text[position:]
+    if dot < 0 or (operator not in OPERATORS and operator not in ("like", "ilike", "in", "is")):
+        found = operator[:1] or text[position : position + 1]
         raise parse_error(
             "filter",
             context,
             1,
-            f'unexpected "{operator[:1] or rest[:1]}" expecting "not" or operator '
-            "(eq, neq, gt, gte, lt, lte, like, ilike, in, is)",
+            f'unexpected "{found}" expecting "not" or operator (eq, neq, gt, gte, lt, lte, like, ilike, in, is)',
         )
+    position = dot + 1
     if operator == "in":
-        if not (value.startswith("(") and value.endswith(")")):
+        if not text.startswith("(", position):
             raise parse_error("filter", context, 1, 'expecting "(" after in.')
-        items = _split_top_level(value[1:-1], "filter") if value[1:-1].strip() else []
-        return Filter(column, "in", tuple(_unquote(item.strip()) for item in items), negated)
+        values, position = _read_list(text, position, context)
+        return negated, operator, values, position
+    if in_tree:
+        value, position = _read_tree_value(text, position)
+    else:
+        value, position = text[position:], len(text)
     if operator == "is":
-        keyword = value.lower()
+        keyword = value.strip().lower()  # PostgREST skips blanks around a tree's "," and ")"
         if keyword not in _IS_VALUES:
             raise parse_error("filter", context, 1, 'expecting "null", "not_null", "true", "false" or "unknown"')
-        return Filter(column, "is", keyword, negated)
-    if quoted_values:
-        value = _unquote(value)
+        return negated, operator, keyword, position
     if operator in ("like", "ilike"):
         value = value.replace("*", "%")
-    return Filter(column, operator, value, negated)
+    return negated, operator, value, position
 
 
-def _parse_tree(
-    table: Relation, conjunction: Literal["and", "or"], negated: bool, text: str, context: str
-) -> Condition:
-    """``(child,child,...)`` where a child is ``column.op.value`` or a nested ``[not.]and(...)``/``or(...)``."""
-    if not (text.startswith("(") and text.endswith(")")):
-        raise parse_error("logic tree", context, 1, 'expecting "("')
-    children: list[Filter | Condition] = []
-    for raw_child in _split_top_level(text[1:-1], "logic tree", context, offset=1):
-        child = raw_child.strip()
-        nested_negated = child.startswith("not.")
-        body = child[4:] if nested_negated else child
-        # The seed writes nested trees as "or=(...)"; PostgREST writes "or(...)". Both are accepted.
-        nested = re.match(r"^(and|or)=?\(", body)
-        if nested is not None:
-            nested_conjunction = cast(Literal["and", "or"], nested[1])
-            children.append(_parse_tree(table, nested_conjunction, nested_negated, body[len(nested[0]) - 1 :], context))
-            continue
-        if not child:
-            raise parse_error("logic tree", context, 2, "unexpected empty condition, expecting a filter")
-        if child.startswith('"'):
-            # _split_top_level has checked that every quote closes.
-            column, end = _read_quoted(child, 0) or ("", len(child))
-            dot, expression = child[end : end + 1], child[end + 1 :]
-            if dot != ".":
-                at = max(context.find(child), 0) + end + 1
-                raise parse_error("logic tree", context, at, 'unexpected text after a quoted name, expecting "."')
+def _read_list(text: str, position: int, context: str) -> tuple[tuple[str, ...], int]:
+    """``(a,"b,c",d"e)`` from ``text[position]`` (an opening parenthesis): the values and the index after ``)``."""
+    position = _skip_blanks(text, position + 1)
+    if text.startswith(")", position):
+        return (), position + 1
+    values: list[str] = []
+    while True:
+        quoted = _quoted_value(text, position)
+        if quoted is not None:
+            value, position = quoted
         else:
-            column, dot, expression = child.partition(".")
-            if not dot or not column:
-                raise parse_error("logic tree", context, max(context.find(child), 0) + 1, f"unexpected {child!r}")
-        if column not in table.columns:
-            raise unknown_column(table.name, column)
-        children.append(_parse_filter(table, column, expression, context, quoted_values=True))
-    return Condition(conjunction, tuple(children), negated)
+            end = _unquoted_end(text, position)
+            value, position = text[position:end].strip(), end
+        values.append(value)
+        if position == len(text):
+            raise parse_error("filter", context, position + 1, 'unexpected end of input expecting "," or ")"')
+        if text[position] == ")":
+            return tuple(values), position + 1
+        position += 1  # the comma: an unquoted value stops only at "," or ")"
+
+
+def _read_tree_value(text: str, position: int) -> tuple[str, int]:
+    """One value in a logic tree: double-quoted, a ``{...}`` array literal (commas inside kept), or the text up to
+    the next ``,`` or ``)``."""
+    quoted = _quoted_value(text, position)
+    if quoted is not None:
+        return quoted
+    if text.startswith("{", position):
+        close = text.find("}", position)
+        if close >= 0 and "{" not in text[position + 1 : close]:
+            return text[position : close + 1], close + 1
+    end = _unquoted_end(text, position)
+    return text[position:end], end
+
+
+def _quoted_value(text: str, position: int) -> tuple[str, int] | None:
+    """The double-quoted value at ``text[position]`` (escapes undone) and the index after it, when it closes and
+    ``,``, ``)`` or the end follows, as PostgREST reads one; otherwise None and the quote is part of the value."""
+    if not text.startswith('"', position):
+        return None
+    quoted = _read_quoted(text, position)
+    if quoted is None or (quoted[1] < len(text) and text[quoted[1]] not in ",)"):
+        return None
+    return quoted
+
+
+def _unquoted_end(text: str, position: int) -> int:
+    end = position
+    while end < len(text) and text[end] not in ",)":
+        end += 1
+    return end
+
+
+def _skip_blanks(text: str, position: int) -> int:
+    while position < len(text) and text[position] in " \t":
+        position += 1
+    return position
+
+
+_NESTED_TREE = re.compile(r"(?:not\.)?(and|or)=?\(")
+
+
+def _parse_tree(table: Relation, conjunction: Literal["and", "or"], negated: bool, text: str) -> Condition:
+    """``(child,...)``: a child is ``column[->path].[not.]op.value`` or a nested ``[not.]and(...)``/``or(...)``."""
+    if not (text.startswith("(") and text.endswith(")")):
+        raise parse_error("logic tree", text, 1, 'expecting "("')
+    children, end = _read_tree(table, text, 0)
+    if end != len(text):
+        raise parse_error("logic tree", text, end + 1, f'unexpected "{text[end]}" expecting end of input')
+    return Condition(conjunction, children, negated)
+
+
+def _read_tree(table: Relation, text: str, position: int) -> tuple[tuple[Filter | Condition, ...], int]:
+    """The children of the tree whose ``(`` is at ``text[position]``, and the index after its ``)``."""
+    children: list[Filter | Condition] = []
+    position += 1
+    while True:
+        position = _skip_blanks(text, position)
+        child, position = _read_tree_child(table, text, position)
+        children.append(child)
+        position = _skip_blanks(text, position)
+        if position == len(text):
+            raise parse_error("logic tree", text, position + 1, 'unexpected end of input expecting "," or ")"')
+        if text[position] == ")":
+            return tuple(children), position + 1
+        if text[position] != ",":
+            raise parse_error("logic tree", text, position + 1, f'unexpected "{text[position]}" expecting "," or ")"')
+        position += 1
+
+
+def _read_tree_child(table: Relation, text: str, position: int) -> tuple[Filter | Condition, int]:
+    # The seed writes nested trees as "or=(...)"; PostgREST writes "or(...)". Both are accepted.
+    nested = _NESTED_TREE.match(text, position)
+    if nested is not None:
+        children, end = _read_tree(table, text, nested.end() - 1)
+        conjunction = cast(Literal["and", "or"], nested[1])
+        return Condition(conjunction, children, text.startswith("not.", position)), end
+    if position == len(text) or text[position] in ",)":
+        raise parse_error("logic tree", text, position + 1, "unexpected empty condition, expecting a filter")
+    column, path, position = _read_field(text, position, ".,()", "logic tree", text, 0)
+    if not text.startswith(".", position):
+        found = f'"{text[position]}"' if position < len(text) else "end of input"
+        raise parse_error("logic tree", text, position + 1, f'unexpected {found} after a field, expecting "."')
+    _check_field(table, column, path)
+    negated, operator, value, position = _read_operation(text, position + 1, text, in_tree=True)
+    return Filter(column, operator, value, negated, path), position
+
+
+# --- names, JSON paths and casts ----------------------------------------------------------------------
+
+_INDEX = re.compile(r"-?[0-9]+")
+_JSON_TYPES = ("json", "jsonb")
+
+
+def _read_field(
+    text: str, position: int, stops: str, what: str, context: str, offset: int
+) -> tuple[str, JsonPath, int]:
+    """``column[->key|->>key|->index...]`` from ``text[position]``: each name bare (up to a character of ``stops``,
+    ``->`` or ``::``) or double-quoted; returns the column, the path and the index after them. ``offset`` places
+    ``text`` within ``context`` for errors."""
+    column, _, position = _read_name(text, position, stops, what, context, offset)
+    steps: list[JsonStep] = []
+    while text.startswith("->", position):
+        arrow: Literal["->", "->>"] = "->>" if text.startswith("->>", position) else "->"
+        position += len(arrow)
+        key, quoted, position = _read_name(text, position, stops, what, context, offset)
+        if not key and not quoted:
+            raise parse_error(what, context, offset + position + 1, f'expecting a JSON key or index after "{arrow}"')
+        index = None
+        if not quoted and _INDEX.fullmatch(key):
+            if len(key.lstrip("-")) > 9:
+                raise parse_error(what, context, offset + position + 1, f"JSON array index {key} out of range")
+            index = int(key)
+        if "\x00" in key:
+            raise parse_error(what, context, offset + position + 1, "a JSON key cannot hold a NUL character")
+        steps.append(JsonStep(arrow, key, index))
+    return column, tuple(steps), position
+
+
+def _read_name(text: str, position: int, stops: str, what: str, context: str, offset: int) -> tuple[str, bool, int]:
+    """A bare (stripped) or double-quoted name at ``text[position]``: the name, whether quoted, the index after it."""
+    if text.startswith('"', position):
+        quoted = _read_quoted(text, position)
+        if quoted is None:
+            raise parse_error(
+                what, context, offset + len(text) + 1, f"unexpected end of input expecting {_CLOSING_QUOTE}"
+            )
+        return quoted[0], True, quoted[1]
+    end = position
+    while end < len(text) and text[end] not in stops and not text.startswith(("->", "::"), end):
+        end += 1
+    return text[position:end].strip(), False, end
+
+
+def _check_field(table: Relation, column: str, path: JsonPath) -> None:
+    """The column must exist; a JSON path needs a json or jsonb column."""
+    if column not in table.columns:
+        raise unknown_column(table.name, column)
+    sql_type = table.columns[column].sql_type
+    if path and sql_type not in _JSON_TYPES:
+        raise json_path_on_non_json(table.name, column, sql_type, path[0].arrow)
+
+
+def _cast_type(text: str) -> str:
+    """The SQL type of ``::type`` in select, from the allow-list (names are case-insensitive, spaces collapsed)."""
+    name = " ".join(text.split()).lower()
+    if not name:
+        raise parse_error("select parameter", text, 1, 'unexpected end of input after "::", expecting a type')
+    found = CAST_TYPES.get(name)
+    if found is None:
+        raise PostgrestError(
+            400,
+            "42704",
+            f'type "{text.strip()}" does not exist',
+            hint=f"A select may cast to: {', '.join(sorted(CAST_TYPES))}",
+        )
+    return found
+
+
+def _find_alias_separator(text: str) -> int:
+    """The index of the ``:`` of ``alias:column`` (outside double quotes, not part of a ``::`` cast), or -1."""
+    quoted = escaped = False
+    for index, character in enumerate(text):
+        if escaped:
+            escaped = False
+        elif quoted and character == "\\":
+            escaped = True
+        elif character == '"':
+            quoted = not quoted
+        elif not quoted and character == ":":
+            if text.startswith("::", index) or (index > 0 and text[index - 1] == ":"):
+                continue
+            return index
+    return -1
 
 
 def _split_top_level(text: str, what: str, context: str | None = None, offset: int = 0) -> list[str]:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = [
+    "CAST_TYPES",
     "OPERATORS",
     "Argument",
     "Condition",
@@ -13,28 +14,83 @@ __all__ = [
     "Filter",
     "InsertQuery",
     "InsertRows",
+    "JsonPath",
+    "JsonStep",
     "OrderTerm",
     "Query",
     "ReadQuery",
     "Resolution",
     "SelectItem",
     "UpdateQuery",
+    "path_output_name",
 ]
 
 # Comparison operators and their SQL; like, ilike, in and is are handled on their own.
 OPERATORS = {"eq": "=", "neq": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 
+# Casts a select may use, by the name a request gives them (lower case, spaces collapsed) and the SQL type they
+# reach the statement as. PostgREST passes the request's name to SQL; here only these types can get there.
+CAST_TYPES = {
+    "text": "text",
+    "varchar": "character varying",
+    "character varying": "character varying",
+    "int": "integer",
+    "int4": "integer",
+    "integer": "integer",
+    "int2": "smallint",
+    "smallint": "smallint",
+    "int8": "bigint",
+    "bigint": "bigint",
+    "numeric": "numeric",
+    "decimal": "numeric",
+    "real": "real",
+    "float4": "real",
+    "float8": "double precision",
+    "double precision": "double precision",
+    "bool": "boolean",
+    "boolean": "boolean",
+    "json": "json",
+    "jsonb": "jsonb",
+    "uuid": "uuid",
+    "date": "date",
+    "time": "time without time zone",
+    "timestamp": "timestamp without time zone",
+    "timestamp without time zone": "timestamp without time zone",
+    "timestamptz": "timestamp with time zone",
+    "timestamp with time zone": "timestamp with time zone",
+    "interval": "interval",
+}
+
 Resolution = Literal["merge-duplicates", "ignore-duplicates"]
 
 
 @dataclass(frozen=True)
+class JsonStep:
+    """One step of a JSON path: ``->key`` (json) or ``->>key`` (text); ``index`` for ``->0`` or ``->>-1``."""
+
+    arrow: Literal["->", "->>"]
+    key: str
+    index: int | None = None
+
+
+JsonPath = tuple[JsonStep, ...]
+
+
+def path_output_name(column: str, path: JsonPath) -> str:
+    """PostgREST's name for ``column->...``: the last key of the path (an index names nothing), else the column."""
+    keys = [step.key for step in path if step.index is None]
+    return keys[-1] if keys else column
+
+
+@dataclass(frozen=True)
 class Filter:
-    """``column=[not.]operator.value``; ``value`` is a tuple for ``in``, the keyword for ``is``."""
+    """``column[->path]=[not.]operator.value``; ``value`` is a tuple for ``in``, the keyword for ``is``."""
 
     column: str
     operator: str
     value: str | tuple[str, ...]
     negated: bool = False
+    path: JsonPath = ()
 
 
 @dataclass(frozen=True)
@@ -48,14 +104,16 @@ class Condition:
 
 @dataclass(frozen=True)
 class SelectItem:
-    """One entry of ``select``: a column, optionally renamed ``alias:column``."""
+    """One entry of ``select``: ``[alias:]column[->path][::cast]``; ``cast`` is a type from the parser's allow-list."""
 
     column: str
     alias: str | None = None
+    path: JsonPath = ()
+    cast: str | None = None
 
     @property
     def output_name(self) -> str:
-        return self.alias or self.column
+        return self.alias or path_output_name(self.column, self.path)
 
 
 @dataclass(frozen=True)
@@ -65,6 +123,7 @@ class OrderTerm:
     column: str
     descending: bool = False
     nulls_first: bool | None = None
+    path: JsonPath = ()
 
 
 @dataclass(frozen=True)
@@ -90,6 +149,8 @@ class ReadQuery:
     singular: bool = False
     head: bool = False
     arguments: tuple[Argument, ...] | None = None
+    csv: bool = False  # Accept: text/csv (the body is CSV, not JSON)
+    strip_nulls: bool = False  # Accept: application/vnd.pgrst.*+json;nulls=stripped (null values left out)
 
 
 @dataclass(frozen=True)

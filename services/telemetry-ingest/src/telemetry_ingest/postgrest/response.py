@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from telemetry_ingest.postgrest.errors import PostgrestError, range_not_satisfiable
+from telemetry_ingest.postgrest.media import CSV_CONTENT_TYPE
 from telemetry_ingest.postgrest.query import InsertQuery, Query, ReadQuery
 
 __all__ = ["JSON_CONTENT_TYPE", "PostgrestResponse", "build_response", "error_response"]
@@ -59,7 +60,7 @@ def build_response(query: Query, *, total_count: int | None, page_count: int, bo
             return error_response(range_not_satisfiable(total))
         headers["Content-Range"] = _content_range(query.offset, page_count, total)
         partial = total is not None and page_count < total
-        headers["Content-Type"] = content_type
+        headers["Content-Type"] = CSV_CONTENT_TYPE if query.csv else content_type
         return PostgrestResponse(206 if partial else 200, headers, None if query.head else body)
 
     total = page_count if query.count_exact else None

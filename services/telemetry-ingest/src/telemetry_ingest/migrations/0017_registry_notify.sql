@@ -1,0 +1,25 @@
+-- Registry changes announced on 'flux_device_registry', so the device-agent (which LISTENs there) drives a
+-- device registered through the REST API or the CLI within a second instead of at its next periodic re-read
+-- (30 s: the first command for a just-registered battery waited that long).
+--
+-- Statement-level and without the rows: the agent re-reads the registry whatever changed, so a bulk insert
+-- announces itself once, and a payload can never outgrow NOTIFY's 8000 bytes. Sent at commit, never on rollback.
+CREATE FUNCTION flux.notify_registry_change()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+BEGIN
+    PERFORM pg_notify('flux_device_registry', TG_OP);
+    RETURN NULL;
+END
+$$;
+
+REVOKE EXECUTE ON FUNCTION flux.notify_registry_change() FROM PUBLIC;
+
+CREATE TRIGGER registry_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON flux.mg_device_registry
+    FOR EACH STATEMENT EXECUTE FUNCTION flux.notify_registry_change();
+
+-- The registry exists from this commit on: an agent that started before the ingest migrated hears of it at once.
+SELECT pg_notify('flux_device_registry', 'CREATE');
