@@ -17,7 +17,7 @@ from gridloop_common.contracts import routing
 from gridloop_common.messaging import Broker, Consumer, Delivery, open_broker, queue_spec
 from gridloop_common.observability import serve_http
 from gridloop_common.settings import AmqpSettings
-from telemetry_ingest.auth import issue_key
+from telemetry_ingest.auth import Authenticator, issue_key
 from telemetry_ingest.handlers import device_status_route, readings_handler
 from telemetry_ingest.realtime import RealtimeHub, realtime_route
 from telemetry_ingest.repository import ReadingsRepository
@@ -144,7 +144,12 @@ async def realtime_hub_fixture(pool: asyncpg.Pool, database_url: str) -> AsyncIt
 @pytest.fixture(name="api_server")
 async def api_server_fixture(realtime_hub: RealtimeHub, repository: ReadingsRepository) -> AsyncIterator[str]:
     """The realtime and status routes served by uvicorn on 127.0.0.1; yields the base URL."""
-    app = Starlette(routes=[realtime_route(realtime_hub, JWT_SECRET), device_status_route(repository)])
+    app = Starlette(
+        routes=[
+            realtime_route(realtime_hub, JWT_SECRET),
+            device_status_route(repository, authenticator=Authenticator(JWT_SECRET)),
+        ]
+    )
     async with serve_http(app, host="127.0.0.1", port=0) as server:
         port = server.servers[0].sockets[0].getsockname()[1]
         yield f"http://127.0.0.1:{port}"

@@ -14,11 +14,13 @@ from starlette.applications import Starlette
 
 from gridloop_common.contracts import BessReading, routing
 from gridloop_common.messaging import DEAD_LETTER_REASON_HEADER
+from telemetry_ingest.auth import Authenticator, issue_key
 from telemetry_ingest.handlers import device_status_route
 from telemetry_ingest.repository import ReadingKind, ReadingsRepository
 from telemetry_ingest.rollups import RollupRefresher
 
 from .pipeline_fixtures import (  # noqa: F401  (fixtures, found by pytest under their names)
+    JWT_SECRET,
     DeadLetters,
     HandledMessages,
     broker_fixture,
@@ -163,9 +165,23 @@ async def test_a_stale_device_shows_in_the_status_route_and_the_gauge(
         stale,
     )
 
-    app = Starlette(routes=[device_status_route(repository)])
+    app = Starlette(routes=[device_status_route(repository, authenticator=Authenticator(JWT_SECRET))])
+    service_key = issue_key(JWT_SECRET, "service_role")
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest") as client:
-        response = await client.get("/status/devices")
+        response = await client.get("/status/devices", headers={"apikey": service_key})
+        # It names every device: no key, a bad key, the anon or an authenticated key are refused (M4).
+        refusals = [
+            await client.get("/status/devices"),
+            await client.get("/status/devices", headers={"apikey": issue_key("another-secret-" * 3, "service_role")}),
+            await client.get("/status/devices", headers={"apikey": issue_key(JWT_SECRET, "anon")}),
+            await client.get("/status/devices", headers={"apikey": issue_key(JWT_SECRET, "authenticated")}),
+        ]
+    assert [(refusal.status_code, refusal.json()["code"]) for refusal in refusals] == [
+        (401, "PGRST302"),
+        (401, "PGRST301"),
+        (401, "42501"),
+        (403, "42501"),
+    ]
     assert response.status_code == 200
     by_device = {item["device"]: item for item in response.json()}
     assert by_device[str(fresh)]["stale"] is False

@@ -384,28 +384,29 @@ async def test_csv_body_is_a_header_and_rfc_4180_rows(pool: asyncpg.Pool, catalo
         "PATCH",
         f"site=eq.{site}&type=eq.meter",
         relation="mg_device_registry",
-        body={"type": ""},
+        # The registry's type is one of the device types (a CHECK), so the empty string sits in the metadata.
+        body={"metadata": {"label": ""}},
     )
     response = await request(
         pool,
         catalogue,
         "GET",
-        f"site=eq.{site}&select=name,type,kw:metadata->max_power_kw,metadata->modbus&order=name",
+        f"site=eq.{site}&select=name,type,kw:metadata->max_power_kw,metadata->modbus,label:metadata->>label&order=name",
         relation="mg_device_registry",
         headers={"Accept": "text/csv"},
     )
     assert response.headers["Content-Type"] == "text/csv; charset=utf-8"
     body = response.body or ""
-    assert body.split("\n")[0] == "name,type,kw,modbus"
+    assert body.split("\n")[0] == "name,type,kw,modbus,label"
     assert list(csv.reader(io.StringIO(body))) == [
-        ["name", "type", "kw", "modbus"],
-        [f'{site} 19" rack', "bess", "5000", '{"host": "10.0.0.5", "unit_id": 1}'],
-        [f"{site} a,b\nc", "bess", "250", ""],
-        [f"{site} plain", "", "", ""],
+        ["name", "type", "kw", "modbus", "label"],
+        [f'{site} 19" rack', "bess", "5000", '{"host": "10.0.0.5", "unit_id": 1}', ""],
+        [f"{site} a,b\nc", "bess", "250", "", ""],
+        [f"{site} plain", "meter", "", "", ""],
     ]
     # An empty string is quoted, a NULL is an empty field; quotes inside a field are doubled.
-    assert body.endswith(f'\n{site} plain,"",,')
-    assert f'\n"{site} 19"" rack",bess,5000,"{{""host"": ""10.0.0.5"", ""unit_id"": 1}}"\n' in body
+    assert body.endswith(f'\n{site} plain,meter,,,""')
+    assert f'\n"{site} 19"" rack",bess,5000,"{{""host"": ""10.0.0.5"", ""unit_id"": 1}}",\n' in body
     empty = await request(
         pool,
         catalogue,

@@ -9,9 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import jwt
 import pytest
 
+from gridloop_cli import status
+from gridloop_cli.keys import make_key
 from gridloop_cli.services import ServiceProcess
 from gridloop_cli.stack import Supervisor, format_line
 
@@ -59,3 +62,24 @@ async def test_a_dead_child_is_reported_and_restarted(capsys: pytest.CaptureFixt
     assert "crasher | exited with code 3; restart #1 in 1 s" in output
     assert "crasher | exited with code 3; restart #2 in 2 s" in output
     assert output.count("crasher | starting") >= 2
+
+
+async def test_status_asks_for_device_freshness_with_the_service_role_key() -> None:
+    # telemetry-ingest's /status/devices takes the service_role key (issue 14, M4); a stand-in answers as it does.
+    seen: list[dict[str, str]] = []
+
+    def ingest(request: httpx.Request) -> httpx.Response:
+        seen.append(dict(request.headers))
+        token = request.headers.get("apikey")
+        if token is None or jwt.decode(token, SECRET, algorithms=["HS256"])["role"] != "service_role":
+            return httpx.Response(401, json={"code": "42501"})
+        return httpx.Response(200, json=[{"device": "d", "name": "battery-1", "age_s": 1.0, "stale": False}])
+
+    key = make_key(secret=SECRET, role="service_role")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(ingest)) as client:
+        devices = await status._device_freshness(client, "127.0.0.1", 8081, key)
+        without = await status._device_freshness(client, "127.0.0.1", 8081, None)
+    assert devices == [status.DeviceFreshness("battery-1", None, 1.0, False)]
+    assert seen[0]["authorization"] == f"Bearer {key}"
+    assert isinstance(without, str) and "GRIDLOOP_JWT_SECRET" in without
+    assert len(seen) == 1  # no keyless request is made

@@ -20,6 +20,7 @@ from gridloop_common.db import (
 from gridloop_common.messaging import open_broker
 from gridloop_common.observability import Health, configure_logging, serve_http
 from telemetry_ingest import routes
+from telemetry_ingest.auth import Authenticator
 from telemetry_ingest.group_commit import GroupCommitter
 from telemetry_ingest.handlers import device_status_route, readings_handler
 from telemetry_ingest.partitions import PartitionKeeper
@@ -105,7 +106,7 @@ async def run(settings: IngestSettings) -> None:
             settings=settings,
             health=health,
             extra_routes=[
-                device_status_route(repository),
+                device_status_route(repository, authenticator=Authenticator(settings.jwt_secret.get_secret_value())),
                 realtime_route(hub, settings.jwt_secret.get_secret_value(), limits=realtime_limits(settings)),
             ],
         )

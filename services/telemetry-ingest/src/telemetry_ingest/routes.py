@@ -20,10 +20,12 @@ from starlette.routing import BaseRoute, Route
 
 from gridloop_common.observability import Health, health_routes
 from telemetry_ingest.auth import AuthenticationError, Authenticator, Identity
+from telemetry_ingest.connection_share import ConnectionsBusy, ConnectionShare, client_key
 from telemetry_ingest.openapi import OPENAPI_CONTENT_TYPE, build_openapi
 from telemetry_ingest.postgrest import (
     JSON_CONTENT_TYPE,
     Catalogue,
+    CompiledQuery,
     PostgrestError,
     PostgrestResponse,
     Query,
@@ -36,8 +38,10 @@ from telemetry_ingest.postgrest import (
     parse_rpc,
 )
 from telemetry_ingest.postgrest.errors import parse_error
+from telemetry_ingest.postgrest.privileges import check_method, check_privileges, filter_count
+from telemetry_ingest.postgrest.query import DeleteQuery, InsertQuery, ReadQuery, UpdateQuery
 from telemetry_ingest.rate_limits import RateLimiter, bucket_key, rate_limited
-from telemetry_ingest.settings import IngestSettings
+from telemetry_ingest.settings import IngestSettings, RoleLimits
 
 __all__ = ["DEFAULT_MAX_ROWS", "RPC_FUNCTIONS", "build_app"]
 
@@ -48,12 +52,13 @@ DEFAULT_MAX_ROWS = 1000
 # Only these functions of schema flux are RPCs; the others (partition maintenance, rollup refresh, the
 # interpolation helper) are internals that PostgREST would expose because they share the schema.
 RPC_FUNCTIONS = ("get_meter_readings_5m", "get_meter_readings_30m")
-MAX_BODY_BYTES = 16 * 1024 * 1024
 # Deeper and/or trees are refused before parsing: the parser and compiler recurse once per level, and
 # PostgreSQL answers a very deep expression with 54001 (a 500 in PostgREST's mapping).
 MAX_NESTING = 32
-STATEMENT_TIMEOUT = "30s"
 POOL_ACQUIRE_TIMEOUT_S = 10.0
+# The client gives a statement this much longer than its server-side statement timeout before it cancels it
+# itself, so that PostgreSQL's own 57014 is what is normally seen.
+CLIENT_TIMEOUT_MARGIN_S = 2.0
 
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"]
 _READ_METHODS = ("GET", "HEAD")
@@ -82,7 +87,7 @@ _RPC_CONTEXT = (
     _REQUEST_CONTEXT + ", set_config('plan_cache_mode', 'force_custom_plan', true), set_config('jit', 'off', true)"
 )
 
-Action = Callable[[Request, Identity, list[tuple[str, str]], bytes], Awaitable[PostgrestResponse]]
+Action = Callable[[Request, Identity, list[tuple[str, str]]], Awaitable[PostgrestResponse]]
 
 
 class _Rollback(Exception):
@@ -97,8 +102,55 @@ def _internal_error() -> PostgrestError:
     return PostgrestError(500, "PGRSTX00", "Internal server error")
 
 
-def _too_large() -> PostgrestError:
-    return PostgrestError(413, "PGRST102", "Request body too large", details=f"The limit is {MAX_BODY_BYTES} bytes")
+def _too_large(role: str, limit: int) -> PostgrestError:
+    return PostgrestError(
+        413,
+        "PGRST102",
+        f"Request body too large: the limit for the {role} role is {limit} bytes",
+        details=f"The limit is {limit} bytes",
+    )
+
+
+def _too_many_rows(role: str, rows: int, limit: int) -> PostgrestError:
+    return PostgrestError(
+        413,
+        "PGRST102",
+        f"Too many rows in one insert: {rows}; the limit for the {role} role is {limit} rows",
+        hint="Split the rows over several requests.",
+    )
+
+
+def _too_many_filters(count: int, limit: int) -> PostgrestError:
+    return PostgrestError(
+        400,
+        "PGRST100",
+        f"Too many filters: {count}; a request may hold at most {limit} (and/or trees counted by their leaves)",
+        hint="Use in.(...) for a list of values, or split the request.",
+    )
+
+
+def _statement_timeout(role: str, limit_s: float) -> PostgrestError:
+    # PostgreSQL's 57014 and its message, with PostgREST's status for class 57 (500); the details say which limit.
+    return PostgrestError(
+        500,
+        "57014",
+        "canceling statement due to statement timeout",
+        details=f"The statement timeout of the {role} role is {limit_s:g} s",
+    )
+
+
+def _client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _check_characters(parameters: list[tuple[str, str]]) -> None:
+    # PostgreSQL text cannot hold a NUL: in a bound value it is 22021, in a name (a quoted select alias)
+    # it broke the protocol (08P01, a 503). No request needs one.
+    for key, value in parameters:
+        if "\x00" in key or "\x00" in value:
+            raise parse_error(
+                f"{key.replace(chr(0), '%00')} parameter", "%00", 1, "a NUL character (%00) is not allowed"
+            )
 
 
 def _check_nesting(parameters: list[tuple[str, str]]) -> None:
@@ -127,12 +179,18 @@ class _Api:
         authenticator: Authenticator,
         rate_limiter: RateLimiter,
         max_rows: int | None,
+        role_limits: dict[str, RoleLimits],
+        max_filters: int,
+        share: ConnectionShare,
     ) -> None:
         self.pool = pool
         self.catalogue = catalogue
         self.authenticator = authenticator
         self.rate_limiter = rate_limiter
         self.max_rows = max_rows
+        self.role_limits = role_limits
+        self.max_filters = max_filters
+        self.share = share
         self.openapi_body = json.dumps(build_openapi(catalogue)).encode()
 
     # --- endpoints ------------------------------------------------------------------------------------
@@ -172,7 +230,7 @@ class _Api:
     async def _respond(
         self, request: Request, action: Action, allow: str, extra_headers: dict[str, str]
     ) -> PostgrestResponse:
-        client_address = request.client.host if request.client else "unknown"
+        client_address = _client_address(request)
         parameters = parse_qsl(request.url.query, keep_blank_values=True)
         # Supabase's gateway also takes the key as ?apikey=; it is no filter.
         apikey_parameter = next((value for key, value in reversed(parameters) if key == "apikey"), None)
@@ -201,8 +259,8 @@ class _Api:
         try:
             self._check_profile(request)
             _check_nesting(parameters)
-            body = await self._read_body(request)
-            return await action(request, identity, parameters, body)
+            _check_characters(parameters)
+            return await action(request, identity, parameters)
         except PostgrestError as error:
             return self._error(error)
         except RecursionError:
@@ -214,6 +272,8 @@ class _Api:
     @staticmethod
     def _error(error: PostgrestError) -> PostgrestResponse:
         response = error_response(error)
+        if isinstance(error, ConnectionsBusy):
+            return dataclasses.replace(response, headers={**response.headers, "Retry-After": str(error.retry_after)})
         if error.status != 401:
             return response
         # PostgREST challenges on every 401: a bad token with its description, a permission error plainly.
@@ -233,26 +293,38 @@ class _Api:
                 hint=f"Only the following schemas are exposed: {self.catalogue.schema}",
             )
 
-    @staticmethod
-    async def _read_body(request: Request) -> bytes:
+    async def _read_body(self, request: Request, identity: Identity) -> bytes:
         if request.method in _READ_METHODS:
             return b""
+        limit = self.role_limits[identity.role].max_body_bytes
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            raise _too_large()
+        if declared.isascii() and declared.isdigit() and int(declared) > limit:
+            raise _too_large(identity.role, limit)
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.stream():
             size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise _too_large()
+            if size > limit:
+                raise _too_large(identity.role, limit)
             chunks.append(chunk)
         return b"".join(chunks)
+
+    def _check_query(self, query: Query, identity: Identity) -> None:
+        """What is refused before any SQL is built: too many filters or rows, a missing privilege."""
+        if isinstance(query, ReadQuery | UpdateQuery | DeleteQuery):
+            count = filter_count(query.where)
+            if count > self.max_filters:
+                raise _too_many_filters(count, self.max_filters)
+        check_privileges(self.catalogue, identity.role, query, anonymous=identity.anonymous)
+        if isinstance(query, InsertQuery):
+            limit = self.role_limits[identity.role].max_insert_rows
+            if query.rows.row_count > limit:
+                raise _too_many_rows(identity.role, query.rows.row_count, limit)
 
     # --- actions --------------------------------------------------------------------------------------
 
     async def _openapi(
-        self, request: Request, identity: Identity, parameters: list[tuple[str, str]], body: bytes
+        self, request: Request, identity: Identity, parameters: list[tuple[str, str]]
     ) -> PostgrestResponse:
         if request.method not in _READ_METHODS:
             raise PostgrestError(405, "PGRST117", f"Unsupported HTTP method: {request.method}")
@@ -262,59 +334,80 @@ class _Api:
         return PostgrestResponse(200, {"Content-Type": content_type}, self.openapi_body.decode())
 
     async def _invalid_path(
-        self, request: Request, identity: Identity, parameters: list[tuple[str, str]], body: bytes
+        self, request: Request, identity: Identity, parameters: list[tuple[str, str]]
     ) -> PostgrestResponse:
         raise PostgrestError(404, "PGRST125", "Invalid path specified in request URL")
 
     async def _table(
-        self, request: Request, identity: Identity, parameters: list[tuple[str, str]], body: bytes
+        self, request: Request, identity: Identity, parameters: list[tuple[str, str]]
     ) -> PostgrestResponse:
+        relation = request.path_params["table"]
+        # A role that may not write the table at all is refused before its body is read or parsed.
+        check_method(self.catalogue, identity.role, relation, request.method, anonymous=identity.anonymous)
         query = parse_request(
             self.catalogue,
             method=request.method,
-            relation=request.path_params["table"],
+            relation=relation,
             query=parameters,
             headers=request.headers,
-            body=body,
+            body=await self._read_body(request, identity),
             max_rows=self.max_rows,
         )
-        return await self._execute(query, identity, readonly=request.method in _READ_METHODS)
+        self._check_query(query, identity)
+        return await self._execute(query, identity, _client_address(request), readonly=request.method in _READ_METHODS)
 
-    async def _rpc(
-        self, request: Request, identity: Identity, parameters: list[tuple[str, str]], body: bytes
-    ) -> PostgrestResponse:
+    async def _rpc(self, request: Request, identity: Identity, parameters: list[tuple[str, str]]) -> PostgrestResponse:
         query = parse_rpc(
             self.catalogue,
             method=request.method,
             function=request.path_params["function"],
             query=parameters,
             headers=request.headers,
-            body=body,
+            body=await self._read_body(request, identity),
             max_rows=self.max_rows,
         )
-        return await self._execute(query, identity, readonly=request.method in _READ_METHODS, context=_RPC_CONTEXT)
+        self._check_query(query, identity)
+        return await self._execute(
+            query, identity, _client_address(request), readonly=request.method in _READ_METHODS, context=_RPC_CONTEXT
+        )
 
     async def _execute(
-        self, query: Query, identity: Identity, *, readonly: bool, context: str = _REQUEST_CONTEXT
+        self,
+        query: Query,
+        identity: Identity,
+        client_address: str,
+        *,
+        readonly: bool,
+        context: str = _REQUEST_CONTEXT,
     ) -> PostgrestResponse:
-        """One transaction as the key's role; PostgreSQL errors become PostgREST's, a refused result rolls back."""
+        """One transaction as the key's role; PostgreSQL errors become PostgREST's, a refused result rolls back.
+
+        The connection comes from the API's share of the pool (see connection_share.py), at most a few per
+        client; the statement runs under the role's statement timeout.
+        """
         compiled = compile_query(self.catalogue, query)
         claims = json.dumps(dict(identity.claims), default=str)
+        timeout_s = self.role_limits[identity.role].statement_timeout_s
+        client = client_key(
+            role=identity.role, token=identity.token, claims=identity.claims, client_address=client_address
+        )
         try:
-            async with self.pool.acquire(timeout=POOL_ACQUIRE_TIMEOUT_S) as connection:
+            async with self.share.hold(client):
                 try:
-                    async with connection.transaction(readonly=readonly):
-                        await connection.fetchrow(context, STATEMENT_TIMEOUT, claims, identity.role)
-                        row = await connection.fetchrow(compiled.sql, *compiled.parameters)
-                        response = build_response(
-                            query, total_count=row["total_count"], page_count=row["page_count"], body=row["body"]
-                        )
-                        if response.status >= 400:
-                            raise _Rollback(response)
-                except _Rollback as rollback:
-                    return rollback.response
+                    connection = await self.pool.acquire(timeout=POOL_ACQUIRE_TIMEOUT_S)
+                except TimeoutError as error:
+                    raise PostgrestError(
+                        503, "PGRST003", "Timed out acquiring connection from connection pool."
+                    ) from error
+                try:
+                    return await self._run(connection, compiled, context, claims, identity, query, readonly, timeout_s)
+                finally:
+                    await self.pool.release(connection)
         except asyncpg.PostgresError as error:
-            raise error_from_database(error, anonymous=identity.anonymous) from error
+            mapped = error_from_database(error, anonymous=identity.anonymous)
+            if mapped.code == "57014" and "statement timeout" in mapped.message:
+                raise _statement_timeout(identity.role, timeout_s) from error
+            raise mapped from error
         except UnicodeError as error:
             # A JSON string with a lone surrogate (valid JSON, not encodable UTF-8) used as an RPC argument.
             raise PostgrestError(
@@ -324,10 +417,37 @@ class _Api:
             if isinstance(error, ValueError):  # asyncpg's client-side "invalid input for query argument"
                 raise PostgrestError(400, "22P02", str(error)) from error
             raise PostgrestError(503, "PGRST001", "Database client error. Retrying the connection.") from error
-        except TimeoutError as error:
-            raise PostgrestError(504, "PGRST003", "Timed out acquiring connection from connection pool.") from error
         except OSError as error:
             raise PostgrestError(503, "PGRST000", "Database connection error. Retrying the connection.") from error
+
+    async def _run(
+        self,
+        connection: Any,
+        compiled: CompiledQuery,
+        context: str,
+        claims: str,
+        identity: Identity,
+        query: Query,
+        readonly: bool,
+        timeout_s: float,
+    ) -> PostgrestResponse:
+        try:
+            async with connection.transaction(readonly=readonly):
+                await connection.fetchrow(context, f"{round(timeout_s * 1000)}ms", claims, identity.role)
+                # The server cancels the statement at the role's timeout (57014); the client's own timeout is
+                # only the net for a server that does not answer, and is reported as the same timeout.
+                row = await connection.fetchrow(
+                    compiled.sql, *compiled.parameters, timeout=timeout_s + CLIENT_TIMEOUT_MARGIN_S
+                )
+                response = build_response(
+                    query, total_count=row["total_count"], page_count=row["page_count"], body=row["body"]
+                )
+                if response.status >= 400:
+                    raise _Rollback(response)
+        except _Rollback as rollback:
+            return rollback.response
+        except TimeoutError as error:
+            raise _statement_timeout(identity.role, timeout_s) from error
         return response
 
 
@@ -371,12 +491,20 @@ def build_app(
     exposed = dataclasses.replace(
         catalogue, functions={name: function for name, function in catalogue.functions.items() if name in rpc_functions}
     )
+    # The pool's own size when it tells it (the tests' pools are smaller than the setting says).
+    pool_size = pool.get_max_size() if hasattr(pool, "get_max_size") else settings.database.database_pool_max
     api = _Api(
         pool=pool,
         catalogue=exposed,
         authenticator=Authenticator(settings.jwt_secret.get_secret_value(), clock=clock),
         rate_limiter=rate_limiter or RateLimiter(clock=clock),
         max_rows=max_rows,
+        role_limits=settings.role_limits(),
+        max_filters=settings.api_max_filters,
+        share=ConnectionShare(
+            total=max(1, pool_size - settings.api_reserved_connections),
+            per_client=settings.api_connections_per_client,
+        ),
     )
     routes: list[BaseRoute] = [
         Route("/rest/v1/", api.root, methods=_ALL_METHODS),

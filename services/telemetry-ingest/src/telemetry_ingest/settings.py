@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -13,7 +15,18 @@ from gridloop_common.settings import (
     UpstreamSettings,
 )
 
-__all__ = ["IngestSettings"]
+__all__ = ["IngestSettings", "RoleLimits"]
+
+_MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RoleLimits:
+    """What one request of a role may cost: its statement's time, its body's size, its insert's rows."""
+
+    statement_timeout_s: float
+    max_body_bytes: int
+    max_insert_rows: int
 
 
 class IngestSettings(BaseSettings):
@@ -79,6 +92,65 @@ class IngestSettings(BaseSettings):
     realtime_max_frame_bytes: int = Field(
         default=1 << 20, ge=1024, le=16 << 20, description="Largest realtime websocket frame a client may send."
     )
+    # Per-role limits of the Flux API. Supabase gives anon 3 s and authenticated 8 s of statement time; the anon
+    # key is public, so one anonymous request must not hold a connection for long.
+    api_statement_timeout_anon_s: float = Field(
+        default=3.0, gt=0, le=600, description="Statement timeout of a Flux API request with the anon key."
+    )
+    api_statement_timeout_authenticated_s: float = Field(
+        default=8.0, gt=0, le=600, description="Statement timeout of a Flux API request with an authenticated key."
+    )
+    api_statement_timeout_service_role_s: float = Field(
+        default=30.0, gt=0, le=600, description="Statement timeout of a Flux API request with the service_role key."
+    )
+    api_max_body_bytes_anon: int = Field(
+        default=_MIB, ge=1024, le=1024 * _MIB, description="Largest Flux API request body with the anon key (bytes)."
+    )
+    api_max_body_bytes_authenticated: int = Field(
+        default=16 * _MIB,
+        ge=1024,
+        le=1024 * _MIB,
+        description="Largest Flux API request body with an authenticated key (bytes).",
+    )
+    api_max_body_bytes_service_role: int = Field(
+        default=16 * _MIB,
+        ge=1024,
+        le=1024 * _MIB,
+        description="Largest Flux API request body with the service_role key (bytes).",
+    )
+    api_max_insert_rows_anon: int = Field(
+        default=1000, ge=1, le=1_000_000, description="Most rows one Flux API insert may carry with the anon key."
+    )
+    api_max_insert_rows_authenticated: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="Most rows one Flux API insert may carry with an authenticated key.",
+    )
+    api_max_insert_rows_service_role: int = Field(
+        default=50_000,
+        ge=1,
+        le=1_000_000,
+        description="Most rows one Flux API insert may carry with the service_role key.",
+    )
+    api_max_filters: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="Most filters (and/or tree leaves included) one Flux API request may hold.",
+    )
+    api_connections_per_client: int = Field(
+        default=2,
+        ge=1,
+        le=100,
+        description="Database connections one API key (anon: one client address) may use at once; more wait, then 429.",
+    )
+    api_reserved_connections: int = Field(
+        default=2,
+        ge=0,
+        le=100,
+        description="Pool connections the Flux API never takes: kept for the readings consumer and /readyz.",
+    )
     amqp: AmqpSettings = Field(default_factory=AmqpSettings)
     database: PostgresSettings = Field(default_factory=PostgresSettings)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
@@ -98,6 +170,24 @@ class IngestSettings(BaseSettings):
     def consumer_amqp(self) -> AmqpSettings:
         """The broker settings of the readings consumer: the shared ones, with the ingest's own prefetch."""
         return self.amqp.model_copy(update={"amqp_prefetch": self.ingest_prefetch})
+
+    def role_limits(self) -> dict[str, RoleLimits]:
+        """The per-role limits of the Flux API, by database role."""
+        return {
+            "anon": RoleLimits(
+                self.api_statement_timeout_anon_s, self.api_max_body_bytes_anon, self.api_max_insert_rows_anon
+            ),
+            "authenticated": RoleLimits(
+                self.api_statement_timeout_authenticated_s,
+                self.api_max_body_bytes_authenticated,
+                self.api_max_insert_rows_authenticated,
+            ),
+            "service_role": RoleLimits(
+                self.api_statement_timeout_service_role_s,
+                self.api_max_body_bytes_service_role,
+                self.api_max_insert_rows_service_role,
+            ),
+        }
 
     @field_validator("jwt_secret")
     @classmethod

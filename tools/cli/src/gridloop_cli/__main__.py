@@ -96,7 +96,10 @@ def _status(environment: dict[str, str]) -> int:
         for service in SERVICES
         if service.port_variable and environment.get(service.port_variable, "").isdigit()
     }
-    services, queues, devices = asyncio.run(status.collect(amqp_url=amqp_url, ports=ports))
+    # The device list of telemetry-ingest takes the service_role key, signed here with the stack's secret.
+    secret = environment.get("GRIDLOOP_JWT_SECRET")
+    service_key = keys.make_key(secret=secret, role="service_role", valid_days=1) if secret else None
+    services, queues, devices = asyncio.run(status.collect(amqp_url=amqp_url, ports=ports, service_key=service_key))
     print(status.render(services, queues, devices))
     return 0 if all(service.state == "ready" for service in services) else 1
 

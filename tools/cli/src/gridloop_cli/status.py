@@ -81,9 +81,16 @@ class DeviceFreshness:
     stale: bool
 
 
-async def _device_freshness(client: httpx.AsyncClient, host: str, port: int) -> list[DeviceFreshness] | str:
+async def _device_freshness(
+    client: httpx.AsyncClient, host: str, port: int, service_key: str | None
+) -> list[DeviceFreshness] | str:
+    if service_key is None:
+        return "device telemetry unknown (GRIDLOOP_JWT_SECRET not set: /status/devices takes the service_role key)"
     try:
-        response = await client.get(f"http://{host}:{port}/status/devices")
+        response = await client.get(
+            f"http://{host}:{port}/status/devices",
+            headers={"apikey": service_key, "Authorization": f"Bearer {service_key}"},
+        )
         response.raise_for_status()
         rows = response.json()
     except (httpx.HTTPError, ValueError) as error:
@@ -100,13 +107,18 @@ async def _device_freshness(client: httpx.AsyncClient, host: str, port: int) -> 
 
 
 async def collect(
-    *, amqp_url: str, host: str = "127.0.0.1", ports: dict[str, int] | None = None
+    *,
+    amqp_url: str,
+    host: str = "127.0.0.1",
+    ports: dict[str, int] | None = None,
+    service_key: str | None = None,
 ) -> tuple[list[ServiceHealth], list[QueueDepth] | str, list[DeviceFreshness] | str]:
-    """Ask every service for /readyz, the broker for each queue's depth, ingest for device freshness."""
+    """Ask every service for /readyz, the broker for each queue's depth, ingest for device freshness (which
+    takes the service_role key)."""
     chosen = {service.name: (ports or {}).get(service.name, service.port or 0) for service in SERVICES}
     async with httpx.AsyncClient(timeout=3.0) as client:
         services = await asyncio.gather(*(_service_health(client, name, port, host) for name, port in chosen.items()))
-        devices = await _device_freshness(client, host, chosen["telemetry-ingest"])
+        devices = await _device_freshness(client, host, chosen["telemetry-ingest"], service_key)
     return list(services), await _queue_depths(amqp_url), devices
 
 

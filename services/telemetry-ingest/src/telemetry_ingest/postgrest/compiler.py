@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from telemetry_ingest.postgrest.catalogue import Catalogue, Relation, quote_identifier
+from telemetry_ingest.postgrest.catalogue import Catalogue, Relation, quote_identifier, quote_literal
 from telemetry_ingest.postgrest.query import (
     CAST_TYPES,
     OPERATORS,
@@ -19,7 +19,6 @@ from telemetry_ingest.postgrest.query import (
     Condition,
     DeleteQuery,
     Filter,
-    InsertGroup,
     InsertQuery,
     JsonPath,
     OrderTerm,
@@ -33,6 +32,8 @@ __all__ = ["CompiledQuery", "compile_query"]
 
 _IS_KEYWORDS = {"null": "NULL", "not_null": "NOT NULL", "true": "TRUE", "false": "FALSE", "unknown": "UNKNOWN"}
 _PATCH_ALIAS = '"_request_values"'
+_ROW_ALIAS = '"_request_row"'
+_RECORD_ALIAS = '"_request_record"'
 
 
 @dataclass(frozen=True)
@@ -89,55 +90,68 @@ def _compile_read(catalogue: Catalogue, query: ReadQuery, parameters: _Parameter
 
 
 def _compile_insert(relation: Relation, query: InsertQuery, parameters: _Parameters) -> str:
-    if not query.groups:
+    rows = query.rows
+    if rows.row_count == 0:
         return "SELECT NULL::bigint AS total_count, 0::bigint AS page_count, '[]'::text AS body"
-    returning = _select_list(relation, query.returning)
-    steps = [
-        f"inserted_{number} AS ({_insert_group(relation, query, group, parameters)} RETURNING {returning})"
-        for number, group in enumerate(query.groups, start=1)
-    ]
-    union = " UNION ALL ".join(f"SELECT * FROM inserted_{number}" for number in range(1, len(query.groups) + 1))
+    statement = f"{_insert_rows(relation, query, parameters)} RETURNING {_returning(relation, query)}"
+    return _mutation_result(statement, representation=query.representation, singular=query.singular)
+
+
+def _insert_rows(relation: Relation, query: InsertQuery, parameters: _Parameters) -> str:
+    """One INSERT ... SELECT over the JSON array, whatever the number of rows or of key sets.
+
+    Each row is turned into a record of the table by json_populate_record; a column some row leaves out takes,
+    in that row, the column's default expression from the catalogue (a key sent as null stays null). PostgreSQL
+    plans the statement once: its size depends on the table's columns, not on the rows.
+    """
+    rows = query.rows
+    columns = rows.columns
+    partial = set(rows.partial)
+    if not columns:
+        # Objects without keys: rows of defaults only. Any column serves to spell them.
+        columns = (next(iter(relation.columns)),)
+        partial = set(columns)
+    values = []
+    for column in columns:
+        value = f"{_RECORD_ALIAS}.{quote_identifier(column)}"
+        default = relation.columns[column].default_expression
+        if column in partial and default is not None:
+            # ->  gives SQL NULL only for an absent key (a JSON null is the json value null).
+            present = f"{_ROW_ALIAS}.body -> {quote_literal(column)} IS NOT NULL"
+            value = f"CASE WHEN {present} THEN {value} ELSE {default} END"
+        values.append(value)
+    column_list = ", ".join(quote_identifier(column) for column in columns)
+    body = parameters.add(rows.rows_json)
     return (
-        f"WITH {', '.join(steps)}, page AS ({union})\n"
-        f"SELECT NULL::bigint AS total_count, (SELECT count(*) FROM page) AS page_count, "
-        f"{_body(query.singular) if query.representation else 'NULL::text'} AS body"
+        f"INSERT INTO {relation.qualified_name} AS {quote_identifier(relation.name)} ({column_list}) "
+        f"SELECT {', '.join(values)} FROM json_array_elements({body}::text::json) AS {_ROW_ALIAS}(body) "
+        f"CROSS JOIN LATERAL json_populate_record(NULL::{relation.qualified_name}, {_ROW_ALIAS}.body) "
+        f"AS {_RECORD_ALIAS}{_conflict(relation, query, columns)}"
     )
 
 
-def _insert_group(relation: Relation, query: InsertQuery, group: InsertGroup, parameters: _Parameters) -> str:
-    target = f"{relation.qualified_name} AS {quote_identifier(relation.name)}"
-    if not group.columns:
-        # Objects without keys: rows of defaults only. Any column serves to spell DEFAULT.
-        first = quote_identifier(next(iter(relation.columns)))
-        values = ", ".join(["(DEFAULT)"] * group.row_count)
-        return f"INSERT INTO {target} ({first}) VALUES {values}{_conflict(relation, query, group)}"
-    columns = ", ".join(quote_identifier(column) for column in group.columns)
-    rows = parameters.add(group.rows_json)
-    return (
-        f"INSERT INTO {target} ({columns}) SELECT {columns} FROM "
-        f"json_populate_recordset(NULL::{relation.qualified_name}, {rows}::text::json)"
-        f"{_conflict(relation, query, group)}"
-    )
+def _returning(relation: Relation, query: InsertQuery | UpdateQuery | DeleteQuery) -> str:
+    # Only a representation reads the rows back (RETURNING needs SELECT on what it returns); otherwise they are
+    # only counted, as PostgREST's return=minimal.
+    return _select_list(relation, query.returning) if query.representation else "1"
 
 
-def _conflict(relation: Relation, query: InsertQuery, group: InsertGroup) -> str:
+def _conflict(relation: Relation, query: InsertQuery, columns: tuple[str, ...]) -> str:
     if query.resolution is None:
         return ""
     target_columns = query.on_conflict or relation.primary_key
     target = f" ({', '.join(quote_identifier(column) for column in target_columns)})" if target_columns else ""
     if query.resolution == "ignore-duplicates":
         return f" ON CONFLICT{target} DO NOTHING"
-    if not target or not group.columns:
+    if not target or not query.rows.columns:
         return ""  # nothing identifies a duplicate: a plain insert, as PostgREST does without a key
-    assignments = ", ".join(
-        f"{quote_identifier(column)} = EXCLUDED.{quote_identifier(column)}" for column in group.columns
-    )
+    assignments = ", ".join(f"{quote_identifier(column)} = EXCLUDED.{quote_identifier(column)}" for column in columns)
     return f" ON CONFLICT{target} DO UPDATE SET {assignments}"
 
 
 def _compile_update(relation: Relation, query: UpdateQuery, parameters: _Parameters) -> str:
     alias = quote_identifier(relation.name)
-    returning = _select_list(relation, query.returning)
+    returning = _returning(relation, query)
     if not query.columns:
         # PATCH with {} changes nothing and returns no rows, as PostgREST's `SELECT ... WHERE false`. The
         # filters are not compiled, so none of their values is bound: every parameter has its placeholder.
@@ -160,8 +174,7 @@ def _compile_delete(relation: Relation, query: DeleteQuery, parameters: _Paramet
     alias = quote_identifier(relation.name)
     where = _condition(relation, query.where, parameters)
     statement = (
-        f"DELETE FROM {relation.qualified_name} AS {alias} WHERE {where} "
-        f"RETURNING {_select_list(relation, query.returning)}"
+        f"DELETE FROM {relation.qualified_name} AS {alias} WHERE {where} RETURNING {_returning(relation, query)}"
     )
     return _mutation_result(statement, representation=query.representation, singular=query.singular)
 

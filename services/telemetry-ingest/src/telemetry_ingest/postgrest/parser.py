@@ -28,8 +28,8 @@ from telemetry_ingest.postgrest.query import (
     Condition,
     DeleteQuery,
     Filter,
-    InsertGroup,
     InsertQuery,
+    InsertRows,
     JsonPath,
     JsonStep,
     OrderTerm,
@@ -117,7 +117,7 @@ def parse_request(
     if verb == "POST":
         return InsertQuery(
             relation=table.name,
-            groups=_parse_insert_body(table, body, _last(parameters, "columns")),
+            rows=_parse_insert_body(table, body, _last(parameters, "columns")),
             returning=returning,
             representation=preferences.representation,
             count_exact=preferences.count_exact,
@@ -253,7 +253,8 @@ def _last(parameters: list[tuple[str, str]], key: str) -> str | None:
 def _parse_integer(name: str, text: str | None) -> int | None:
     if text is None:
         return None
-    if not text.isdigit():
+    # isdigit() alone also takes "²" and other digits int() refuses (or reads: "٣"); PostgREST takes 0-9 only.
+    if not (text.isascii() and text.isdigit()):
         raise parse_error(f"{name} parameter", text, 1, f'unexpected "{text[:1]}" expecting digit')
     return int(text)
 
@@ -263,7 +264,7 @@ def _parse_range(headers: _Headers) -> tuple[int, int | None]:
     header = headers.get("range")
     if header is None:
         return 0, None
-    match = re.fullmatch(r"\s*(?:items=)?(\d+)-(\d*)\s*", header)
+    match = re.fullmatch(r"\s*(?:items=)?([0-9]+)-([0-9]*)\s*", header)  # not \d, which takes "٣" too
     if match is None:
         return 0, None
     start = int(match[1])
@@ -760,25 +761,28 @@ def _decode_json(body: bytes) -> Any:
         raise bad_json(str(error)) from error
 
 
-def _parse_insert_body(table: Relation, body: bytes, columns_parameter: str | None) -> tuple[InsertGroup, ...]:
+def _parse_insert_body(table: Relation, body: bytes, columns_parameter: str | None) -> InsertRows:
     decoded = _decode_json(body)
     rows = [decoded] if isinstance(decoded, dict) else decoded
     if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
         raise bad_json("The body must be a JSON object or an array of objects")
     chosen = _parse_column_list(table, columns_parameter, "columns parameter") or None
-    # Rows are grouped by the keys they carry, and each group is inserted with only those columns, so a
-    # key a row leaves out takes the column's default (id, created_at) instead of null.
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    # One statement over the union of the rows' keys (in table order), however many rows and key sets: a key a
+    # row leaves out takes the column's default (id, created_at) instead of null, decided in SQL per row.
+    present: dict[str, int] = {}
+    kept: list[dict[str, Any]] = []
     for row in cast(list[dict[str, Any]], rows):
         if chosen is None:
             for key in row:
                 if key not in table.columns:
                     raise unknown_body_column(table.name, key)
-        keys = tuple(name for name in table.columns if name in row and (chosen is None or name in chosen))
-        groups.setdefault(keys, []).append({key: row[key] for key in keys})
-    return tuple(
-        InsertGroup(columns, json.dumps(group_rows), len(group_rows)) for columns, group_rows in groups.items()
-    )
+        kept_row = {key: value for key, value in row.items() if chosen is None or key in chosen}
+        for key in kept_row:
+            present[key] = present.get(key, 0) + 1
+        kept.append(kept_row)
+    columns = tuple(name for name in table.columns if name in present)
+    partial = tuple(name for name in columns if present[name] < len(kept))
+    return InsertRows(columns, json.dumps(kept), len(kept), partial)
 
 
 def _parse_update_body(table: Relation, body: bytes) -> tuple[tuple[str, ...], str]:

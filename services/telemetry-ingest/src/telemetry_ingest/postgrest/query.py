@@ -12,8 +12,8 @@ __all__ = [
     "Condition",
     "DeleteQuery",
     "Filter",
-    "InsertGroup",
     "InsertQuery",
+    "InsertRows",
     "JsonPath",
     "JsonStep",
     "OrderTerm",
@@ -154,12 +154,17 @@ class ReadQuery:
 
 
 @dataclass(frozen=True)
-class InsertGroup:
-    """Rows of an insert that share one set of keys, as a JSON array text: absent keys take defaults."""
+class InsertRows:
+    """The rows of an insert as one JSON array text, inserted over the union of their keys (``columns``).
+
+    ``partial`` are the columns some row leaves out: such a row takes the column's default there (PostgREST's
+    ``Prefer: missing=default``), a key given as null stays null.
+    """
 
     columns: tuple[str, ...]
     rows_json: str
     row_count: int
+    partial: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -167,7 +172,7 @@ class InsertQuery:
     """POST of one object or an array of objects."""
 
     relation: str
-    groups: tuple[InsertGroup, ...]
+    rows: InsertRows
     returning: tuple[SelectItem, ...]
     representation: bool = False
     count_exact: bool = False
