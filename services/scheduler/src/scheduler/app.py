@@ -89,7 +89,12 @@ async def run(settings: SchedulerSettings, *, clock: Clock | None = None) -> Non
         events = repository.EventRepository(pool)
         commands = repository.CommandRepository(pool)
         receiver = CommandReceiver(repository=commands, clock=clock)
-        dispatcher = Dispatcher(repository=commands, publisher=broker.publisher, clock=clock)
+        dispatcher = Dispatcher(
+            repository=commands,
+            publisher=broker.publisher,
+            clock=clock,
+            revert_timeout_s=settings.agent_revert_timeout_s,
+        )
         acks = AckSender(
             repository=commands,
             session=session,
@@ -107,7 +112,7 @@ async def run(settings: SchedulerSettings, *, clock: Clock | None = None) -> Non
         tasks = await stack.enter_async_context(asyncio.TaskGroup())
         for queue_name, handler in (
             (routing.Queues.SCHEDULER_UPSTREAM, handlers.upstream_event_handler(events, receiver, commands)),
-            (routing.Queues.SCHEDULER_DEVICE_OUTCOMES, handlers.device_report_handler(commands)),
+            (routing.Queues.SCHEDULER_DEVICE_OUTCOMES, handlers.device_report_handler(commands, dispatcher)),
             (routing.Queues.SCHEDULER_RPC, rpc_handler(broker.publisher, handlers.rpc_server(commands))),
         ):
             await stack.enter_async_context(

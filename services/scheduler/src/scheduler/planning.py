@@ -15,14 +15,19 @@ from gridloop_common.contracts import BatteryMode, Command, CommandStatus, Devic
 __all__ = [
     "ACK_BACKOFF_CAP_S",
     "AVAILABILITY_STALE_AFTER",
+    "HANDOVER_GRACE",
+    "RELEASE_MARGIN",
     "ActiveCommand",
     "Decision",
     "DeviceFacts",
     "VersionVerdict",
     "ack_retry_delay_s",
     "action_for",
+    "current_action",
     "decide",
     "judge_version",
+    "release_known_by",
+    "successor",
     "winner",
 ]
 
@@ -30,6 +35,14 @@ ACK_BACKOFF_CAP_S = 60.0
 # An availability report older than this says nothing about the device any more.
 AVAILABILITY_STALE_AFTER = timedelta(minutes=5)
 _STORAGE_TYPES = frozenset({"bess", "battery", "storage"})
+# When another command takes over the instant one ends, the first's action stays valid this much longer, so
+# the device's revert timer (shortened to the action's end) cannot release it before the next command's
+# action arrives: the hand-over is one write. It must exceed a dispatch pass plus one agent write; the cost
+# is that a device whose agent died keeps the first command this much past its end.
+HANDOVER_GRACE = timedelta(seconds=5)
+# Beyond the agent's revert timer, for a write in flight when the stop went out (one Modbus request may
+# take 2 s) and the timer's whole seconds.
+RELEASE_MARGIN = timedelta(seconds=3)
 
 
 @dataclass(frozen=True)
@@ -150,8 +163,45 @@ def winner(candidates: list[ActiveCommand], *, now: datetime) -> ActiveCommand |
     return max(in_window, key=lambda candidate: (candidate.created_at, str(candidate.command_id)))
 
 
-def action_for(device_name: str, active: ActiveCommand | None, *, now: datetime, action_id: UUID) -> DeviceAction:
-    """The device action for the winning command, or the default mode when none is in force."""
+def successor(active: ActiveCommand, candidates: list[ActiveCommand]) -> ActiveCommand | None:
+    """The command that controls the device the instant ``active`` ends, if one is due by then."""
+    if active.ends_at is None:
+        return None
+    others = [candidate for candidate in candidates if candidate.command_id != active.command_id]
+    return winner(others, now=active.ends_at)
+
+
+def current_action(
+    device_name: str, candidates: list[ActiveCommand], *, now: datetime, action_id: UUID
+) -> tuple[ActiveCommand | None, DeviceAction]:
+    """The command in force on a device at ``now`` (None: the default mode) and the action that carries it out."""
+    active = winner(candidates, now=now)
+    following = successor(active, candidates) if active is not None else None
+    return active, action_for(device_name, active, now=now, action_id=action_id, handing_over=following is not None)
+
+
+def release_known_by(sent_at: datetime, *, revert_timeout_s: float) -> datetime:
+    """When a device whose stop went out at ``sent_at`` has released itself even if no agent wrote it.
+
+    Every control the agent writes carries a revert timer of at most ``revert_timeout_s``, refreshed while
+    the agent lives; a dead agent's last write was made before the stop was sent.
+    """
+    return sent_at + timedelta(seconds=revert_timeout_s) + RELEASE_MARGIN
+
+
+def action_for(
+    device_name: str,
+    active: ActiveCommand | None,
+    *,
+    now: datetime,
+    action_id: UUID,
+    handing_over: bool = False,
+) -> DeviceAction:
+    """The device action for the winning command, or the default mode when none is in force.
+
+    ``handing_over``: another command takes the device over when this one ends, so the action stays valid
+    ``HANDOVER_GRACE`` past the end; that command's action replaces it in one write.
+    """
     if active is None:
         return DeviceAction(
             device_name=device_name, mode=BatteryMode.SELF_CONSUMPTION, issued_at=now, action_id=action_id
@@ -173,8 +223,14 @@ def action_for(device_name: str, active: ActiveCommand | None, *, now: datetime,
         maximum_charge_percentage=battery.maximum_charge_percentage,
         issued_at=now,
         action_id=action_id,
-        valid_until=active.ends_at if active.ends_at is not None and active.ends_at > now else None,
+        valid_until=_valid_until(active.ends_at, now=now, handing_over=handing_over),
     )
+
+
+def _valid_until(ends_at: datetime | None, *, now: datetime, handing_over: bool) -> datetime | None:
+    if ends_at is None or ends_at <= now:
+        return None
+    return ends_at + HANDOVER_GRACE if handing_over else ends_at
 
 
 def ack_retry_delay_s(attempts: int) -> float:
