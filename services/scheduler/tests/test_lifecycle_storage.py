@@ -25,7 +25,7 @@ from gridloop_simulators.upstream import UpstreamSimulator
 from scheduler.acknowledgements import AckSender
 from scheduler.commands import CommandReceiver
 from scheduler.dispatch import Dispatcher
-from scheduler.planning import HANDOVER_GRACE, RELEASE_MARGIN
+from scheduler.planning import END_GRACE, RELEASE_MARGIN
 from scheduler.repository import CommandLook, CommandRepository, UpstreamRecord, VersionWrite
 
 
@@ -657,35 +657,38 @@ async def test_a_refused_version_of_a_running_command_leaves_the_device_without_
     assert [status for status, _ in await _acks(pool, command.id)] == ["OK", "FAILED"]
 
 
-async def test_an_action_handing_over_to_a_due_command_stays_valid_until_that_command_s_action_arrives(
+async def test_an_action_stays_valid_past_its_command_s_end_for_the_next_action_to_replace_it(
     pool: asyncpg.Pool, broker: Broker
 ) -> None:
     now = _now()
-    device, alone = await _add_battery(pool), await _add_battery(pool)
-    queue = await _action_queue(broker, [device, alone])
+    device = await _add_battery(pool)
+    queue = await _action_queue(broker, [device])
     repository = CommandRepository(pool)
     clock = FixedClock(now)
     receiver = CommandReceiver(repository=repository, clock=clock)
+    dispatcher = Dispatcher(repository=repository, publisher=broker.publisher, clock=clock)
     first = _command(device, now=now, ends_at=(now + timedelta(minutes=10)).isoformat())
     following = _command(
         device,
         now=now,
-        battery={"setpoint_w": 1500},
+        battery={"mode": "CHARGE", "setpoint_w": 1500},
         starts_at=(now + timedelta(minutes=10)).isoformat(),
         ends_at=(now + timedelta(minutes=20)).isoformat(),
     )
-    single = _command(alone, now=now, ends_at=(now + timedelta(minutes=10)).isoformat())
-    for command in (first, following, single):
+    for command in (first, following):
         await receiver.receive(command, event_type="command.created", correlation_id=None)
 
-    assert await Dispatcher(repository=repository, publisher=broker.publisher, clock=clock).fire_due() == 2
+    assert await dispatcher.fire_due() == 1
+    [running] = await _drain(broker, queue)
+    clock.current = first.ends_at
+    assert await dispatcher.fire_due() == 2  # the first's end and the next one's start
 
-    actions = {action.device_name: action for action in await _drain(broker, queue)}
-    assert actions[device].command_id == first.id
-    # The device's revert timer is written to end with the action: it must not free the device before the
-    # next command's setpoint is written, nor hold it longer when nothing follows.
-    assert actions[device].valid_until == first.ends_at + HANDOVER_GRACE
-    assert actions[alone].valid_until == single.ends_at
+    # The device's revert timer is written to run out with the action: it must not free the device before
+    # the next command's setpoint arrives, which replaces the first's in one write.
+    assert (running.command_id, running.valid_until) == (first.id, first.ends_at + END_GRACE)
+    [next_action] = await _drain(broker, queue)
+    assert (next_action.command_id, next_action.mode, next_action.setpoint_w) == (following.id, "CHARGE", 1500)
+    assert next_action.valid_until == following.ends_at + END_GRACE
 
 
 async def test_a_resync_request_is_answered_with_the_device_s_current_action(
@@ -712,7 +715,7 @@ async def test_a_resync_request_is_answered_with_the_device_s_current_action(
     actions = {action.device_name: action for action in await _drain(broker, queue)}
     assert actions[device] == answer
     assert (answer.command_id, answer.mode, answer.setpoint_w) == (command.id, "DISCHARGE", 2500)
-    assert answer.issued_at == clock.current and answer.valid_until == command.ends_at
+    assert answer.issued_at == clock.current and answer.valid_until == command.ends_at + END_GRACE
     assert (actions[idle].command_id, actions[idle].mode) == (None, "SELF_CONSUMPTION")
     # A redelivered request gets the same action id, so the agent and the outcomes can tell.
     assert (await dispatcher.resync(request)).action_id == answer.action_id

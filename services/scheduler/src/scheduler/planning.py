@@ -15,7 +15,7 @@ from gridloop_common.contracts import BatteryMode, Command, CommandStatus, Devic
 __all__ = [
     "ACK_BACKOFF_CAP_S",
     "AVAILABILITY_STALE_AFTER",
-    "HANDOVER_GRACE",
+    "END_GRACE",
     "RELEASE_MARGIN",
     "ActiveCommand",
     "Decision",
@@ -27,7 +27,6 @@ __all__ = [
     "decide",
     "judge_version",
     "release_known_by",
-    "successor",
     "winner",
 ]
 
@@ -35,11 +34,13 @@ ACK_BACKOFF_CAP_S = 60.0
 # An availability report older than this says nothing about the device any more.
 AVAILABILITY_STALE_AFTER = timedelta(minutes=5)
 _STORAGE_TYPES = frozenset({"bess", "battery", "storage"})
-# When another command takes over the instant one ends, the first's action stays valid this much longer, so
-# the device's revert timer (shortened to the action's end) cannot release it before the next command's
-# action arrives: the hand-over is one write. It must exceed a dispatch pass plus one agent write; the cost
-# is that a device whose agent died keeps the first command this much past its end.
-HANDOVER_GRACE = timedelta(seconds=5)
+# A command's action stays valid this long past the command's end. The end is the scheduler's to carry out:
+# its end timer publishes what follows (the next command, or the default) and the agent writes it over the
+# command in one write. The device's own revert timer, written to run out with the action, is the net for a
+# dead agent or scheduler; ending exactly at the command's end, it would free the device for the ~1 s the
+# next action takes to arrive. It must exceed a dispatch pass plus one agent write; the cost is that a device
+# whose agent died keeps the command this much past its end.
+END_GRACE = timedelta(seconds=5)
 # Beyond the agent's revert timer, for a write in flight when the stop went out (one Modbus request may
 # take 2 s) and the timer's whole seconds.
 RELEASE_MARGIN = timedelta(seconds=3)
@@ -163,21 +164,12 @@ def winner(candidates: list[ActiveCommand], *, now: datetime) -> ActiveCommand |
     return max(in_window, key=lambda candidate: (candidate.created_at, str(candidate.command_id)))
 
 
-def successor(active: ActiveCommand, candidates: list[ActiveCommand]) -> ActiveCommand | None:
-    """The command that controls the device the instant ``active`` ends, if one is due by then."""
-    if active.ends_at is None:
-        return None
-    others = [candidate for candidate in candidates if candidate.command_id != active.command_id]
-    return winner(others, now=active.ends_at)
-
-
 def current_action(
     device_name: str, candidates: list[ActiveCommand], *, now: datetime, action_id: UUID
 ) -> tuple[ActiveCommand | None, DeviceAction]:
     """The command in force on a device at ``now`` (None: the default mode) and the action that carries it out."""
     active = winner(candidates, now=now)
-    following = successor(active, candidates) if active is not None else None
-    return active, action_for(device_name, active, now=now, action_id=action_id, handing_over=following is not None)
+    return active, action_for(device_name, active, now=now, action_id=action_id)
 
 
 def release_known_by(sent_at: datetime, *, revert_timeout_s: float) -> datetime:
@@ -189,18 +181,10 @@ def release_known_by(sent_at: datetime, *, revert_timeout_s: float) -> datetime:
     return sent_at + timedelta(seconds=revert_timeout_s) + RELEASE_MARGIN
 
 
-def action_for(
-    device_name: str,
-    active: ActiveCommand | None,
-    *,
-    now: datetime,
-    action_id: UUID,
-    handing_over: bool = False,
-) -> DeviceAction:
+def action_for(device_name: str, active: ActiveCommand | None, *, now: datetime, action_id: UUID) -> DeviceAction:
     """The device action for the winning command, or the default mode when none is in force.
 
-    ``handing_over``: another command takes the device over when this one ends, so the action stays valid
-    ``HANDOVER_GRACE`` past the end; that command's action replaces it in one write.
+    The action stays valid ``END_GRACE`` past the command's end, for the action that follows to replace it.
     """
     if active is None:
         return DeviceAction(
@@ -223,14 +207,8 @@ def action_for(
         maximum_charge_percentage=battery.maximum_charge_percentage,
         issued_at=now,
         action_id=action_id,
-        valid_until=_valid_until(active.ends_at, now=now, handing_over=handing_over),
+        valid_until=active.ends_at + END_GRACE if active.ends_at is not None and active.ends_at > now else None,
     )
-
-
-def _valid_until(ends_at: datetime | None, *, now: datetime, handing_over: bool) -> datetime | None:
-    if ends_at is None or ends_at <= now:
-        return None
-    return ends_at + HANDOVER_GRACE if handing_over else ends_at
 
 
 def ack_retry_delay_s(attempts: int) -> float:
