@@ -22,10 +22,10 @@ from gridloop_common.contracts import Command, DeviceAction, DeviceOutcome, Devi
 from gridloop_common.messaging import Broker, PublishError, QueueSpec, declare_queue, open_broker
 from gridloop_common.settings import AmqpSettings
 from gridloop_simulators.upstream import UpstreamSimulator
+from scheduler import planning
 from scheduler.acknowledgements import AckSender
 from scheduler.commands import CommandReceiver
 from scheduler.dispatch import Dispatcher
-from scheduler.planning import END_GRACE, RELEASE_MARGIN
 from scheduler.repository import CommandLook, CommandRepository, UpstreamRecord, VersionWrite
 
 
@@ -633,7 +633,7 @@ async def test_without_a_confirmation_the_cancellation_is_acknowledged_once_the_
         upstream.add_command(command.model_dump(mode="json"), notify=False)
         assert await _deliver_acks(pool, at=datetime.now(tz=UTC) + timedelta(seconds=1), upstream=upstream) == ["OK"]
         # The agent writes a revert timer of at most 20 s: not before then (and the margin) is the device surely free.
-        just_before = stop_sent_at + timedelta(seconds=20) + RELEASE_MARGIN - timedelta(milliseconds=1)
+        just_before = stop_sent_at + timedelta(seconds=20) + planning.RELEASE_MARGIN - timedelta(milliseconds=1)
         assert await _deliver_acks(pool, at=just_before, upstream=upstream) == ["OK"]
         assert await _deliver_acks(pool, at=just_before + timedelta(milliseconds=1), upstream=upstream) == ["OK", "OK"]
 
@@ -685,10 +685,12 @@ async def test_an_action_stays_valid_past_its_command_s_end_for_the_next_action_
 
     # The device's revert timer is written to run out with the action: it must not free the device before
     # the next command's setpoint arrives, which replaces the first's in one write.
-    assert (running.command_id, running.valid_until) == (first.id, first.ends_at + END_GRACE)
+    assert running.command_id == first.id
+    assert running.valid_until is not None and first.ends_at is not None and running.valid_until > first.ends_at
+    assert running.valid_until == first.ends_at + planning.END_GRACE
     [next_action] = await _drain(broker, queue)
     assert (next_action.command_id, next_action.mode, next_action.setpoint_w) == (following.id, "CHARGE", 1500)
-    assert next_action.valid_until == following.ends_at + END_GRACE
+    assert next_action.valid_until == following.ends_at + planning.END_GRACE
 
 
 async def test_a_resync_request_is_answered_with_the_device_s_current_action(
@@ -715,7 +717,7 @@ async def test_a_resync_request_is_answered_with_the_device_s_current_action(
     actions = {action.device_name: action for action in await _drain(broker, queue)}
     assert actions[device] == answer
     assert (answer.command_id, answer.mode, answer.setpoint_w) == (command.id, "DISCHARGE", 2500)
-    assert answer.issued_at == clock.current and answer.valid_until == command.ends_at + END_GRACE
+    assert answer.issued_at == clock.current and answer.valid_until == command.ends_at + planning.END_GRACE
     assert (actions[idle].command_id, actions[idle].mode) == (None, "SELF_CONSUMPTION")
     # A redelivered request gets the same action id, so the agent and the outcomes can tell.
     assert (await dispatcher.resync(request)).action_id == answer.action_id
