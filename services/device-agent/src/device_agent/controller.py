@@ -185,6 +185,8 @@ class BatteryController:
         # an action from before an outage may have been replaced, ended or failed meanwhile.
         self._resync_reason = "device reachable again" if self._taken_before else "agent started"
         self._taken_before = True
+        # Nor is its revert timer refreshed meanwhile: that would keep an outdated control alive on the device.
+        self._desired = None
 
     async def _request_resync(self) -> None:
         request = DeviceResyncRequest(
