@@ -136,6 +136,11 @@ async def test_a_command_hands_over_to_the_next_in_one_write(stack: Stack) -> No
     writes = battery.control_writes
     start = next(index for index, write in enumerate(writes) if _discharge_setpoint(write, 2000))
     between = writes[start + 1 : writes.index(handed_over)]
+    # The device was never told to let go at the first command's end: the last revert countdown armed before
+    # the hand-over (the device releases itself when it runs out) reaches well past that end.
+    last_armed = [write for write in writes[: writes.index(handed_over)] if "InOutWRte_RvrtTms" in write.points][-1]
+    ends_at_monotonic = ends_at.timestamp() + (time.monotonic() - time.time())
+    assert last_armed.at + last_armed.points["InOutWRte_RvrtTms"] >= ends_at_monotonic + 1
     # Between the two setpoints: the first's mode (discharge) and refreshes of its revert timer, no release.
     assert all(
         set(write.points) == {"InOutWRte_RvrtTms"}
