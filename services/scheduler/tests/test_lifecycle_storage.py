@@ -624,6 +624,31 @@ async def test_a_cancellation_is_acknowledged_once_the_agent_confirms_the_releas
     assert history[-4:] == ["awaiting release", "acknowledged", "released", "acknowledged"]
 
 
+async def test_a_cancellation_made_while_the_agent_was_away_is_acknowledged_once_its_resync_answer_is_written(
+    pool: asyncpg.Pool, broker: Broker
+) -> None:
+    command, stop, clock, command_id = await _cancel_running(pool, broker)
+    repository = CommandRepository(pool)
+    dispatcher = Dispatcher(repository=repository, publisher=broker.publisher, clock=clock)
+    # The agent was down when the stop went out; back, it asks for the device's current action.
+    answer = await dispatcher.resync(
+        DeviceResyncRequest(device_name=stop.device_name, reason="agent started", requested_at=clock.current)
+    )
+    async with UpstreamSimulator() as upstream:
+        upstream.add_command(command.model_dump(mode="json"), notify=False)
+        later = datetime.now(tz=UTC) + timedelta(seconds=1)
+        assert await _deliver_acks(pool, at=later, upstream=upstream) == ["OK"]
+
+        written = DeviceOutcome(
+            action_id=answer.action_id, device_name=answer.device_name, applied=True, observed_at=clock.current
+        )
+        await repository.record_outcome(written)
+
+        assert answer.mode == "SELF_CONSUMPTION"
+        assert await _deliver_acks(pool, at=later, upstream=upstream) == ["OK", "OK"]
+    assert "released" in await _history(pool, command_id)
+
+
 async def test_without_a_confirmation_the_cancellation_is_acknowledged_once_the_revert_timer_has_run_out(
     pool: asyncpg.Pool, broker: Broker
 ) -> None:

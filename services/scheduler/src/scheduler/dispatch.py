@@ -177,6 +177,9 @@ class Dispatcher:
                 trace=facts.correlation_ids.get(active.command_id) if active else None,
             )
             await self._publish(plan)
+            # The answer carries what followed any cancellation held on this device (a stop published while the
+            # agent was away may never be written): its confirmed write releases those OKs too.
+            await repository.hold_for_action(connection, device_id=device_id, action_id=action.action_id)
             reason = request.reason or "agent took the device"
             await repository.record_dispatch(
                 connection,

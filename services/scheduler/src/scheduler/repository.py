@@ -347,6 +347,17 @@ class CommandRepository:
                 record.release_known_by,
             )
 
+    @staticmethod
+    async def hold_for_action(connection: asyncpg.Connection, *, device_id: str, action_id: UUID) -> None:
+        """Make the OKs held for ``device_id``'s cancellations wait on ``action_id``'s confirmed write instead."""
+        await connection.execute(
+            "UPDATE scheduler.ack_outbox o SET release_action_id = $2 FROM scheduler.commands c"
+            " WHERE c.command_id = o.command_id AND c.device_id = $1"
+            " AND o.release_action_id IS NOT NULL AND o.delivered_at IS NULL",
+            device_id,
+            action_id,
+        )
+
     # -- acknowledgements ------------------------------------------------------------------------
 
     @staticmethod
