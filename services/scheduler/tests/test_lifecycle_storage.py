@@ -18,10 +18,11 @@ import aiohttp
 import asyncpg
 import pytest
 
-from gridloop_common.contracts import Command, DeviceAction, DeviceOutcome, routing
+from gridloop_common.contracts import Command, DeviceAction, DeviceOutcome, DeviceResyncRequest, routing
 from gridloop_common.messaging import Broker, PublishError, QueueSpec, declare_queue, open_broker
 from gridloop_common.settings import AmqpSettings
 from gridloop_simulators.upstream import UpstreamSimulator
+from scheduler import planning
 from scheduler.acknowledgements import AckSender
 from scheduler.commands import CommandReceiver
 from scheduler.dispatch import Dispatcher
@@ -415,7 +416,7 @@ async def test_the_newest_command_wins_and_a_cancellation_returns_to_default_wit
     [back] = await _drain(broker, queue)
     assert (back.command_id, back.setpoint_w) == (older.id, 1000)  # the older command is in force again
     assert await _acks(pool, newer.id) == [("OK", None), ("OK", None)]
-    assert (await _history(pool, newer.id))[-1] == "dispatched"
+    assert (await _history(pool, newer.id))[-2:] == ["dispatched", "awaiting release"]
 
 
 async def test_outcomes_are_recorded_once_and_a_failure_fails_the_command(pool: asyncpg.Pool) -> None:
@@ -548,3 +549,202 @@ async def test_a_pass_whose_publish_fails_records_nothing_and_the_next_pass_fire
     [action] = await _drain(broker, queue)
     assert action.command_id == command.id
     assert await _history(pool, command.id) == ["received", "scheduled", "active", "dispatched"]
+
+
+# -- continuity: cancellations acknowledged once released, hand-overs, resync (issue 14 P1, P2, P7) ---------
+
+
+async def _cancel_running(
+    pool: asyncpg.Pool, broker: Broker, *, revert_timeout_s: float = 60
+) -> tuple[Command, DeviceAction, FixedClock, UUID]:
+    """A command started on its device, then cancelled and its stop dispatched; returns the stop's action."""
+    now = _now()
+    device = await _add_battery(pool)
+    queue = await _action_queue(broker, [device])
+    repository = CommandRepository(pool)
+    clock = FixedClock(now)
+    receiver = CommandReceiver(repository=repository, clock=clock)
+    dispatcher = Dispatcher(
+        repository=repository, publisher=broker.publisher, clock=clock, revert_timeout_s=revert_timeout_s
+    )
+    command = _command(device, now=now)
+    await receiver.receive(command, event_type="command.created", correlation_id=None)
+    assert await dispatcher.fire_due() == 1
+    await _drain(broker, queue)
+    clock.current = now + timedelta(minutes=1)
+    await receiver.receive(_newer(command, status="CANCELED"), event_type="command.canceled", correlation_id=None)
+    assert await dispatcher.fire_due() == 1
+    [stop] = await _drain(broker, queue)
+    assert stop.mode == "SELF_CONSUMPTION" and stop.command_id is None
+    return command, stop, clock, command.id
+
+
+async def _deliver_acks(pool: asyncpg.Pool, *, at: datetime, upstream: UpstreamSimulator) -> list[str]:
+    """One pass of the ack sender at ``at``; the device_status of every PATCH the upstream accepted."""
+    async with aiohttp.ClientSession() as session:
+        sender = AckSender(
+            repository=CommandRepository(pool),
+            session=session,
+            upstream_url=upstream.url,
+            path_template="/v1/commands/{id}",
+            clock=FixedClock(at),
+        )
+        await sender.deliver_due()
+    return [ack["device_status"] for ack in upstream.acks if ack["status_code"] == 200]
+
+
+async def test_a_cancellation_is_acknowledged_once_the_agent_confirms_the_releasing_write(
+    pool: asyncpg.Pool, broker: Broker
+) -> None:
+    command, stop, clock, command_id = await _cancel_running(pool, broker)
+    repository = CommandRepository(pool)
+    async with UpstreamSimulator() as upstream:
+        upstream.add_command(command.model_dump(mode="json"), notify=False)
+        later = datetime.now(tz=UTC) + timedelta(seconds=1)
+
+        # The stop is published, but nothing says the device let go yet: only the first OK goes up.
+        assert await _deliver_acks(pool, at=later, upstream=upstream) == ["OK"]
+        assert await _deliver_acks(pool, at=later, upstream=upstream) == ["OK"]
+        failed = DeviceOutcome(
+            action_id=stop.action_id,
+            device_name=stop.device_name,
+            applied=False,
+            reason="device battery is offline: timed out",
+            observed_at=clock.current,
+        )
+        await repository.record_outcome(failed)
+        assert await _deliver_acks(pool, at=later, upstream=upstream) == ["OK"]
+
+        released = DeviceOutcome(
+            action_id=stop.action_id, device_name=stop.device_name, applied=True, observed_at=clock.current
+        )
+        await repository.record_outcome(released)
+        assert await _deliver_acks(pool, at=later, upstream=upstream) == ["OK", "OK"]
+    history = await _history(pool, command_id)
+    assert history[-4:] == ["awaiting release", "acknowledged", "released", "acknowledged"]
+
+
+async def test_a_cancellation_made_while_the_agent_was_away_is_acknowledged_once_its_resync_answer_is_written(
+    pool: asyncpg.Pool, broker: Broker
+) -> None:
+    command, stop, clock, command_id = await _cancel_running(pool, broker)
+    repository = CommandRepository(pool)
+    dispatcher = Dispatcher(repository=repository, publisher=broker.publisher, clock=clock)
+    # The agent was down when the stop went out; back, it asks for the device's current action.
+    answer = await dispatcher.resync(
+        DeviceResyncRequest(device_name=stop.device_name, reason="agent started", requested_at=clock.current)
+    )
+    async with UpstreamSimulator() as upstream:
+        upstream.add_command(command.model_dump(mode="json"), notify=False)
+        later = datetime.now(tz=UTC) + timedelta(seconds=1)
+        assert await _deliver_acks(pool, at=later, upstream=upstream) == ["OK"]
+
+        written = DeviceOutcome(
+            action_id=answer.action_id, device_name=answer.device_name, applied=True, observed_at=clock.current
+        )
+        await repository.record_outcome(written)
+
+        assert answer.mode == "SELF_CONSUMPTION"
+        assert await _deliver_acks(pool, at=later, upstream=upstream) == ["OK", "OK"]
+    assert "released" in await _history(pool, command_id)
+
+
+async def test_without_a_confirmation_the_cancellation_is_acknowledged_once_the_revert_timer_has_run_out(
+    pool: asyncpg.Pool, broker: Broker
+) -> None:
+    command, _, clock, _ = await _cancel_running(pool, broker, revert_timeout_s=20)
+    stop_sent_at = clock.current
+    async with UpstreamSimulator() as upstream:
+        upstream.add_command(command.model_dump(mode="json"), notify=False)
+        assert await _deliver_acks(pool, at=datetime.now(tz=UTC) + timedelta(seconds=1), upstream=upstream) == ["OK"]
+        # The agent writes a revert timer of at most 20 s: not before then (and the margin) is the device surely free.
+        just_before = stop_sent_at + timedelta(seconds=20) + planning.RELEASE_MARGIN - timedelta(milliseconds=1)
+        assert await _deliver_acks(pool, at=just_before, upstream=upstream) == ["OK"]
+        assert await _deliver_acks(pool, at=just_before + timedelta(milliseconds=1), upstream=upstream) == ["OK", "OK"]
+
+
+async def test_a_refused_version_of_a_running_command_leaves_the_device_without_an_ok(
+    pool: asyncpg.Pool, broker: Broker
+) -> None:
+    now = _now()
+    device = await _add_battery(pool, max_power_kw=5)
+    await _action_queue(broker, [device])
+    repository = CommandRepository(pool)
+    clock = FixedClock(now)
+    receiver = CommandReceiver(repository=repository, clock=clock)
+    command = _command(device, now=now)
+    await receiver.receive(command, event_type="command.created", correlation_id=None)
+    refused = _newer(command, battery_commands={"mode": "DISCHARGE", "power_mode": "SETPOINT", "setpoint_w": 9000})
+    await receiver.receive(refused, event_type="command.updated", correlation_id=None)
+
+    assert await Dispatcher(repository=repository, publisher=broker.publisher, clock=clock).fire_due() == 1
+
+    assert [status for status, _ in await _acks(pool, command.id)] == ["OK", "FAILED"]
+
+
+async def test_an_action_stays_valid_past_its_command_s_end_for_the_next_action_to_replace_it(
+    pool: asyncpg.Pool, broker: Broker
+) -> None:
+    now = _now()
+    device = await _add_battery(pool)
+    queue = await _action_queue(broker, [device])
+    repository = CommandRepository(pool)
+    clock = FixedClock(now)
+    receiver = CommandReceiver(repository=repository, clock=clock)
+    dispatcher = Dispatcher(repository=repository, publisher=broker.publisher, clock=clock)
+    first = _command(device, now=now, ends_at=(now + timedelta(minutes=10)).isoformat())
+    following = _command(
+        device,
+        now=now,
+        battery={"mode": "CHARGE", "setpoint_w": 1500},
+        starts_at=(now + timedelta(minutes=10)).isoformat(),
+        ends_at=(now + timedelta(minutes=20)).isoformat(),
+    )
+    for command in (first, following):
+        await receiver.receive(command, event_type="command.created", correlation_id=None)
+
+    assert await dispatcher.fire_due() == 1
+    [running] = await _drain(broker, queue)
+    clock.current = first.ends_at
+    assert await dispatcher.fire_due() == 2  # the first's end and the next one's start
+
+    # The device's revert timer is written to run out with the action: it must not free the device before
+    # the next command's setpoint arrives, which replaces the first's in one write.
+    assert running.command_id == first.id
+    assert running.valid_until is not None and first.ends_at is not None and running.valid_until > first.ends_at
+    assert running.valid_until == first.ends_at + planning.END_GRACE
+    [next_action] = await _drain(broker, queue)
+    assert (next_action.command_id, next_action.mode, next_action.setpoint_w) == (following.id, "CHARGE", 1500)
+    assert next_action.valid_until == following.ends_at + planning.END_GRACE
+
+
+async def test_a_resync_request_is_answered_with_the_device_s_current_action(
+    pool: asyncpg.Pool, broker: Broker
+) -> None:
+    now = _now()
+    device, idle = await _add_battery(pool), await _add_battery(pool)
+    queue = await _action_queue(broker, [device, idle])
+    repository = CommandRepository(pool)
+    clock = FixedClock(now)
+    command = _command(device, now=now, battery={"setpoint_w": 2500})
+    await CommandReceiver(repository=repository, clock=clock).receive(
+        command, event_type="command.created", correlation_id="trace-resync"
+    )
+    dispatcher = Dispatcher(repository=repository, publisher=broker.publisher, clock=clock)
+    assert await dispatcher.fire_due() == 1
+    await _drain(broker, queue)
+    clock.current = now + timedelta(minutes=5)
+    request = DeviceResyncRequest(device_name=device, reason="agent started", requested_at=clock.current)
+
+    answer = await dispatcher.resync(request)
+    await dispatcher.resync(DeviceResyncRequest(device_name=idle, requested_at=clock.current))
+
+    actions = {action.device_name: action for action in await _drain(broker, queue)}
+    assert actions[device] == answer
+    assert (answer.command_id, answer.mode, answer.setpoint_w) == (command.id, "DISCHARGE", 2500)
+    assert answer.issued_at == clock.current and answer.valid_until == command.ends_at + planning.END_GRACE
+    assert (actions[idle].command_id, actions[idle].mode) == (None, "SELF_CONSUMPTION")
+    # A redelivered request gets the same action id, so the agent and the outcomes can tell.
+    assert (await dispatcher.resync(request)).action_id == answer.action_id
+    assert (await _history(pool, command.id))[-1] == "dispatched"
+    assert await _timers(pool, command.id) == [("end", command.ends_at)]  # no timer fired or added

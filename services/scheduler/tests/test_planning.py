@@ -122,9 +122,16 @@ def test_action_for_winner_and_default() -> None:
     action_id = uuid.uuid4()
     action = planning.action_for("battery-1", _active(command), now=NOW, action_id=action_id)
     assert (action.mode, action.setpoint_w, action.command_id) == (BatteryMode.DISCHARGE, 3000, command.id)
-    assert action.valid_until == command.ends_at
+    # Valid a grace past the end: the action that follows replaces it before the device can release itself.
+    assert command.ends_at is not None and action.valid_until == command.ends_at + planning.END_GRACE
     default = planning.action_for("battery-1", None, now=NOW, action_id=action_id)
     assert (default.mode, default.command_id, default.setpoint_w) == (BatteryMode.SELF_CONSUMPTION, None, None)
+
+
+def test_a_cancellation_is_known_released_once_the_longest_revert_timer_has_run_out() -> None:
+    known = planning.release_known_by(NOW, revert_timeout_s=60)
+    assert known == NOW + timedelta(seconds=60) + planning.RELEASE_MARGIN
+    assert planning.release_known_by(NOW, revert_timeout_s=10) < known
 
 
 def test_ack_backoff_grows_and_is_capped() -> None:

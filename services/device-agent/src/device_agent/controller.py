@@ -19,7 +19,15 @@ from device_agent.meter import SiteMeter
 from device_agent.modbus.bus import ModbusBus
 from device_agent.modbus.errors import DeviceError, DeviceUnavailable
 from device_agent.repository import RegisteredDevice
-from gridloop_common.contracts import BatteryMode, DeviceAction, DeviceAvailability, DeviceOutcome, PowerMode, routing
+from gridloop_common.contracts import (
+    BatteryMode,
+    DeviceAction,
+    DeviceAvailability,
+    DeviceOutcome,
+    DeviceResyncRequest,
+    PowerMode,
+    routing,
+)
 from gridloop_common.messaging import Publisher, PublishError
 
 __all__ = ["BatteryController", "intent_for"]
@@ -98,6 +106,8 @@ class BatteryController:
         self._offline_reason: str | None = None
         self._discovered = False
         self._last_availability_sent = 0.0
+        self._resync_reason: str | None = None  # set while the scheduler must be asked for the current action
+        self._taken_before = False
 
     @property
     def online(self) -> bool | None:
@@ -129,6 +139,8 @@ class BatteryController:
         loop = asyncio.get_running_loop()
         while True:
             await self._ensure_discovered()
+            if self._resync_reason is not None:
+                await self._request_resync()
             request, self._mailbox = self._mailbox, None
             if request is not None and not request.done.done():
                 outcome = await self._apply(request.action)
@@ -147,6 +159,8 @@ class BatteryController:
     def _sleep_s(self) -> float:
         if not self._discovered:
             return 5.0
+        if self._resync_reason is not None:
+            return 1.0  # the request could not be published: try again soon
         if self._desired is not None and self._desired.power_mode == PowerMode.FOLLOW_LOAD:
             return FOLLOW_LOAD_PERIOD_S
         # Refresh the revert timer well inside it: at a third, so two misses still leave a margin.
@@ -166,9 +180,30 @@ class BatteryController:
             extra={"device": self.device.name, "model": identity.model, "serial": identity.serial_number},
         )
         await self._set_availability(True, None)
-        if self._desired is not None:
-            # Back after an outage: put the wanted state on the device again.
-            await self._apply(self._desired)
+        # Taken under control (this process starts, or the device is back): the scheduler answers with the
+        # device's current action. What this agent last held is not trusted: a new process holds nothing, and
+        # an action from before an outage may have been replaced, ended or failed meanwhile.
+        self._resync_reason = "device reachable again" if self._taken_before else "agent started"
+        self._taken_before = True
+        # Nor is its revert timer refreshed meanwhile: that would keep an outdated control alive on the device.
+        self._desired = None
+
+    async def _request_resync(self) -> None:
+        request = DeviceResyncRequest(
+            device_name=self.device.name, reason=self._resync_reason, requested_at=datetime.now(tz=UTC)
+        )
+        try:
+            await self._publisher.publish(
+                exchange=routing.DEVICES_EXCHANGE,
+                routing_key=routing.RoutingKeys.DEVICE_RESYNC,
+                body=request,
+                message_id=str(request.request_id),
+            )
+        except PublishError as error:
+            logger.warning("resync request not published", extra={"device": self.device.name, "error": str(error)})
+            return
+        logger.info("current action requested", extra={"device": self.device.name, "reason": self._resync_reason})
+        self._resync_reason = None
 
     async def _apply(self, action: DeviceAction) -> DeviceOutcome:
         now = datetime.now(tz=UTC)

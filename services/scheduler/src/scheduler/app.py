@@ -90,7 +90,12 @@ async def run(settings: SchedulerSettings, *, clock: Clock | None = None) -> Non
         events = repository.EventRepository(pool)
         commands = repository.CommandRepository(pool)
         receiver = CommandReceiver(repository=commands, clock=clock)
-        dispatcher = Dispatcher(repository=commands, publisher=broker.publisher, clock=clock)
+        dispatcher = Dispatcher(
+            repository=commands,
+            publisher=broker.publisher,
+            clock=clock,
+            revert_timeout_s=settings.agent_revert_timeout_s,
+        )
         acks = AckSender(
             repository=commands,
             session=session,
@@ -113,7 +118,7 @@ async def run(settings: SchedulerSettings, *, clock: Clock | None = None) -> Non
                     events, receiver, commands, max_envelope_bytes=settings.upstream_max_envelope_bytes
                 ),
             ),
-            (routing.Queues.SCHEDULER_DEVICE_OUTCOMES, handlers.device_report_handler(commands)),
+            (routing.Queues.SCHEDULER_DEVICE_OUTCOMES, handlers.device_report_handler(commands, dispatcher)),
             (routing.Queues.SCHEDULER_RPC, rpc_handler(broker.publisher, handlers.rpc_server(commands))),
         ):
             await stack.enter_async_context(

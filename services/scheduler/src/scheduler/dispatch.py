@@ -13,7 +13,7 @@ from datetime import datetime
 import asyncpg
 
 from gridloop_common.clock import Clock
-from gridloop_common.contracts import DeviceAction, routing
+from gridloop_common.contracts import DeviceAction, DeviceResyncRequest, routing
 from gridloop_common.messaging import Publisher, PublishError
 from gridloop_common.observability import correlation_id
 from scheduler import planning
@@ -30,7 +30,12 @@ _ACTION_NAMESPACE = uuid.UUID("6f1f6a52-53c5-4c1e-9d61-0b4f2f0c9a11")
 
 
 class Dispatcher:
-    """Claims due timers (FOR UPDATE SKIP LOCKED) and publishes one device action per device."""
+    """Claims due timers (FOR UPDATE SKIP LOCKED) and publishes one device action per device.
+
+    Also answers an agent's resync request with the device's current action. ``revert_timeout_s`` is the
+    agent's revert timer (the same ``GRIDLOOP_AGENT_REVERT_TIMEOUT_S``): a cancellation's OK waits for the
+    agent's confirmed release, or at most that long (``planning.release_known_by``).
+    """
 
     def __init__(
         self,
@@ -40,7 +45,9 @@ class Dispatcher:
         clock: Clock,
         poll_interval_s: float = 0.5,
         batch_size: int = 100,
+        revert_timeout_s: float = 60.0,
     ) -> None:
+        self._revert_timeout_s = revert_timeout_s
         self._repository = repository
         self._publisher = publisher
         self._clock = clock
@@ -97,6 +104,16 @@ class Dispatcher:
                 # Nothing is recorded: the timers stay due and fire again, with the same action ids.
                 if isinstance(error, BaseException):
                     raise error
+            # A cancelled command's stop went out: its OK waits until the release is known (P2 of issue 14).
+            held_acks = [
+                (timer.command_id, plan.action.action_id)
+                for plan in plans
+                for timer in plan.timers
+                if timer.kind == "stop"
+                and timer.command_id is not None
+                and facts.states.get(timer.command_id) == "canceled"
+            ]
+            release_by = planning.release_known_by(now, revert_timeout_s=self._revert_timeout_s)
             await repository.record_dispatch(
                 connection,
                 DispatchRecord(
@@ -107,14 +124,19 @@ class Dispatcher:
                         for plan in plans
                         for timer in plan.timers
                         if timer.command_id is not None
+                    ]
+                    + [
+                        (
+                            command_id,
+                            "awaiting release",
+                            "OK once the agent confirms the releasing write, at the latest"
+                            f" {release_by.isoformat()} (the device's revert timer)",
+                        )
+                        for command_id, _ in held_acks
                     ],
-                    # The device has been sent back to its default: acknowledge the cancellation.
-                    stopped_command_ids=[
-                        timer.command_id
-                        for plan in plans
-                        for timer in plan.timers
-                        if timer.kind == "stop" and timer.command_id is not None
-                    ],
+                    stopped_command_ids=[],
+                    held_acks=held_acks,
+                    release_known_by=release_by,
                 ),
                 now=now,
             )
@@ -133,11 +155,61 @@ class Dispatcher:
                 )
         return len(timers)
 
+    async def resync(self, request: DeviceResyncRequest) -> DeviceAction:
+        """Publish the device's current action at once: the agent has just taken the device under control.
+
+        The same steps as a timer pass for one device, without a timer: lock the device, resolve its commands
+        at this moment, publish, record (states settled, a history line for the command in force).
+        """
+        now = self._clock.now()
+        device_id = request.device_name
+        repository = self._repository
+        async with repository.pool.acquire() as connection, connection.transaction():
+            await repository.lock_devices(connection, [device_id])
+            facts = await repository.dispatch_facts(connection, device_ids=[device_id], command_ids=[])
+            # A redelivered request is answered with the same action id.
+            action_id = uuid.uuid5(_ACTION_NAMESPACE, f"resync:{request.request_id}")
+            active, action = planning.current_action(device_id, facts.in_force[device_id], now=now, action_id=action_id)
+            plan = _DevicePlan(
+                device_id=device_id,
+                timers=[],
+                action=action,
+                trace=facts.correlation_ids.get(active.command_id) if active else None,
+            )
+            await self._publish(plan)
+            # The answer carries what followed any cancellation held on this device (a stop published while the
+            # agent was away may never be written): its confirmed write releases those OKs too.
+            await repository.hold_for_action(connection, device_id=device_id, action_id=action.action_id)
+            reason = request.reason or "agent took the device"
+            await repository.record_dispatch(
+                connection,
+                DispatchRecord(
+                    fired=[],
+                    winners=[(device_id, action.command_id)],
+                    history=[(active.command_id, "dispatched", f"resync ({reason}): {device_id} -> {plan.described}")]
+                    if active is not None
+                    else [],
+                    stopped_command_ids=[],
+                ),
+                now=now,
+            )
+        ACTIONS_DISPATCHED.labels("resync").inc()
+        with correlation_id(plan.trace):
+            logger.info(
+                "device action re-sent",
+                extra={
+                    "device_id": device_id,
+                    "action": plan.described,
+                    "command_id": str(action.command_id) if action.command_id else None,
+                    "reason": reason,
+                },
+            )
+        return action
+
     @staticmethod
     def _plan(device_id: str, timers: list[TimerRow], facts: DispatchFacts, *, now: datetime) -> _DevicePlan:
-        active = planning.winner(facts.in_force[device_id], now=now)
         action_id = uuid.uuid5(_ACTION_NAMESPACE, f"timer:{timers[0].id}")
-        action = planning.action_for(device_id, active, now=now, action_id=action_id)
+        active, action = planning.current_action(device_id, facts.in_force[device_id], now=now, action_id=action_id)
         trace_command = active.command_id if active else timers[0].command_id
         return _DevicePlan(
             device_id=device_id,

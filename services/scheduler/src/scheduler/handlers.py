@@ -12,11 +12,12 @@ from typing import Any
 import asyncpg
 from pydantic import ValidationError
 
-from gridloop_common.contracts import DeviceAvailability, DeviceOutcome, UpstreamEvent
+from gridloop_common.contracts import DeviceAvailability, DeviceOutcome, DeviceResyncRequest, UpstreamEvent
 from gridloop_common.contracts.documents import RefusedDocument, load_document
 from gridloop_common.contracts.routing import RoutingKeys
 from gridloop_common.messaging import Delivery, PoisonMessage, RetryableError
 from scheduler.commands import CommandReceiver
+from scheduler.dispatch import Dispatcher
 from scheduler.repository import CommandRepository, EventRepository, RegistryUnavailable, UpstreamRecord
 
 __all__ = ["device_report_handler", "rpc_server", "upstream_event_handler"]
@@ -157,10 +158,13 @@ async def _fail_command(commands: CommandRepository, command_id: uuid.UUID | Non
     logger.warning("command refused", extra={"command_id": str(command_id), "reason": reason})
 
 
-def device_report_handler(commands: CommandRepository) -> Callable[[Delivery], Awaitable[None]]:
-    """Record the device-agent's outcomes and availability reports."""
+def device_report_handler(commands: CommandRepository, dispatcher: Dispatcher) -> Callable[[Delivery], Awaitable[None]]:
+    """Record the device-agent's outcomes and availability reports; answer its resync requests."""
 
     async def handle(delivery: Delivery) -> None:
+        if delivery.routing_key == RoutingKeys.DEVICE_RESYNC:
+            await dispatcher.resync(DeviceResyncRequest.model_validate_json(delivery.body))
+            return
         if delivery.routing_key == RoutingKeys.DEVICE_AVAILABILITY:
             availability = DeviceAvailability.model_validate_json(delivery.body)
             await commands.record_availability(availability)

@@ -15,20 +15,34 @@ from gridloop_common.contracts import BatteryMode, Command, CommandStatus, Devic
 __all__ = [
     "ACK_BACKOFF_CAP_S",
     "AVAILABILITY_STALE_AFTER",
+    "END_GRACE",
+    "RELEASE_MARGIN",
     "ActiveCommand",
     "Decision",
     "DeviceFacts",
     "VersionVerdict",
     "ack_retry_delay_s",
     "action_for",
+    "current_action",
     "decide",
     "judge_version",
+    "release_known_by",
     "winner",
 ]
 
 ACK_BACKOFF_CAP_S = 60.0
 # An availability report older than this says nothing about the device any more.
 AVAILABILITY_STALE_AFTER = timedelta(minutes=5)
+# A command's action stays valid this long past the command's end. The end is the scheduler's to carry out:
+# its end timer publishes what follows (the next command, or the default) and the agent writes it over the
+# command in one write. The device's own revert timer, written to run out with the action, is the net for a
+# dead agent or scheduler; ending exactly at the command's end, it would free the device for the ~1 s the
+# next action takes to arrive. It must exceed a dispatch pass plus one agent write; the cost is that a device
+# whose agent died keeps the command this much past its end.
+END_GRACE = timedelta(seconds=5)
+# Beyond the agent's revert timer, for a write in flight when the stop went out (one Modbus request may
+# take 2 s) and the timer's whole seconds.
+RELEASE_MARGIN = timedelta(seconds=3)
 
 
 @dataclass(frozen=True)
@@ -149,8 +163,28 @@ def winner(candidates: list[ActiveCommand], *, now: datetime) -> ActiveCommand |
     return max(in_window, key=lambda candidate: (candidate.created_at, str(candidate.command_id)))
 
 
+def current_action(
+    device_name: str, candidates: list[ActiveCommand], *, now: datetime, action_id: UUID
+) -> tuple[ActiveCommand | None, DeviceAction]:
+    """The command in force on a device at ``now`` (None: the default mode) and the action that carries it out."""
+    active = winner(candidates, now=now)
+    return active, action_for(device_name, active, now=now, action_id=action_id)
+
+
+def release_known_by(sent_at: datetime, *, revert_timeout_s: float) -> datetime:
+    """When a device whose stop went out at ``sent_at`` has released itself even if no agent wrote it.
+
+    Every control the agent writes carries a revert timer of at most ``revert_timeout_s``, refreshed while
+    the agent lives; a dead agent's last write was made before the stop was sent.
+    """
+    return sent_at + timedelta(seconds=revert_timeout_s) + RELEASE_MARGIN
+
+
 def action_for(device_name: str, active: ActiveCommand | None, *, now: datetime, action_id: UUID) -> DeviceAction:
-    """The device action for the winning command, or the default mode when none is in force."""
+    """The device action for the winning command, or the default mode when none is in force.
+
+    The action stays valid ``END_GRACE`` past the command's end, for the action that follows to replace it.
+    """
     if active is None:
         return DeviceAction(
             device_name=device_name, mode=BatteryMode.SELF_CONSUMPTION, issued_at=now, action_id=action_id
@@ -172,7 +206,7 @@ def action_for(device_name: str, active: ActiveCommand | None, *, now: datetime,
         maximum_charge_percentage=battery.maximum_charge_percentage,
         issued_at=now,
         action_id=action_id,
-        valid_until=active.ends_at if active.ends_at is not None and active.ends_at > now else None,
+        valid_until=active.ends_at + END_GRACE if active.ends_at is not None and active.ends_at > now else None,
     )
 
 

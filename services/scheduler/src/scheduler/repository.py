@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -111,6 +111,7 @@ class VersionWrite:
 class DispatchFacts:
     in_force: dict[str, list[ActiveCommand]]  # by device
     correlation_ids: dict[UUID, str | None]
+    states: dict[UUID, str] = field(default_factory=dict)  # of the commands asked about and those in force
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,11 @@ class DispatchRecord:
     fired: list[tuple[int, UUID]]  # (timer id, action id)
     winners: list[tuple[str, UUID | None]]  # (device, command now active or None for the default)
     history: list[tuple[UUID, str, str]]  # (command id, kind, detail)
-    stopped_command_ids: list[UUID]  # cancellations whose stop was sent: acknowledge them
+    stopped_command_ids: list[UUID]  # acknowledge these OK at once
+    # Cancellations whose stop was sent: (command id, action id). Their OK waits for the agent's confirmed
+    # write of that action, or until ``release_known_by`` (the device's revert timer has run out).
+    held_acks: list[tuple[UUID, UUID]] = field(default_factory=list)
+    release_known_by: datetime | None = None
 
 
 class CommandRepository:
@@ -286,7 +291,7 @@ class CommandRepository:
         """The commands in force on ``device_ids``, and the trace ids of those and of ``command_ids``."""
         rows = await connection.fetch(
             """
-            SELECT command_id, device_id, created_at, starts_at, ends_at, command, correlation_id,
+            SELECT command_id, device_id, created_at, starts_at, ends_at, command, correlation_id, state,
                    (device_id = ANY($1::text[]) AND state IN ('scheduled', 'active') AND upstream_status = 'OK')
                        AS in_force
             FROM scheduler.commands
@@ -298,8 +303,10 @@ class CommandRepository:
         )
         in_force: dict[str, list[ActiveCommand]] = {device_id: [] for device_id in device_ids}
         correlation_ids: dict[UUID, str | None] = {}
+        states: dict[UUID, str] = {}
         for row in rows:
             correlation_ids[row["command_id"]] = row["correlation_id"]
+            states[row["command_id"]] = row["state"]
             if row["in_force"]:
                 in_force[row["device_id"]].append(
                     ActiveCommand(
@@ -310,7 +317,7 @@ class CommandRepository:
                         command=Command.model_validate(row["command"]),
                     )
                 )
-        return DispatchFacts(in_force=in_force, correlation_ids=correlation_ids)
+        return DispatchFacts(in_force=in_force, correlation_ids=correlation_ids, states=states)
 
     @staticmethod
     async def record_dispatch(connection: asyncpg.Connection, record: DispatchRecord, *, now: datetime) -> None:
@@ -327,6 +334,28 @@ class CommandRepository:
             [kind for _, kind, _ in record.history],
             [detail for _, _, detail in record.history],
             record.stopped_command_ids,
+        )
+        if record.held_acks:
+            # Only passes that stop a cancelled command pay this second statement. Not notified: not due yet.
+            await connection.execute(
+                "INSERT INTO scheduler.ack_outbox (command_id, device_status, next_attempt_at, release_action_id)"
+                " SELECT held.command_id, 'OK', $3, held.action_id"
+                " FROM unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS held (command_id, action_id, position)"
+                " ORDER BY held.position",
+                [command_id for command_id, _ in record.held_acks],
+                [action_id for _, action_id in record.held_acks],
+                record.release_known_by,
+            )
+
+    @staticmethod
+    async def hold_for_action(connection: asyncpg.Connection, *, device_id: str, action_id: UUID) -> None:
+        """Make the OKs held for ``device_id``'s cancellations wait on ``action_id``'s confirmed write instead."""
+        await connection.execute(
+            "UPDATE scheduler.ack_outbox o SET release_action_id = $2 FROM scheduler.commands c"
+            " WHERE c.command_id = o.command_id AND c.device_id = $1"
+            " AND o.release_action_id IS NOT NULL AND o.delivered_at IS NULL",
+            device_id,
+            action_id,
         )
 
     # -- acknowledgements ------------------------------------------------------------------------
@@ -407,15 +436,20 @@ class CommandRepository:
     # -- agent reports ---------------------------------------------------------------------------
 
     async def record_outcome(self, outcome: DeviceOutcome) -> bool:
-        """Store an outcome once; on a failure of a command in force, mark it failed and ack FAILED."""
+        """Store an outcome once; on a failure of a command in force, mark it failed and ack FAILED.
+
+        An applied outcome also releases the OK of a cancellation that waited for this action's write.
+        """
         detail = (
             f"applied on {outcome.device_name}"
             + (f" at {outcome.applied_setpoint_w} W" if outcome.applied_setpoint_w is not None else "")
             if outcome.applied
             else f"failed on {outcome.device_name}: {outcome.reason}"
         )
+        # The same statement releases a cancellation's OK held for this action's confirmed write (0004).
         recorded: bool = await self.pool.fetchval(
-            "SELECT scheduler.record_outcome($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9)",
+            "SELECT scheduler.record_outcome($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9)"
+            " FROM scheduler.release_held_acks($1, $4)",
             outcome.action_id,
             outcome.command_id,
             outcome.device_name,

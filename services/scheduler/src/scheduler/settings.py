@@ -32,6 +32,13 @@ class SchedulerSettings(BaseSettings):
         ge=1024,
         description="Largest upstream envelope taken from the queue; larger ones are dead-lettered, not stored.",
     )
+    agent_revert_timeout_s: int = Field(
+        default=60,
+        ge=10,
+        le=3600,
+        description="The device-agent's revert timer (the agent's own setting, shared): a cancellation whose "
+        "release the agent does not confirm is acknowledged once this long has passed since the stop was sent.",
+    )
     amqp: AmqpSettings = Field(default_factory=AmqpSettings)
     database: PostgresSettings = Field(default_factory=PostgresSettings)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)

@@ -13,6 +13,7 @@ from gridloop_common.contracts import (
     DeviceAction,
     DeviceAvailability,
     DeviceOutcome,
+    DeviceResyncRequest,
     MeterReading,
     UpstreamEvent,
     routing,
@@ -138,6 +139,13 @@ def document() -> dict[str, Any]:
                         "Whether the agent reaches a device.",
                         routing_key=routing.RoutingKeys.DEVICE_AVAILABILITY,
                     ),
+                    "deviceResync": _message(
+                        "device.resync",
+                        "DeviceResyncRequest",
+                        "The agent has taken a device under control (started, or the device is back): the "
+                        "scheduler answers with the device's current action.",
+                        routing_key=routing.RoutingKeys.DEVICE_RESYNC,
+                    ),
                 },
                 "bindings": _exchange(routing.DEVICES_EXCHANGE),
             },
@@ -180,6 +188,7 @@ def document() -> dict[str, Any]:
                 "messages": [
                     {"$ref": "#/channels/deviceReports/messages/deviceOutcome"},
                     {"$ref": "#/channels/deviceReports/messages/deviceAvailability"},
+                    {"$ref": "#/channels/deviceReports/messages/deviceResync"},
                 ],
             },
             "ingestTelemetry": {
@@ -193,7 +202,14 @@ def document() -> dict[str, Any]:
         },
         "components": {
             "schemas": _schemas(
-                UpstreamEvent, Command, DeviceAction, DeviceOutcome, DeviceAvailability, BessReading, MeterReading
+                UpstreamEvent,
+                Command,
+                DeviceAction,
+                DeviceOutcome,
+                DeviceAvailability,
+                DeviceResyncRequest,
+                BessReading,
+                MeterReading,
             )
         },
     }

@@ -7,6 +7,9 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from pymodbus.constants import ExcCodes
 
@@ -21,7 +24,7 @@ from gridloop_simulators.sunspec import (
     scale_factor_for,
 )
 
-__all__ = ["BatterySimulator", "main"]
+__all__ = ["BatterySimulator", "ControlWrite", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +42,19 @@ _OFF, _EMPTY, _DISCHARGING, _CHARGING, _FULL, _HOLDING = 1, 2, 3, 4, 5, 6
 _CONTROL_POINTS = frozenset(
     {"StorCtl_Mod", "OutWRte", "InWRte", "InOutWRte_RvrtTms", "InOutWRte_WinTms", "InOutWRte_RmpTms", "ChaGriSet"}
 )
+
+
+@dataclass(frozen=True)
+class ControlWrite:
+    """One Modbus write the battery took on its storage controls (model 124), for tests to read back."""
+
+    at: float  # time.monotonic() when the write was stored
+    points: dict[str, float]  # engineering value of each point written
+
+    @property
+    def releases(self) -> bool:
+        """True when the write hands control back to the battery (StorCtl_Mod 0)."""
+        return self.points.get("StorCtl_Mod") == 0
 
 
 class BatterySimulator(SimulatedSunSpecDevice):
@@ -103,6 +119,9 @@ class BatterySimulator(SimulatedSunSpecDevice):
         self.discharged_wh = 0.0  # AC energy injected into the grid
         self._logged_power_w = 0.0
         self._logged_soc_pct = round(initial_soc_pct)
+        # Every write to the storage controls, in order; observers are called with each as it is stored.
+        self.control_writes: list[ControlWrite] = []
+        self.write_observers: list[Callable[[ControlWrite], None]] = []
         self._initialise(reserve_pct, serial_number)
 
     @property
@@ -235,6 +254,13 @@ class BatterySimulator(SimulatedSunSpecDevice):
             found = self.image.locate(address + index)
             if found is not None and found[0].model_id == STORAGE.model_id:
                 touched.add(found[1].name)
+        if touched:
+            write = ControlWrite(
+                at=time.monotonic(), points={name: self.image.get_scaled(STORAGE.model_id, name) for name in touched}
+            )
+            self.control_writes.append(write)
+            for observer in self.write_observers:
+                observer(write)
         if touched & _CONTROL_POINTS:
             timeout_s = self.image.get_int(124, "InOutWRte_RvrtTms")
             self.revert_remaining_s = float(timeout_s) if timeout_s > 0 else None

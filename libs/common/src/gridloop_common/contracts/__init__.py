@@ -3,7 +3,7 @@
 Routing names live in ``gridloop_common.contracts.routing`` and are imported from there.
 """
 
-from gridloop_common.contracts.agent import DeviceAction, DeviceAvailability, DeviceOutcome
+from gridloop_common.contracts.agent import DeviceAction, DeviceAvailability, DeviceOutcome, DeviceResyncRequest
 from gridloop_common.contracts.flux import (
     MARKET_DATA_TYPES,
     BessReading,
@@ -59,6 +59,7 @@ __all__ = [
     "DeviceAvailability",
     "DeviceOutcome",
     "DeviceRegistryEntry",
+    "DeviceResyncRequest",
     "DeviceStatus",
     "DeviceType",
     "DirectControlDevice",

@@ -8,7 +8,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo
 
 from gridloop_common.contracts.upstream import _BatteryInstruction
 
-__all__ = ["DeviceAction", "DeviceAvailability", "DeviceOutcome"]
+__all__ = ["DeviceAction", "DeviceAvailability", "DeviceOutcome", "DeviceResyncRequest"]
 
 
 class DeviceAction(_BatteryInstruction):
@@ -75,3 +75,22 @@ class DeviceAvailability(BaseModel):
     online: bool
     reason: str | None = Field(default=None, description="Why the device is offline, for a person to act on.")
     observed_at: AwareDatetime
+
+
+class DeviceResyncRequest(BaseModel):
+    """The device-agent asks for a device's current action: it has just taken the device under control.
+
+    Sent when the agent starts driving a device, or gets it back after it was unreachable. The agent holds
+    no trustworthy action for it then (a new process holds none; one from before the outage may have been
+    replaced), so the scheduler, which owns the lifecycle, answers by publishing the device's current
+    action at once: the command in force, or the default mode.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    device_name: str = Field(min_length=1, description="mg_device_registry.name of the device taken under control.")
+    request_id: UUID = Field(
+        default_factory=uuid.uuid4, description="Unique per request; the answer's action id derives from it."
+    )
+    reason: str | None = Field(default=None, description="Why the agent asks (started, device reachable again).")
+    requested_at: AwareDatetime

@@ -47,6 +47,8 @@ class RoutingKeys:
     DEVICE_ACTION_ALL: Final = "device.action.#"
     DEVICE_OUTCOME: Final = "device.outcome"
     DEVICE_AVAILABILITY: Final = "device.availability"
+    # The agent asks for a device's current action when it takes the device under control.
+    DEVICE_RESYNC: Final = "device.resync"
     TELEMETRY_BESS: Final = "telemetry.bess"
     TELEMETRY_METER: Final = "telemetry.meter"
     TELEMETRY_ALL: Final = "telemetry.#"

@@ -79,6 +79,7 @@ QUEUES: Final[tuple[QueueSpec, ...]] = (
         bindings=(
             (routing.DEVICES_EXCHANGE, routing.RoutingKeys.DEVICE_OUTCOME),
             (routing.DEVICES_EXCHANGE, routing.RoutingKeys.DEVICE_AVAILABILITY),
+            (routing.DEVICES_EXCHANGE, routing.RoutingKeys.DEVICE_RESYNC),
         ),
     ),
     QueueSpec(
