@@ -9,26 +9,46 @@ __all__ = ["FakeClock"]
 
 
 class FakeClock:
-    """A controllable clock: ``advance()`` moves time and wakes the sleepers whose time has come."""
+    """A controllable ``Clock``: ``advance()`` moves both readings and wakes the sleepers whose time has come.
 
-    def __init__(self, start: datetime | None = None) -> None:
-        self._now = start or datetime(2026, 1, 1, tzinfo=UTC)
-        self._sleepers: list[tuple[datetime, asyncio.Future[None]]] = []
+    ``set()`` puts the wall clock at a given moment (forwards or backwards, as an operator or NTP may) and
+    leaves the monotonic reading alone, as the system's monotonic clock is left alone.
+    """
+
+    def __init__(self, start: datetime | None = None, *, monotonic_start: float = 1000.0) -> None:
+        start = start or datetime(2026, 1, 1, tzinfo=UTC)
+        if start.tzinfo is None:
+            raise ValueError("FakeClock needs a timezone-aware start")
+        self._now = start.astimezone(UTC)
+        self._monotonic = monotonic_start
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
 
     def now(self) -> datetime:
         return self._now
 
+    def monotonic(self) -> float:
+        return self._monotonic
+
     async def sleep(self, seconds: float) -> None:
-        wake_at = self._now + timedelta(seconds=seconds)
+        wake_at = self._monotonic + seconds
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._sleepers.append((wake_at, future))
         await future
 
     def advance(self, seconds: float) -> None:
         """Move time forward and release every sleeper that is due."""
+        if seconds < 0:
+            raise ValueError("time only advances; use set() to put the wall clock back")
         self._now += timedelta(seconds=seconds)
-        due = [entry for entry in self._sleepers if entry[0] <= self._now]
-        self._sleepers = [entry for entry in self._sleepers if entry[0] > self._now]
+        self._monotonic += seconds
+        due = [entry for entry in self._sleepers if entry[0] <= self._monotonic]
+        self._sleepers = [entry for entry in self._sleepers if entry[0] > self._monotonic]
         for _, future in due:
             if not future.done():
                 future.set_result(None)
+
+    def set(self, moment: datetime) -> None:
+        """Put the wall clock at ``moment`` (timezone-aware); the monotonic clock and the sleepers are not moved."""
+        if moment.tzinfo is None:
+            raise ValueError("FakeClock needs a timezone-aware moment")
+        self._now = moment.astimezone(UTC)
