@@ -14,6 +14,7 @@ from device_agent.modbus.bus import ModbusBus
 from device_agent.registry_feed import listen_for_registry_changes
 from device_agent.settings import DeviceAgentSettings
 from device_agent.telemetry import TelemetryPoller
+from gridloop_common.clock import Clock, SystemClock
 from gridloop_common.contracts import routing
 from gridloop_common.db import database_ready, open_pool
 from gridloop_common.messaging import open_broker
@@ -31,8 +32,9 @@ async def migrate(settings: DeviceAgentSettings) -> None:
     logger.info("migrations done", extra={"applied": []})
 
 
-async def run(settings: DeviceAgentSettings) -> None:
-    """Run the device agent until cancelled (SIGTERM)."""
+async def run(settings: DeviceAgentSettings, *, clock: Clock | None = None) -> None:
+    """Run the device agent until cancelled (SIGTERM); ``clock`` is the time every part of it reads."""
+    clock = clock or SystemClock()
     configure_logging(service=SERVICE, level=settings.observability.log_level)
     health = Health(service=SERVICE)
     startup_timeout_s = settings.observability.startup_timeout_s
@@ -59,13 +61,14 @@ async def run(settings: DeviceAgentSettings) -> None:
                 settings=settings.http,
             )
         )
-        bus = await stack.enter_async_context(ModbusBus(timeout_s=2.0))
+        bus = await stack.enter_async_context(ModbusBus(timeout_s=2.0, clock=clock))
         fleet = Fleet(
             pool=pool,
             bus=bus,
             publisher=broker.publisher,
             revert_timeout_s=settings.agent_revert_timeout_s,
             refresh_interval_s=settings.agent_registry_refresh_s,
+            clock=clock,
         )
         tasks = await stack.enter_async_context(asyncio.TaskGroup())
         fleet_task = tasks.create_task(fleet.run_forever(), name="fleet")
@@ -87,13 +90,14 @@ async def run(settings: DeviceAgentSettings) -> None:
             publisher=broker.publisher,
             devices=fleet.registered_devices,
             interval_s=settings.agent_poll_interval_s,
+            clock=clock,
         )
         poller_task = tasks.create_task(poller.run_forever(ready=fleet.loaded), name="telemetry")
         stack.callback(poller_task.cancel)
         await stack.enter_async_context(
             broker.consumer(
                 routing.Queues.AGENT_DEVICE_ACTIONS,
-                handlers.device_action_handler(fleet, broker.publisher),
+                handlers.device_action_handler(fleet, broker.publisher, clock),
                 drain_timeout_s=settings.observability.shutdown_timeout_s,
             )
         )

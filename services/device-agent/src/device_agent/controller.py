@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from device_agent.control import ControlIntent, ControlMode, IntentExpired, InvalidIntent, WritePlan
 from device_agent.device import SunSpecBattery
@@ -19,6 +18,7 @@ from device_agent.meter import SiteMeter
 from device_agent.modbus.bus import ModbusBus
 from device_agent.modbus.errors import DeviceError, DeviceUnavailable
 from device_agent.repository import RegisteredDevice
+from gridloop_common.clock import Clock, SystemClock
 from gridloop_common.contracts import (
     BatteryMode,
     DeviceAction,
@@ -90,10 +90,16 @@ class BatteryController:
         publisher: Publisher,
         revert_timeout_s: int,
         site_meter: SiteMeter | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.device = device
+        self._clock: Clock = clock or SystemClock()
         self._battery = SunSpecBattery(
-            bus=bus, address=device.address, revert_timeout_s=revert_timeout_s, ac_power_sign=device.ac_power_sign
+            bus=bus,
+            address=device.address,
+            revert_timeout_s=revert_timeout_s,
+            ac_power_sign=device.ac_power_sign,
+            clock=self._clock,
         )
         self._publisher = publisher
         self._revert_timeout_s = revert_timeout_s
@@ -132,11 +138,10 @@ class BatteryController:
                 device_name=self.device.name,
                 applied=False,
                 reason=f"device {self.device.name} did not answer within {timeout_s:g} s",
-                observed_at=datetime.now(tz=UTC),
+                observed_at=self._clock.now(),
             )
 
     async def run_forever(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self._ensure_discovered()
             if self._resync_reason is not None:
@@ -148,7 +153,7 @@ class BatteryController:
                     request.done.set_result(outcome)
             elif self._desired is not None:
                 await self._maintain()
-            if loop.time() - self._last_availability_sent > AVAILABILITY_HEARTBEAT_S:
+            if self._clock.monotonic() - self._last_availability_sent > AVAILABILITY_HEARTBEAT_S:
                 await self._send_availability()
             self._wake.clear()
             if self._mailbox is not None:
@@ -190,7 +195,7 @@ class BatteryController:
 
     async def _request_resync(self) -> None:
         request = DeviceResyncRequest(
-            device_name=self.device.name, reason=self._resync_reason, requested_at=datetime.now(tz=UTC)
+            device_name=self.device.name, reason=self._resync_reason, requested_at=self._clock.now()
         )
         try:
             await self._publisher.publish(
@@ -206,7 +211,7 @@ class BatteryController:
         self._resync_reason = None
 
     async def _apply(self, action: DeviceAction) -> DeviceOutcome:
-        now = datetime.now(tz=UTC)
+        now = self._clock.now()
         self._desired = action
         try:
             site_power = await self._site_power() if action.power_mode == PowerMode.FOLLOW_LOAD else None
@@ -240,7 +245,7 @@ class BatteryController:
         """Between actions: follow load, refresh the revert timer, release control after valid_until."""
         desired = self._desired
         assert desired is not None
-        now = datetime.now(tz=UTC)
+        now = self._clock.now()
         try:
             if desired.valid_until is not None and now >= desired.valid_until:
                 logger.info("action validity ended; releasing control", extra={"device": self.device.name})
@@ -272,7 +277,7 @@ class BatteryController:
             applied=applied,
             reason=reason,
             applied_setpoint_w=applied_setpoint_w,
-            observed_at=datetime.now(tz=UTC),
+            observed_at=self._clock.now(),
         )
 
     async def _set_availability(self, online: bool, reason: str | None) -> None:
@@ -288,12 +293,12 @@ class BatteryController:
     async def _send_availability(self) -> None:
         if self._online is None:
             return
-        self._last_availability_sent = asyncio.get_running_loop().time()
+        self._last_availability_sent = self._clock.monotonic()
         report = DeviceAvailability(
             device_name=self.device.name,
             online=self._online,
             reason=self._offline_reason,
-            observed_at=datetime.now(tz=UTC),
+            observed_at=self._clock.now(),
         )
         try:
             await self._publisher.publish(

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from device_agent.control import (
     ControlIntent,
@@ -36,6 +34,7 @@ from device_agent.profiles.sunspec import (
     discover,
     read_model,
 )
+from gridloop_common.clock import Clock, SystemClock
 
 __all__ = ["BatterySnapshot", "DeviceIdentity", "SunSpecBattery"]
 
@@ -112,7 +111,7 @@ class SunSpecBattery:
         address: DeviceAddress,
         revert_timeout_s: int = 60,
         ac_power_sign: int = 1,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
     ) -> None:
         if ac_power_sign not in (1, -1):
             raise ValueError("ac_power_sign must be 1 or -1")
@@ -122,7 +121,7 @@ class SunSpecBattery:
         self._bus = bus
         self._revert_timeout_s = revert_timeout_s
         self._ac_power_sign = ac_power_sign
-        self._clock = clock
+        self._clock: Clock = clock or SystemClock()
         self._map: SunSpecMap | None = None
         self._active: _ActiveControl | None = None
         # MinRsvPct to write back when an intent without a reserve follows one that changed it (reserve_for).
@@ -192,7 +191,7 @@ class SunSpecBattery:
         Raises IntentExpired/InvalidIntent (nothing written), ReadbackMismatch when the device did not
         take a value, and DeviceUnavailable/InvalidResponse on communication failures.
         """
-        moment = now or datetime.now(UTC)
+        moment = now or self._clock.now()
         snapshot = await self.read_snapshot(priority=Priority.CONTROL)
         if snapshot.max_charge_w is None:
             raise InvalidResponse(f"{self.address}: WChaMax is not implemented; cannot scale rates")
@@ -226,7 +225,7 @@ class SunSpecBattery:
             names = [point_at[offset + index] for index in range(len(registers))]
             await self._write_verified(storage_address + offset, registers, names)
         self._active = (
-            None if plan.revert_timeout_s == 0 else _ActiveControl(plan, self._clock(), plan.revert_timeout_s)
+            None if plan.revert_timeout_s == 0 else _ActiveControl(plan, self._clock.monotonic(), plan.revert_timeout_s)
         )
         self._reserve_to_restore = reserve.restore_pct
         logger.info(
@@ -251,7 +250,7 @@ class SunSpecBattery:
         active = self._active
         if active is None:
             return False
-        moment = now or datetime.now(UTC)
+        moment = now or self._clock.now()
         valid_until = active.plan.intent.valid_until
         if valid_until is not None and moment >= valid_until:
             self._active = None
@@ -260,7 +259,7 @@ class SunSpecBattery:
         point = STORAGE.point("InOutWRte_RvrtTms")
         address = self._require_map().require(STORAGE.model_id).address + point.offset
         await self._write_verified(address, encode(point.type, timeout_s), [point.name])
-        self._active = _ActiveControl(active.plan, self._clock(), timeout_s)
+        self._active = _ActiveControl(active.plan, self._clock.monotonic(), timeout_s)
         return True
 
     async def _write_verified(self, start: int, registers: list[int], names: list[str]) -> None:
@@ -291,4 +290,4 @@ class SunSpecBattery:
     def _revert_remaining_s(self) -> float | None:
         if self._active is None:
             return None
-        return max(0.0, self._active.written_at + self._active.revert_timeout_s - self._clock())
+        return max(0.0, self._active.written_at + self._active.revert_timeout_s - self._clock.monotonic())

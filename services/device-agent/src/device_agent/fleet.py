@@ -12,6 +12,7 @@ from device_agent.controller import BatteryController
 from device_agent.meter import SiteMeter
 from device_agent.modbus.bus import ModbusBus
 from device_agent.repository import RegisteredDevice, load_devices
+from gridloop_common.clock import Clock, SystemClock
 from gridloop_common.contracts import DeviceType
 from gridloop_common.messaging import Publisher
 
@@ -37,8 +38,10 @@ class Fleet:
         publisher: Publisher,
         revert_timeout_s: int,
         refresh_interval_s: float,
+        clock: Clock | None = None,
     ) -> None:
         self._pool = pool
+        self._clock: Clock = clock or SystemClock()
         self._bus = bus
         self._publisher = publisher
         self._revert_timeout_s = revert_timeout_s
@@ -114,6 +117,7 @@ class Fleet:
                 publisher=self._publisher,
                 revert_timeout_s=self._revert_timeout_s,
                 site_meter=SiteMeter(bus=self._bus, address=meter.address) if meter else None,
+                clock=self._clock,
             )
             self._controllers[device.name] = controller
             self._tasks[device.name] = asyncio.create_task(controller.run_forever(), name=f"device:{device.name}")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 
 from device_agent.fleet import Fleet
+from gridloop_common.clock import Clock
 from gridloop_common.contracts import DeviceAction, DeviceOutcome, routing
 from gridloop_common.messaging import Delivery, Publisher, model_handler
 
@@ -28,7 +29,7 @@ def unknown_device_wait_s(valid_until: datetime | None, *, now: datetime) -> flo
     return max(0.0, min(UNKNOWN_DEVICE_WAIT_S, (valid_until - now).total_seconds()))
 
 
-def device_action_handler(fleet: Fleet, publisher: Publisher) -> Callable[[Delivery], Awaitable[None]]:
+def device_action_handler(fleet: Fleet, publisher: Publisher, clock: Clock) -> Callable[[Delivery], Awaitable[None]]:
     """Apply an action on its device and publish the outcome; ack only after the outcome is confirmed."""
 
     async def handle(action: DeviceAction, delivery: Delivery) -> None:
@@ -36,7 +37,7 @@ def device_action_handler(fleet: Fleet, publisher: Publisher) -> Callable[[Deliv
         controller = fleet.controller(action.device_name)
         if controller is None:
             # Registered a moment ago (the action overtook the registry's change notice)? Wait for it.
-            wait_s = unknown_device_wait_s(action.valid_until, now=datetime.now(tz=UTC))
+            wait_s = unknown_device_wait_s(action.valid_until, now=clock.now())
             logger.info(
                 "action waits for its device's registration", extra={"device": action.device_name, "wait_s": wait_s}
             )
@@ -49,7 +50,7 @@ def device_action_handler(fleet: Fleet, publisher: Publisher) -> Callable[[Deliv
                 applied=False,
                 reason=f"device {action.device_name!r} is not driven by this agent "
                 "(not an active battery with a modbus address in the registry)",
-                observed_at=datetime.now(tz=UTC),
+                observed_at=clock.now(),
             )
         else:
             outcome = await controller.submit(action)

@@ -28,6 +28,7 @@ from device_agent.profiles.sunspec import (
     read_model,
 )
 from device_agent.repository import RegisteredDevice
+from gridloop_common.clock import Clock, SystemClock
 from gridloop_common.contracts import BessReading, CommandSource, DeviceType, MeterReading, routing
 from gridloop_common.messaging import Publisher, PublishError
 
@@ -191,9 +192,9 @@ class _MeterSource:
 class _BatterySource:
     """A SunSpec battery read at poll priority, so control writes on the same line go first."""
 
-    def __init__(self, *, bus: ModbusBus, device: RegisteredDevice) -> None:
+    def __init__(self, *, bus: ModbusBus, device: RegisteredDevice, clock: Clock) -> None:
         self._device = device
-        self._battery = SunSpecBattery(bus=bus, address=device.address, ac_power_sign=device.ac_power_sign)
+        self._battery = SunSpecBattery(bus=bus, address=device.address, ac_power_sign=device.ac_power_sign, clock=clock)
 
     async def read(self, cycle_time: datetime) -> BessReading:
         snapshot = await self._battery.read_snapshot(priority=Priority.POLL)
@@ -238,6 +239,7 @@ class TelemetryPoller:
         device_timeout_s: float | None = None,
         batch_size: int = 200,
         flush_after_s: float = 0.25,
+        clock: Clock | None = None,
     ) -> None:
         if interval_s <= 0:
             raise ValueError("interval_s must be positive")
@@ -252,6 +254,7 @@ class TelemetryPoller:
         self._batch_size = batch_size
         self._flush_after_s = flush_after_s
         self._polled: dict[uuid.UUID, _PolledDevice] = {}
+        self._clock: Clock = clock or SystemClock()
 
     @property
     def unavailable(self) -> list[str]:
@@ -263,11 +266,11 @@ class TelemetryPoller:
         if ready is not None:
             await ready.wait()
         while True:
-            now = time.time()
+            now = self._clock.now().timestamp()
             # Ticks sit on the wall-clock grid, so every agent stamps a cycle with the same instants;
             # a cycle that overran skips the ticks it missed instead of bunching up.
             tick = (math.floor(now / self._interval_s) + 1) * self._interval_s
-            await asyncio.sleep(tick - now)
+            await self._clock.sleep(tick - now)
             cycle_time = datetime.fromtimestamp(round(tick, 3), tz=UTC)
             try:
                 await self.poll_once(cycle_time)
@@ -314,7 +317,7 @@ class TelemetryPoller:
                 current[device.device_id] = known
                 continue
             source: _MeterSource | _BatterySource = (
-                _BatterySource(bus=self._bus, device=device)
+                _BatterySource(bus=self._bus, device=device, clock=self._clock)
                 if device.device_type == DeviceType.BESS
                 else _MeterSource(bus=self._bus, device=device)
             )

@@ -6,7 +6,6 @@ import asyncio
 import collections
 import enum
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from device_agent.modbus.errors import (
     RequestRejected,
     ResponseTimeout,
 )
+from gridloop_common.clock import Clock, SystemClock
 
 __all__ = [
     "MAX_READ_REGISTERS",
@@ -125,7 +125,7 @@ class _Connection:
         timeout_s: float,
         backoff_initial_s: float,
         backoff_max_s: float,
-        clock: Callable[[], float],
+        clock: Clock,
     ) -> None:
         self.host = host
         self.port = port
@@ -148,7 +148,7 @@ class _Connection:
         if self._client is not None and self._client.connected:
             return self._client
         self.drop()
-        now = self._clock()
+        now = self._clock.monotonic()
         if now < self._next_attempt_at:
             raise DeviceUnavailable(
                 f"{self.host}:{self.port} unreachable ({self._last_failure}); "
@@ -182,7 +182,7 @@ class _Connection:
     def _fail(self, reason: str) -> None:
         self._last_failure = reason
         self._backoff_s = min(self._backoff_max_s, self._backoff_s * 2 if self._backoff_s else self._backoff_initial_s)
-        self._next_attempt_at = self._clock() + self._backoff_s
+        self._next_attempt_at = self._clock.monotonic() + self._backoff_s
         self._mark_available(False, reason)
 
     def _mark_available(self, available: bool, reason: str) -> None:
@@ -265,14 +265,14 @@ class ModbusBus:
         timeout_s: float = 2.0,
         backoff_initial_s: float = 1.0,
         backoff_max_s: float = 60.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
     ) -> None:
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
         self._timeout_s = timeout_s
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
-        self._clock = clock
+        self._clock: Clock = clock or SystemClock()
         self._connections: dict[tuple[str, int], _Connection] = {}
 
     async def __aenter__(self) -> Self:
