@@ -8,6 +8,7 @@ import logging
 
 from starlette.applications import Starlette
 
+from gridloop_common.clock import Clock, SystemClock
 from gridloop_common.contracts import routing
 from gridloop_common.messaging import open_broker, rpc_handler
 from gridloop_common.observability import Health, configure_logging, health_routes, serve_http
@@ -26,13 +27,19 @@ async def migrate(settings: OptimizerSettings) -> None:
     logger.info("migrations done", extra={"applied": []})
 
 
-async def run(settings: OptimizerSettings) -> None:
-    """Run the optimizer until cancelled (SIGTERM)."""
+async def run(settings: OptimizerSettings, *, clock: Clock | None = None) -> None:
+    """Run the optimizer until cancelled (SIGTERM); ``clock`` is the time every part of it reads."""
+    clock = clock or SystemClock()
     configure_logging(service=SERVICE, level=settings.observability.log_level)
     health = Health(service=SERVICE)
     async with contextlib.AsyncExitStack() as stack:
         broker = await stack.enter_async_context(
-            open_broker(settings.amqp, client_name=SERVICE, startup_timeout_s=settings.observability.startup_timeout_s)
+            open_broker(
+                settings.amqp,
+                client_name=SERVICE,
+                startup_timeout_s=settings.observability.startup_timeout_s,
+                clock=clock,
+            )
         )
         health.add_check("broker", broker.ready)
         await stack.enter_async_context(

@@ -61,12 +61,13 @@ async def run(settings: SchedulerSettings, *, clock: Clock | None = None) -> Non
                 max_size=settings.database.database_pool_max,
                 startup_timeout_s=startup_timeout_s,
                 application_name=SERVICE,
+                clock=clock,
             )
         )
         await apply_migrations(pool, owner=SERVICE, migrations=load_migrations("scheduler"))
         health.add_check("database", lambda: database_ready(pool))
         broker = await stack.enter_async_context(
-            open_broker(settings.amqp, client_name=SERVICE, startup_timeout_s=startup_timeout_s)
+            open_broker(settings.amqp, client_name=SERVICE, startup_timeout_s=startup_timeout_s, clock=clock)
         )
         health.add_check("broker", broker.ready)
         await stack.enter_async_context(

@@ -8,6 +8,7 @@ import logging
 
 import httpx
 
+from gridloop_common.clock import Clock, SystemClock
 from gridloop_common.messaging import open_broker
 from gridloop_common.observability import Health, configure_logging, serve_http
 from webhook_gateway import routes
@@ -26,16 +27,22 @@ async def migrate(settings: GatewaySettings) -> None:
     logger.info("migrations done", extra={"applied": []})
 
 
-async def run(settings: GatewaySettings) -> None:
-    """Run the gateway until cancelled (SIGTERM)."""
+async def run(settings: GatewaySettings, *, clock: Clock | None = None) -> None:
+    """Run the gateway until cancelled (SIGTERM); ``clock`` is the time every part of it reads."""
+    clock = clock or SystemClock()
     configure_logging(service=SERVICE, level=settings.observability.log_level)
     health = Health(service=SERVICE)
     async with contextlib.AsyncExitStack() as stack:
         broker = await stack.enter_async_context(
-            open_broker(settings.amqp, client_name=SERVICE, startup_timeout_s=settings.observability.startup_timeout_s)
+            open_broker(
+                settings.amqp,
+                client_name=SERVICE,
+                startup_timeout_s=settings.observability.startup_timeout_s,
+                clock=clock,
+            )
         )
         health.add_check("broker", broker.ready)
-        application = routes.build_app(settings=settings, publisher=broker.publisher, health=health)
+        application = routes.build_app(settings=settings, publisher=broker.publisher, health=health, clock=clock)
         await stack.enter_async_context(
             serve_http(application, host=settings.gateway_host, port=settings.gateway_port, settings=settings.http)
         )
@@ -49,7 +56,7 @@ async def run(settings: GatewaySettings) -> None:
                 )
             )
             poller = CommandPoller(
-                client=client, publisher=broker.publisher, interval_s=settings.upstream_poll_interval_s
+                client=client, publisher=broker.publisher, interval_s=settings.upstream_poll_interval_s, clock=clock
             )
             tasks = await stack.enter_async_context(asyncio.TaskGroup())
             poll_task = tasks.create_task(poller.run_forever(), name="poller")

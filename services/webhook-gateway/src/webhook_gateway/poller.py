@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import random
-from datetime import UTC, datetime
 
 import httpx
 from prometheus_client import Counter
 from pydantic import ValidationError
 
+from gridloop_common.clock import Clock, SystemClock
 from gridloop_common.contracts import Command, routing
 from gridloop_common.messaging import Publisher, PublishError
 
@@ -27,9 +26,16 @@ class CommandPoller:
     """Polls every ``interval_s`` (±10 % jitter); on errors backs off up to ten intervals, never crashes."""
 
     def __init__(
-        self, *, client: httpx.AsyncClient, publisher: Publisher, interval_s: float = 60.0, path: str = "/v1/commands"
+        self,
+        *,
+        client: httpx.AsyncClient,
+        publisher: Publisher,
+        interval_s: float = 60.0,
+        path: str = "/v1/commands",
+        clock: Clock | None = None,
     ) -> None:
         self._client = client
+        self._clock: Clock = clock or SystemClock()
         self._publisher = publisher
         self._interval_s = interval_s
         self._path = path
@@ -52,7 +58,7 @@ class CommandPoller:
                     "upstream poll failed; backing off",
                     extra={"error": f"{type(error).__name__}: {error}", "failures": self._failures},
                 )
-            await asyncio.sleep(self._next_delay())
+            await self._clock.sleep(self._next_delay())
 
     def _next_delay(self) -> float:
         factor = min(2**self._failures, 10) if self._failures else 1
@@ -79,7 +85,7 @@ class CommandPoller:
             envelope = {
                 "event_type": "command.updated",
                 "event_object": item,
-                "timestamp": datetime.now(tz=UTC).isoformat(),
+                "timestamp": self._clock.now().isoformat(),
             }
             await self._publisher.publish(
                 exchange=routing.UPSTREAM_EXCHANGE,

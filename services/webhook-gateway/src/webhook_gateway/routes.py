@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gridloop_common.clock import Clock, SystemClock
 from gridloop_common.contracts import UpstreamEvent
 from gridloop_common.contracts.documents import RefusedDocument, load_document, may_hold_refused_values
 from gridloop_common.messaging import Publisher, PublishError
@@ -72,7 +73,8 @@ class _Disconnected(Exception):
 class WebhookEndpoint:
     """``POST /v1/webhooks`` as an ASGI callable: verify, validate, publish with a confirm, then 202."""
 
-    def __init__(self, *, settings: GatewaySettings, publisher: Publisher) -> None:
+    def __init__(self, *, settings: GatewaySettings, publisher: Publisher, clock: Clock) -> None:
+        self._clock = clock
         self._verifier = signatures.Verifier(settings.webhook_secrets(), tolerance_s=settings.webhook_tolerance_s)
         self._limit = settings.webhook_max_body_bytes
         self._publisher = publisher
@@ -156,7 +158,7 @@ class WebhookEndpoint:
                 timestamp_text=timestamp_text,
                 signature_text=signature_text,
                 body=raw,
-                now_s=int(time.time()),
+                now_s=int(self._clock.now().timestamp()),
             )
         except signatures.SignatureError as error:
             return _error(error.http_status, error.code, str(error))
@@ -231,9 +233,11 @@ class GatewayApp:
         await self.fallback(scope, receive, send)
 
 
-def build_app(*, settings: GatewaySettings, publisher: Publisher, health: Health) -> ASGIApp:
-    """The gateway's ASGI application."""
-    webhook = WebhookEndpoint(settings=settings, publisher=publisher)
+def build_app(
+    *, settings: GatewaySettings, publisher: Publisher, health: Health, clock: Clock | None = None
+) -> ASGIApp:
+    """The gateway's ASGI application; ``clock`` is what signature timestamps are checked against."""
+    webhook = WebhookEndpoint(settings=settings, publisher=publisher, clock=clock or SystemClock())
     # Exact paths, no slash redirects: a 307 counts as a failed delivery at the sender. The route is also
     # registered here so that other methods get their 405 (and a root_path deployment still works).
     application = Starlette(routes=[Route(WEBHOOK_PATH, webhook, methods=["POST"]), *health_routes(health)])

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from gridloop_common.clock import Clock, SystemClock
 from gridloop_common.lifecycle import StartupError
 
 __all__ = ["database_ready", "ensure_database", "open_pool"]
@@ -48,9 +47,11 @@ async def open_pool(
     startup_timeout_s: float = 60.0,
     command_timeout_s: float = 30.0,
     application_name: str = "gridloop",
+    clock: Clock | None = None,
 ) -> AsyncIterator[asyncpg.Pool]:
     """Open a pool (retrying until ``startup_timeout_s``) and close it when the block exits."""
-    deadline = time.monotonic() + startup_timeout_s
+    clock = clock or SystemClock()
+    deadline = clock.monotonic() + startup_timeout_s
     delay = 0.2
     while True:
         try:
@@ -69,10 +70,10 @@ async def open_pool(
             asyncpg.exceptions.CannotConnectNowError,
             asyncpg.exceptions.TooManyConnectionsError,
         ) as error:
-            if time.monotonic() + delay > deadline:
+            if clock.monotonic() + delay > deadline:
                 raise StartupError(f"PostgreSQL unreachable at {_redact(url)}: {error}") from error
             logger.warning("database not reachable yet, retrying", extra={"error": str(error), "retry_in_s": delay})
-            await asyncio.sleep(delay)
+            await clock.sleep(delay)
             delay = min(delay * 2, 5.0)
         except asyncpg.exceptions.InvalidCatalogNameError as error:
             raise StartupError(

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 
+from gridloop_common.clock import Clock, SystemClock
 from gridloop_common.messaging.connection import broker_ready, open_channel, open_connection
 from gridloop_common.messaging.consumer import Consumer, Handler
 from gridloop_common.messaging.publisher import Publisher
@@ -24,6 +25,7 @@ class Broker:
     connection: AbstractRobustConnection
     channel: AbstractRobustChannel
     publisher: Publisher
+    clock: Clock = field(default_factory=SystemClock)
 
     async def ready(self) -> bool:
         """Readiness check: the connection is up."""
@@ -38,17 +40,27 @@ class Broker:
             handler=handler,
             delivery_limit=queue_spec(queue_name).delivery_limit,
             drain_timeout_s=drain_timeout_s,
+            clock=self.clock,
         )
 
 
 @contextlib.asynccontextmanager
 async def open_broker(
-    settings: AmqpSettings, *, client_name: str, startup_timeout_s: float = 60.0, url: str | None = None
+    settings: AmqpSettings,
+    *,
+    client_name: str,
+    startup_timeout_s: float = 60.0,
+    url: str | None = None,
+    clock: Clock | None = None,
 ) -> AsyncIterator[Broker]:
-    """Connect, open a confirm channel with the configured prefetch, declare the topology."""
+    """Connect, open a confirm channel with the configured prefetch, declare the topology.
+
+    ``clock`` stamps what the broker resources write (message timestamps, dead-letter times).
+    """
+    clock = clock or SystemClock()
     async with (
         open_connection(
-            url or str(settings.amqp_url), client_name=client_name, startup_timeout_s=startup_timeout_s
+            url or str(settings.amqp_url), client_name=client_name, startup_timeout_s=startup_timeout_s, clock=clock
         ) as connection,
         open_channel(connection, prefetch=settings.amqp_prefetch) as channel,
     ):
@@ -58,5 +70,6 @@ async def open_broker(
             channel=channel,
             source=client_name,
             confirm_timeout_s=settings.amqp_confirm_timeout_s,
+            clock=clock,
         )
-        yield Broker(connection=connection, channel=channel, publisher=publisher)
+        yield Broker(connection=connection, channel=channel, publisher=publisher, clock=clock)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
 
 import aio_pika
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 
+from gridloop_common.clock import Clock, SystemClock
 from gridloop_common.lifecycle import StartupError
 
 __all__ = ["broker_ready", "open_channel", "open_connection"]
@@ -20,10 +19,11 @@ logger = logging.getLogger(__name__)
 
 @contextlib.asynccontextmanager
 async def open_connection(
-    url: str, *, client_name: str, startup_timeout_s: float = 60.0
+    url: str, *, client_name: str, startup_timeout_s: float = 60.0, clock: Clock | None = None
 ) -> AsyncIterator[AbstractRobustConnection]:
     """Connect (retrying with backoff until ``startup_timeout_s``); reconnects by itself afterwards."""
-    deadline = time.monotonic() + startup_timeout_s
+    clock = clock or SystemClock()
+    deadline = clock.monotonic() + startup_timeout_s
     delay = 0.2
     while True:
         try:
@@ -32,10 +32,10 @@ async def open_connection(
             )
             break
         except (OSError, aio_pika.exceptions.AMQPConnectionError) as error:
-            if time.monotonic() + delay > deadline:
+            if clock.monotonic() + delay > deadline:
                 raise StartupError(f"RabbitMQ unreachable at {_redact(url)}: {error}") from error
             logger.warning("broker not reachable yet, retrying", extra={"error": str(error), "retry_in_s": delay})
-            await asyncio.sleep(delay)
+            await clock.sleep(delay)
             delay = min(delay * 2, 5.0)
     logger.info("broker connected", extra={"url": _redact(url)})
     try:

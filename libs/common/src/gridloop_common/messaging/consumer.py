@@ -15,13 +15,13 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
 from pydantic import BaseModel, ValidationError
 
+from gridloop_common.clock import Clock, SystemClock
 from gridloop_common.contracts import routing
 from gridloop_common.messaging.errors import PoisonMessage, PublishError
 from gridloop_common.messaging.metrics import CONSUMED, HANDLER_SECONDS
@@ -141,8 +141,10 @@ class Consumer:
         delivery_limit: int = DEFAULT_DELIVERY_LIMIT,
         retry_backoff_s: float = 0.2,
         drain_timeout_s: float = 10.0,
+        clock: Clock | None = None,
     ) -> None:
         self._channel = channel
+        self._clock: Clock = clock or SystemClock()
         self._publisher = publisher
         self._queue_name = queue_name
         self._handler = handler
@@ -251,7 +253,7 @@ class Consumer:
             DEAD_LETTER_ATTEMPTS_HEADER: delivery.attempt,
             "x-gridloop-original-exchange": delivery.exchange,
             "x-gridloop-original-routing-key": delivery.routing_key,
-            "x-gridloop-dead-lettered-at": datetime.now(tz=UTC).isoformat(),
+            "x-gridloop-dead-lettered-at": self._clock.now().isoformat(),
         }
         try:
             await self._publisher.publish(

@@ -26,6 +26,7 @@ from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aiormq.channel import Returning
 from pydantic import BaseModel
 
+from gridloop_common.clock import Clock, SystemClock
 from gridloop_common.messaging.errors import BrokerUnavailable, UnroutableError
 from gridloop_common.messaging.metrics import PUBLISH_FAILURES, PUBLISH_SECONDS, PUBLISHED
 from gridloop_common.observability.logging import current_correlation_id
@@ -245,8 +246,10 @@ class Publisher:
         channel: AbstractRobustChannel,
         source: str,
         confirm_timeout_s: float = 5.0,
+        clock: Clock | None = None,
     ) -> None:
         self._connection = connection
+        self._clock: Clock = clock or SystemClock()
         self._channel = channel
         self._source = source
         self._confirm_timeout_s = confirm_timeout_s
@@ -300,7 +303,7 @@ class Publisher:
                 reply_to=reply_to,
                 expiration=str(max(1, int(expiration_s * 1000))) if expiration_s is not None else None,
                 message_id=message_id,
-                timestamp=int(time.time()),
+                timestamp=int(self._clock.now().timestamp()),
                 app_id=self._source,
             )
             frames += _encode_body(number, payload, channel.max_content_size)
