@@ -11,20 +11,13 @@ import asyncpg
 import pytest
 
 from gridloop_common.contracts import Command
+from gridloop_common.testing import FakeClock
 from scheduler.commands import CommandReceiver
 from scheduler.repository import CommandRepository
 
 pytestmark = pytest.mark.connected
 
 NOW = datetime.now(tz=UTC).replace(microsecond=0)
-
-
-class _FixedClock:
-    def now(self) -> datetime:
-        return NOW
-
-    async def sleep(self, seconds: float) -> None:
-        raise AssertionError("receiving a command does not sleep")
 
 
 async def _received(pool: asyncpg.Pool, battery: dict[str, Any]) -> tuple[list[tuple[str, str | None]], str]:
@@ -50,7 +43,7 @@ async def _received(pool: asyncpg.Pool, battery: dict[str, Any]) -> tuple[list[t
             "updated_at": NOW.isoformat(),
         }
     )
-    receiver = CommandReceiver(repository=CommandRepository(pool), clock=_FixedClock())
+    receiver = CommandReceiver(repository=CommandRepository(pool), clock=FakeClock(NOW))
     assert await receiver.receive(command, event_type="command.created", correlation_id=None) == "new"
     acks = await pool.fetch(
         "SELECT device_status, device_status_reason FROM scheduler.ack_outbox WHERE command_id = $1", command.id

@@ -21,25 +21,13 @@ import pytest
 from gridloop_common.contracts import Command, DeviceAction, DeviceOutcome, DeviceResyncRequest, routing
 from gridloop_common.messaging import Broker, PublishError, QueueSpec, declare_queue, open_broker
 from gridloop_common.settings import AmqpSettings
+from gridloop_common.testing import FakeClock
 from gridloop_simulators.upstream import UpstreamSimulator
 from scheduler import planning
 from scheduler.acknowledgements import AckSender
 from scheduler.commands import CommandReceiver
 from scheduler.dispatch import Dispatcher
 from scheduler.repository import CommandLook, CommandRepository, UpstreamRecord, VersionWrite
-
-
-class FixedClock:
-    """A clock that says what the test tells it."""
-
-    def __init__(self, now: datetime) -> None:
-        self.current = now
-
-    def now(self) -> datetime:
-        return self.current
-
-    async def sleep(self, seconds: float) -> None:
-        self.current += timedelta(seconds=seconds)
 
 
 def _now() -> datetime:
@@ -118,7 +106,7 @@ async def test_a_new_command_is_scheduled_with_its_timers_history_and_ok_ack(poo
     now = _now()
     device = await _add_battery(pool)
     command = _command(device, now=now, starts_at=(now + timedelta(minutes=5)).isoformat())
-    receiver = CommandReceiver(repository=CommandRepository(pool), clock=FixedClock(now))
+    receiver = CommandReceiver(repository=CommandRepository(pool), clock=FakeClock(now))
 
     assert await receiver.receive(command, event_type="command.created", correlation_id="trace-1") == "new"
 
@@ -138,7 +126,7 @@ async def test_a_late_arrival_starts_at_once(pool: asyncpg.Pool) -> None:
     now = _now()
     device = await _add_battery(pool)
     command = _command(device, now=now, starts_at=(now - timedelta(minutes=10)).isoformat())
-    receiver = CommandReceiver(repository=CommandRepository(pool), clock=FixedClock(now))
+    receiver = CommandReceiver(repository=CommandRepository(pool), clock=FakeClock(now))
 
     assert await receiver.receive(command, event_type="command.created", correlation_id=None) == "new"
 
@@ -149,7 +137,7 @@ async def test_a_redelivered_version_changes_nothing(pool: asyncpg.Pool) -> None
     now = _now()
     device = await _add_battery(pool)
     command = _command(device, now=now)
-    receiver = CommandReceiver(repository=CommandRepository(pool), clock=FixedClock(now))
+    receiver = CommandReceiver(repository=CommandRepository(pool), clock=FakeClock(now))
     await receiver.receive(command, event_type="command.created", correlation_id=None)
 
     assert await receiver.receive(command, event_type="command.created", correlation_id=None) == "duplicate"
@@ -161,7 +149,7 @@ async def test_fifty_concurrent_deliveries_of_one_version_have_one_effect(pool: 
     now = _now()
     device = await _add_battery(pool)
     command = _command(device, now=now)
-    receiver = CommandReceiver(repository=CommandRepository(pool), clock=FixedClock(now))
+    receiver = CommandReceiver(repository=CommandRepository(pool), clock=FakeClock(now))
 
     results = await asyncio.gather(
         *(receiver.receive(command, event_type="command.created", correlation_id=None) for _ in range(50))
@@ -177,7 +165,7 @@ async def test_the_carrying_event_is_stored_once_by_the_first_read(pool: asyncpg
     command = _command(device, now=now)
     envelope = {"event_type": "command.created", "event_object": command.model_dump(mode="json")}
     record = UpstreamRecord(event_key="msg_once", event_type="command.created", envelope=envelope, correlation_id="t")
-    receiver = CommandReceiver(repository=CommandRepository(pool), clock=FixedClock(now))
+    receiver = CommandReceiver(repository=CommandRepository(pool), clock=FakeClock(now))
 
     results = await asyncio.gather(
         *(receiver.receive(command, event_type="command.created", correlation_id="t", record=record) for _ in range(10))
@@ -197,7 +185,7 @@ async def test_a_stale_version_is_counted_and_ignored(pool: asyncpg.Pool) -> Non
     second = _newer(
         first, seconds=60, battery_commands={"mode": "CHARGE", "power_mode": "SETPOINT", "setpoint_w": 2000}
     )
-    receiver = CommandReceiver(repository=CommandRepository(pool), clock=FixedClock(now))
+    receiver = CommandReceiver(repository=CommandRepository(pool), clock=FakeClock(now))
     assert await receiver.receive(second, event_type="command.updated", correlation_id=None) == "new"
 
     assert await receiver.receive(first, event_type="command.created", correlation_id=None) == "stale"
@@ -222,7 +210,7 @@ async def test_a_newer_version_replaces_the_unfired_timers(pool: asyncpg.Pool) -
     first = _command(device, now=now, starts_at=(now + timedelta(minutes=5)).isoformat())
     later_start = now + timedelta(minutes=20)
     second = _newer(first, starts_at=later_start.isoformat())
-    receiver = CommandReceiver(repository=CommandRepository(pool), clock=FixedClock(now))
+    receiver = CommandReceiver(repository=CommandRepository(pool), clock=FakeClock(now))
     await receiver.receive(first, event_type="command.created", correlation_id=None)
 
     assert await receiver.receive(second, event_type="command.updated", correlation_id=None) == "updated"
@@ -236,7 +224,7 @@ async def test_unknown_and_over_limit_commands_fail_with_a_reason(pool: asyncpg.
     device = await _add_battery(pool, max_power_kw=2)
     unknown = _command("no-such-battery", now=now)
     too_strong = _command(device, now=now, battery={"setpoint_w": 4000})
-    receiver = CommandReceiver(repository=CommandRepository(pool), clock=FixedClock(now))
+    receiver = CommandReceiver(repository=CommandRepository(pool), clock=FakeClock(now))
 
     assert await receiver.receive(unknown, event_type="command.created", correlation_id=None) == "failed"
     assert await receiver.receive(too_strong, event_type="command.created", correlation_id=None) == "failed"
@@ -255,7 +243,7 @@ async def test_a_running_command_whose_new_version_fails_leaves_the_device(pool:
     device = await _add_battery(pool, max_power_kw=5)
     first = _command(device, now=now)
     refused = _newer(first, battery_commands={"mode": "DISCHARGE", "power_mode": "SETPOINT", "setpoint_w": 9000})
-    receiver = CommandReceiver(repository=CommandRepository(pool), clock=FixedClock(now))
+    receiver = CommandReceiver(repository=CommandRepository(pool), clock=FakeClock(now))
     await receiver.receive(first, event_type="command.created", correlation_id=None)
 
     assert await receiver.receive(refused, event_type="command.updated", correlation_id=None) == "failed"
@@ -268,7 +256,7 @@ async def test_a_cancellation_sets_a_stop_timer_and_waits_for_it_to_ack(pool: as
     device = await _add_battery(pool)
     first = _command(device, now=now)
     canceled = _newer(first, status="CANCELED")
-    receiver = CommandReceiver(repository=CommandRepository(pool), clock=FixedClock(now))
+    receiver = CommandReceiver(repository=CommandRepository(pool), clock=FakeClock(now))
     await receiver.receive(first, event_type="command.created", correlation_id=None)
 
     assert await receiver.receive(canceled, event_type="command.updated", correlation_id=None) == "canceled"
@@ -284,7 +272,7 @@ async def test_a_decision_on_what_has_changed_since_is_not_written(pool: asyncpg
     command = _command(device, now=now)
     repository = CommandRepository(pool)
     seen_before = await repository.look(command)
-    await CommandReceiver(repository=repository, clock=FixedClock(now)).receive(
+    await CommandReceiver(repository=repository, clock=FakeClock(now)).receive(
         _newer(command, seconds=-30), event_type="command.created", correlation_id=None
     )
 
@@ -312,7 +300,7 @@ async def test_concurrent_versions_of_one_command_end_with_the_newest(pool: asyn
     device = await _add_battery(pool)
     first = _command(device, now=now)
     versions = [_newer(first, seconds=seconds) for seconds in range(20)]
-    receiver = CommandReceiver(repository=CommandRepository(pool), clock=FixedClock(now))
+    receiver = CommandReceiver(repository=CommandRepository(pool), clock=FakeClock(now))
 
     results = await asyncio.gather(
         *(receiver.receive(version, event_type="command.updated", correlation_id=None) for version in versions)
@@ -358,7 +346,7 @@ async def test_two_dispatchers_fire_every_due_timer_once(pool: asyncpg.Pool, bro
     devices = [await _add_battery(pool) for _ in range(30)]
     queue = await _action_queue(broker, devices)
     repository = CommandRepository(pool)
-    clock = FixedClock(now)
+    clock = FakeClock(now)
     receiver = CommandReceiver(repository=repository, clock=clock)
     commands = [_command(device, now=now, battery={"setpoint_w": 1000 + index}) for index, device in enumerate(devices)]
     for command in commands:
@@ -396,7 +384,7 @@ async def test_the_newest_command_wins_and_a_cancellation_returns_to_default_wit
     device = await _add_battery(pool)
     queue = await _action_queue(broker, [device])
     repository = CommandRepository(pool)
-    clock = FixedClock(now)
+    clock = FakeClock(now)
     receiver = CommandReceiver(repository=repository, clock=clock)
     dispatcher = Dispatcher(repository=repository, publisher=broker.publisher, clock=clock)
     older = _command(device, now=now, battery={"setpoint_w": 1000})
@@ -410,7 +398,7 @@ async def test_the_newest_command_wins_and_a_cancellation_returns_to_default_wit
     states = dict(await pool.fetch("SELECT command_id, state FROM scheduler.commands WHERE device_id = $1", device))
     assert states == {older.id: "scheduled", newer.id: "active"}
 
-    clock.current = now + timedelta(minutes=1)
+    clock.set(now + timedelta(minutes=1))
     await receiver.receive(_newer(newer, status="CANCELED"), event_type="command.updated", correlation_id=None)
     assert await dispatcher.fire_due() == 1
     [back] = await _drain(broker, queue)
@@ -424,7 +412,7 @@ async def test_outcomes_are_recorded_once_and_a_failure_fails_the_command(pool: 
     device = await _add_battery(pool)
     command = _command(device, now=now)
     repository = CommandRepository(pool)
-    await CommandReceiver(repository=repository, clock=FixedClock(now)).receive(
+    await CommandReceiver(repository=repository, clock=FakeClock(now)).receive(
         command, event_type="command.created", correlation_id=None
     )
     applied = DeviceOutcome(
@@ -465,7 +453,7 @@ async def test_one_pass_of_acks_records_deliveries_and_failures(pool: asyncpg.Po
     device = await _add_battery(pool)
     commands = [_command(device, now=now) for _ in range(4)]
     repository = CommandRepository(pool)
-    receiver = CommandReceiver(repository=repository, clock=FixedClock(now))
+    receiver = CommandReceiver(repository=repository, clock=FakeClock(now))
     async with UpstreamSimulator() as upstream, aiohttp.ClientSession() as session:
         for command in commands:
             upstream.add_command(command.model_dump(mode="json"), notify=False)
@@ -476,7 +464,7 @@ async def test_one_pass_of_acks_records_deliveries_and_failures(pool: asyncpg.Po
             session=session,
             upstream_url=upstream.url,
             path_template="/v1/commands/{id}",
-            clock=FixedClock(datetime.now(tz=UTC) + timedelta(seconds=1)),
+            clock=FakeClock(datetime.now(tz=UTC) + timedelta(seconds=1)),
         )
 
         assert await sender.deliver_due() == 4
@@ -503,7 +491,7 @@ async def test_a_path_prefix_of_the_upstream_url_is_kept(pool: asyncpg.Pool) -> 
     now = _now()
     device = await _add_battery(pool)
     command = _command(device, now=now)
-    await CommandReceiver(repository=CommandRepository(pool), clock=FixedClock(now)).receive(
+    await CommandReceiver(repository=CommandRepository(pool), clock=FakeClock(now)).receive(
         command, event_type="command.created", correlation_id=None
     )
     async with UpstreamSimulator() as upstream, aiohttp.ClientSession() as session:
@@ -513,7 +501,7 @@ async def test_a_path_prefix_of_the_upstream_url_is_kept(pool: asyncpg.Pool) -> 
             session=session,
             upstream_url=f"{upstream.url}/behind-a-proxy/",
             path_template="/v1/commands/{id}",
-            clock=FixedClock(datetime.now(tz=UTC) + timedelta(seconds=1)),
+            clock=FakeClock(datetime.now(tz=UTC) + timedelta(seconds=1)),
         )
 
         assert await sender.deliver_due() == 1
@@ -531,7 +519,7 @@ async def test_a_pass_whose_publish_fails_records_nothing_and_the_next_pass_fire
     device = await _add_battery(pool)
     queue = await _action_queue(broker, [device])
     repository = CommandRepository(pool)
-    clock = FixedClock(now)
+    clock = FakeClock(now)
     command = _command(device, now=now)
     await CommandReceiver(repository=repository, clock=clock).receive(
         command, event_type="command.created", correlation_id=None
@@ -556,13 +544,13 @@ async def test_a_pass_whose_publish_fails_records_nothing_and_the_next_pass_fire
 
 async def _cancel_running(
     pool: asyncpg.Pool, broker: Broker, *, revert_timeout_s: float = 60
-) -> tuple[Command, DeviceAction, FixedClock, UUID]:
+) -> tuple[Command, DeviceAction, FakeClock, UUID]:
     """A command started on its device, then cancelled and its stop dispatched; returns the stop's action."""
     now = _now()
     device = await _add_battery(pool)
     queue = await _action_queue(broker, [device])
     repository = CommandRepository(pool)
-    clock = FixedClock(now)
+    clock = FakeClock(now)
     receiver = CommandReceiver(repository=repository, clock=clock)
     dispatcher = Dispatcher(
         repository=repository, publisher=broker.publisher, clock=clock, revert_timeout_s=revert_timeout_s
@@ -571,7 +559,7 @@ async def _cancel_running(
     await receiver.receive(command, event_type="command.created", correlation_id=None)
     assert await dispatcher.fire_due() == 1
     await _drain(broker, queue)
-    clock.current = now + timedelta(minutes=1)
+    clock.set(now + timedelta(minutes=1))
     await receiver.receive(_newer(command, status="CANCELED"), event_type="command.canceled", correlation_id=None)
     assert await dispatcher.fire_due() == 1
     [stop] = await _drain(broker, queue)
@@ -587,7 +575,7 @@ async def _deliver_acks(pool: asyncpg.Pool, *, at: datetime, upstream: UpstreamS
             session=session,
             upstream_url=upstream.url,
             path_template="/v1/commands/{id}",
-            clock=FixedClock(at),
+            clock=FakeClock(at),
         )
         await sender.deliver_due()
     return [ack["device_status"] for ack in upstream.acks if ack["status_code"] == 200]
@@ -610,13 +598,13 @@ async def test_a_cancellation_is_acknowledged_once_the_agent_confirms_the_releas
             device_name=stop.device_name,
             applied=False,
             reason="device battery is offline: timed out",
-            observed_at=clock.current,
+            observed_at=clock.now(),
         )
         await repository.record_outcome(failed)
         assert await _deliver_acks(pool, at=later, upstream=upstream) == ["OK"]
 
         released = DeviceOutcome(
-            action_id=stop.action_id, device_name=stop.device_name, applied=True, observed_at=clock.current
+            action_id=stop.action_id, device_name=stop.device_name, applied=True, observed_at=clock.now()
         )
         await repository.record_outcome(released)
         assert await _deliver_acks(pool, at=later, upstream=upstream) == ["OK", "OK"]
@@ -632,7 +620,7 @@ async def test_a_cancellation_made_while_the_agent_was_away_is_acknowledged_once
     dispatcher = Dispatcher(repository=repository, publisher=broker.publisher, clock=clock)
     # The agent was down when the stop went out; back, it asks for the device's current action.
     answer = await dispatcher.resync(
-        DeviceResyncRequest(device_name=stop.device_name, reason="agent started", requested_at=clock.current)
+        DeviceResyncRequest(device_name=stop.device_name, reason="agent started", requested_at=clock.now())
     )
     async with UpstreamSimulator() as upstream:
         upstream.add_command(command.model_dump(mode="json"), notify=False)
@@ -640,7 +628,7 @@ async def test_a_cancellation_made_while_the_agent_was_away_is_acknowledged_once
         assert await _deliver_acks(pool, at=later, upstream=upstream) == ["OK"]
 
         written = DeviceOutcome(
-            action_id=answer.action_id, device_name=answer.device_name, applied=True, observed_at=clock.current
+            action_id=answer.action_id, device_name=answer.device_name, applied=True, observed_at=clock.now()
         )
         await repository.record_outcome(written)
 
@@ -653,7 +641,7 @@ async def test_without_a_confirmation_the_cancellation_is_acknowledged_once_the_
     pool: asyncpg.Pool, broker: Broker
 ) -> None:
     command, _, clock, _ = await _cancel_running(pool, broker, revert_timeout_s=20)
-    stop_sent_at = clock.current
+    stop_sent_at = clock.now()
     async with UpstreamSimulator() as upstream:
         upstream.add_command(command.model_dump(mode="json"), notify=False)
         assert await _deliver_acks(pool, at=datetime.now(tz=UTC) + timedelta(seconds=1), upstream=upstream) == ["OK"]
@@ -670,7 +658,7 @@ async def test_a_refused_version_of_a_running_command_leaves_the_device_without_
     device = await _add_battery(pool, max_power_kw=5)
     await _action_queue(broker, [device])
     repository = CommandRepository(pool)
-    clock = FixedClock(now)
+    clock = FakeClock(now)
     receiver = CommandReceiver(repository=repository, clock=clock)
     command = _command(device, now=now)
     await receiver.receive(command, event_type="command.created", correlation_id=None)
@@ -689,7 +677,7 @@ async def test_an_action_stays_valid_past_its_command_s_end_for_the_next_action_
     device = await _add_battery(pool)
     queue = await _action_queue(broker, [device])
     repository = CommandRepository(pool)
-    clock = FixedClock(now)
+    clock = FakeClock(now)
     receiver = CommandReceiver(repository=repository, clock=clock)
     dispatcher = Dispatcher(repository=repository, publisher=broker.publisher, clock=clock)
     first = _command(device, now=now, ends_at=(now + timedelta(minutes=10)).isoformat())
@@ -705,7 +693,7 @@ async def test_an_action_stays_valid_past_its_command_s_end_for_the_next_action_
 
     assert await dispatcher.fire_due() == 1
     [running] = await _drain(broker, queue)
-    clock.current = first.ends_at
+    clock.set(first.ends_at)
     assert await dispatcher.fire_due() == 2  # the first's end and the next one's start
 
     # The device's revert timer is written to run out with the action: it must not free the device before
@@ -725,7 +713,7 @@ async def test_a_resync_request_is_answered_with_the_device_s_current_action(
     device, idle = await _add_battery(pool), await _add_battery(pool)
     queue = await _action_queue(broker, [device, idle])
     repository = CommandRepository(pool)
-    clock = FixedClock(now)
+    clock = FakeClock(now)
     command = _command(device, now=now, battery={"setpoint_w": 2500})
     await CommandReceiver(repository=repository, clock=clock).receive(
         command, event_type="command.created", correlation_id="trace-resync"
@@ -733,16 +721,16 @@ async def test_a_resync_request_is_answered_with_the_device_s_current_action(
     dispatcher = Dispatcher(repository=repository, publisher=broker.publisher, clock=clock)
     assert await dispatcher.fire_due() == 1
     await _drain(broker, queue)
-    clock.current = now + timedelta(minutes=5)
-    request = DeviceResyncRequest(device_name=device, reason="agent started", requested_at=clock.current)
+    clock.set(now + timedelta(minutes=5))
+    request = DeviceResyncRequest(device_name=device, reason="agent started", requested_at=clock.now())
 
     answer = await dispatcher.resync(request)
-    await dispatcher.resync(DeviceResyncRequest(device_name=idle, requested_at=clock.current))
+    await dispatcher.resync(DeviceResyncRequest(device_name=idle, requested_at=clock.now()))
 
     actions = {action.device_name: action for action in await _drain(broker, queue)}
     assert actions[device] == answer
     assert (answer.command_id, answer.mode, answer.setpoint_w) == (command.id, "DISCHARGE", 2500)
-    assert answer.issued_at == clock.current and answer.valid_until == command.ends_at + planning.END_GRACE
+    assert answer.issued_at == clock.now() and answer.valid_until == command.ends_at + planning.END_GRACE
     assert (actions[idle].command_id, actions[idle].mode) == (None, "SELF_CONSUMPTION")
     # A redelivered request gets the same action id, so the agent and the outcomes can tell.
     assert (await dispatcher.resync(request)).action_id == answer.action_id

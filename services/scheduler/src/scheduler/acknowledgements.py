@@ -50,8 +50,7 @@ class AckSender:
         self._wake.set()
 
     async def run_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_count_at = loop.time()
+        next_count_at = self._clock.monotonic()
         while True:
             # As in the dispatcher: cleared before the pass, and another pass at once only after a full one.
             self._wake.clear()
@@ -59,9 +58,9 @@ class AckSender:
             try:
                 tried = await self.deliver_due()
                 # The backlog gauge is a count over the outbox: once a second is enough for a dashboard.
-                if loop.time() >= next_count_at:
+                if self._clock.monotonic() >= next_count_at:
                     ACKS_PENDING.set(await self._repository.pending_acks())
-                    next_count_at = loop.time() + _PENDING_COUNT_INTERVAL_S
+                    next_count_at = self._clock.monotonic() + _PENDING_COUNT_INTERVAL_S
             except (asyncpg.PostgresError, OSError) as error:
                 logger.warning("ack pass failed; will retry", extra={"error": repr(error)})
             if tried >= self._batch_size:

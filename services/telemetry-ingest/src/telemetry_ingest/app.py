@@ -8,6 +8,7 @@ import logging
 
 import httpx
 
+from gridloop_common.clock import Clock, SystemClock
 from gridloop_common.contracts import routing
 from gridloop_common.db import (
     apply_migrations,
@@ -50,11 +51,12 @@ async def migrate(settings: IngestSettings) -> None:
     logger.info("migrations done", extra={"applied": [f"{m.version:04d}_{m.name}" for m in applied]})
 
 
-async def reorder(settings: IngestSettings) -> None:
+async def reorder(settings: IngestSettings, *, clock: Clock | None = None) -> None:
     """Rewrite every closed day of readings in device order now (after a backfill, say), then return."""
     configure_logging(service=SERVICE, level=settings.observability.log_level)
-    async with open_pool(str(settings.database.database_url), min_size=1, max_size=2) as pool:
-        moved = await DayReorderer(pool=pool, after_s=settings.reorder_after_s).reorder_once()
+    clock = clock or SystemClock()
+    async with open_pool(str(settings.database.database_url), min_size=1, max_size=2, clock=clock) as pool:
+        moved = await DayReorderer(pool=pool, after_s=settings.reorder_after_s, clock=clock).reorder_once()
     logger.info("reordering done", extra={"rows": moved})
 
 
@@ -71,8 +73,9 @@ def realtime_limits(settings: IngestSettings) -> RealtimeLimits:
     )
 
 
-async def run(settings: IngestSettings) -> None:
-    """Run telemetry-ingest until cancelled (SIGTERM)."""
+async def run(settings: IngestSettings, *, clock: Clock | None = None) -> None:
+    """Run telemetry-ingest until cancelled (SIGTERM); ``clock`` is the time every part of it reads."""
+    clock = clock or SystemClock()
     configure_logging(service=SERVICE, level=settings.observability.log_level)
     health = Health(service=SERVICE)
     startup_timeout_s = settings.observability.startup_timeout_s
@@ -86,6 +89,7 @@ async def run(settings: IngestSettings) -> None:
                 max_size=settings.database.database_pool_max,
                 startup_timeout_s=startup_timeout_s,
                 application_name=SERVICE,
+                clock=clock,
             )
         )
         await apply_migrations(pool, owner=SERVICE, migrations=load_migrations("telemetry_ingest"))
@@ -93,11 +97,11 @@ async def run(settings: IngestSettings) -> None:
         async with pool.acquire() as connection:
             catalogue = await load_catalogue(connection)
         broker = await stack.enter_async_context(
-            open_broker(settings.consumer_amqp, client_name=SERVICE, startup_timeout_s=startup_timeout_s)
+            open_broker(settings.consumer_amqp, client_name=SERVICE, startup_timeout_s=startup_timeout_s, clock=clock)
         )
         health.add_check("broker", broker.ready)
         # Stale = no reading for three agent poll intervals (the agent's default interval is 5 s).
-        repository = ReadingsRepository(pool, poll_interval_s=5.0, stale_after_intervals=3)
+        repository = ReadingsRepository(pool, poll_interval_s=5.0, stale_after_intervals=3, clock=clock)
         hub = await stack.enter_async_context(RealtimeHub(database_url))
         health.add_check("realtime", hub.ready)
         application = routes.build_app(
@@ -106,15 +110,20 @@ async def run(settings: IngestSettings) -> None:
             settings=settings,
             health=health,
             extra_routes=[
-                device_status_route(repository, authenticator=Authenticator(settings.jwt_secret.get_secret_value())),
-                realtime_route(hub, settings.jwt_secret.get_secret_value(), limits=realtime_limits(settings)),
+                device_status_route(
+                    repository, authenticator=Authenticator(settings.jwt_secret.get_secret_value(), clock=clock)
+                ),
+                realtime_route(
+                    hub, settings.jwt_secret.get_secret_value(), limits=realtime_limits(settings), clock=clock
+                ),
             ],
+            clock=clock,
         )
         await stack.enter_async_context(
             serve_http(application, host=settings.ingest_host, port=settings.ingest_port, settings=settings.http)
         )
         tasks = await stack.enter_async_context(asyncio.TaskGroup())
-        partition_task = tasks.create_task(PartitionKeeper(pool=pool).run_forever(), name="partitions")
+        partition_task = tasks.create_task(PartitionKeeper(pool=pool, clock=clock).run_forever(), name="partitions")
         stack.callback(partition_task.cancel)
         rollup_task = tasks.create_task(
             RollupRefresher(pool=pool, settle_s=settings.rollup_settle_s).run_forever(), name="rollups"
@@ -122,7 +131,7 @@ async def run(settings: IngestSettings) -> None:
         stack.callback(rollup_task.cancel)
         if settings.reorder:
             reorderer = DayReorderer(
-                pool=pool, after_s=settings.reorder_after_s, interval_s=settings.reorder_interval_s
+                pool=pool, after_s=settings.reorder_after_s, interval_s=settings.reorder_interval_s, clock=clock
             )
             reorder_task = tasks.create_task(reorderer.run_forever(), name="reorder")
             stack.callback(reorder_task.cancel)
@@ -141,6 +150,7 @@ async def run(settings: IngestSettings) -> None:
                 interval_s=settings.telemetry_upload_interval_s,
                 batch_size=settings.telemetry_upload_batch_size,
                 max_batches=settings.telemetry_upload_max_batches,
+                clock=clock,
             )
             upload_task = tasks.create_task(uploader.run_forever(), name="telemetry-upload")
             stack.callback(upload_task.cancel)
@@ -153,6 +163,7 @@ async def run(settings: IngestSettings) -> None:
                     repository,
                     broker.publisher,
                     writer=GroupCommitter(repository.insert_records, max_rows=settings.ingest_batch_size),
+                    clock=clock,
                 ),
                 drain_timeout_s=settings.observability.shutdown_timeout_s,
             )

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 import jwt
 
+from gridloop_common.clock import Clock, SystemClock
 from telemetry_ingest.postgrest import PostgrestError
 
 __all__ = [
@@ -82,11 +82,9 @@ def _is_number(value: object) -> bool:
 class Authenticator:
     """Validates API keys exactly as PostgREST validates JWTs, with Supabase's key-required gateway rule."""
 
-    def __init__(
-        self, secret: str, *, clock: Callable[[], float] = time.time, verified_kept: int = VERIFIED_TOKENS_KEPT
-    ) -> None:
+    def __init__(self, secret: str, *, clock: Clock | None = None, verified_kept: int = VERIFIED_TOKENS_KEPT) -> None:
         self._secret = secret
-        self._clock = clock
+        self._clock: Clock = clock or SystemClock()
         self._verified_kept = verified_kept
         # token -> its claims (read-only: every identity of the token shares them), least recently used first
         self._verified: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
@@ -171,7 +169,7 @@ class Authenticator:
         return claims
 
     def _check_time_claims(self, claims: Mapping[str, Any]) -> None:
-        now = self._clock()
+        now = self._clock.now().timestamp()
         for name in ("exp", "nbf", "iat"):
             if name in claims and not _is_number(claims[name]):
                 raise _invalid(f"The JWT '{name}' claim must be a number", code="PGRST303")
@@ -208,9 +206,12 @@ class Authenticator:
         return str(role)
 
 
-def issue_key(secret: str, role: str, *, lifetime_seconds: float | None = None, **claims: Any) -> str:
+def issue_key(
+    secret: str, role: str, *, lifetime_seconds: float | None = None, clock: Clock | None = None, **claims: Any
+) -> str:
     """An API key for ``role`` signed with ``secret``, as `gridloop keys` and the tests mint them."""
-    payload: dict[str, Any] = {"role": role, "iss": "gridloop", "iat": int(time.time()), **claims}
+    issued_at = (clock or SystemClock()).now().timestamp()
+    payload: dict[str, Any] = {"role": role, "iss": "gridloop", "iat": int(issued_at), **claims}
     if lifetime_seconds is not None:
-        payload["exp"] = int(time.time() + lifetime_seconds)
+        payload["exp"] = int(issued_at + lifetime_seconds)
     return jwt.encode(payload, secret, algorithm=ALGORITHM)

@@ -6,7 +6,7 @@ import json
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
 
 import asyncpg
@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gridloop_common.clock import Clock, SystemClock
 from gridloop_common.contracts import routing
 from gridloop_common.messaging import (
     DEAD_LETTER_REASON_HEADER,
@@ -62,6 +63,7 @@ def readings_handler(
     *,
     queue_name: str = routing.Queues.INGEST_READINGS,
     writer: GroupCommitter[ReadingKind, ReadingRecord] | None = None,
+    clock: Clock | None = None,
 ) -> Callable[[Delivery], Awaitable[None]]:
     """Handle one batch message (a JSON list of readings, kind from the routing key).
 
@@ -74,6 +76,7 @@ def readings_handler(
     the readings of concurrently handled messages share transactions.
     """
     group_writer = writer or GroupCommitter(repository.insert_records)
+    clock = clock or SystemClock()
 
     async def handle(delivery: Delivery) -> None:
         kind = _KINDS.get(delivery.routing_key)
@@ -119,14 +122,14 @@ def readings_handler(
                 valid.append(model_record(reading))
         await group_writer.write(kind, valid)
         for index, item, reason in rejected:
-            await _dead_letter(publisher, queue_name, delivery, index, item, reason)
+            await _dead_letter(publisher, queue_name, delivery, index, item, reason, at=clock.now())
         logger.debug("readings stored", extra={"kind": str(kind), "valid": len(valid), "rejected": len(rejected)})
 
     return handle
 
 
 async def _dead_letter(
-    publisher: Publisher, queue_name: str, delivery: Delivery, index: int, item: Any, reason: str
+    publisher: Publisher, queue_name: str, delivery: Delivery, index: int, item: Any, reason: str, *, at: datetime
 ) -> None:
     # Deterministic per (message, position): a redelivered batch's rejects carry the same ids.
     message_id = f"{delivery.message_id}:{index}" if delivery.message_id else None
@@ -142,7 +145,7 @@ async def _dead_letter(
                 "x-gridloop-original-routing-key": delivery.routing_key,
                 "x-gridloop-original-message-id": delivery.message_id or "",
                 "x-gridloop-batch-index": index,
-                "x-gridloop-dead-lettered-at": datetime.now(tz=UTC).isoformat(),
+                "x-gridloop-dead-lettered-at": at.isoformat(),
             },
         )
     except PublishError as error:

@@ -10,13 +10,13 @@ plus 10% of the partition), so where autovacuum got there first this finds nothi
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Callable
 
 import asyncpg
 from prometheus_client import Counter
+
+from gridloop_common.clock import Clock, SystemClock
 
 __all__ = ["ANALYZED", "PartitionKeeper"]
 
@@ -52,7 +52,7 @@ class PartitionKeeper:
         analyze_interval_s: float = 60.0,
         analyze_threshold_rows: int = 50,
         analyze_scale_factor: float = 0.1,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
     ) -> None:
         if interval_s <= 0 or analyze_interval_s <= 0 or analyze_threshold_rows < 0 or analyze_scale_factor < 0:
             raise ValueError("intervals must be positive, the analyze threshold and scale factor not negative")
@@ -62,7 +62,7 @@ class PartitionKeeper:
         self._analyze_interval_s = analyze_interval_s
         self._analyze_threshold_rows = analyze_threshold_rows
         self._analyze_scale_factor = analyze_scale_factor
-        self._clock = clock
+        self._clock: Clock = clock or SystemClock()
 
     async def ensure(self) -> int:
         """Create what is missing; returns how many partitions were created."""
@@ -92,13 +92,13 @@ class PartitionKeeper:
         return names
 
     async def run_forever(self) -> None:
-        next_ensure = self._clock()
+        next_ensure = self._clock.monotonic()
         while True:
             try:
-                if self._clock() >= next_ensure:
+                if self._clock.monotonic() >= next_ensure:
                     await self.ensure()
-                    next_ensure = self._clock() + self._interval_s
+                    next_ensure = self._clock.monotonic() + self._interval_s
                 await self.analyze_changed()
             except (asyncpg.PostgresError, OSError) as error:
                 logger.warning("partition upkeep failed; will retry", extra={"error": repr(error)})
-            await asyncio.sleep(self._analyze_interval_s)
+            await self._clock.sleep(self._analyze_interval_s)

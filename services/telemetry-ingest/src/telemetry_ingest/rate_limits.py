@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from jwt.exceptions import DecodeError
 from jwt.utils import base64url_decode
 
+from gridloop_common.clock import Clock, SystemClock
 from telemetry_ingest.auth import Identity
 from telemetry_ingest.postgrest import PostgrestError
 
@@ -114,26 +114,26 @@ class RateLimiter:
     it, ``-Reset`` the Unix time at which the bucket is full again: all three describe the one bucket, so
     Remaining never exceeds Limit (the seed's example shows the per-minute rate as the limit, but then a full
     bucket's Remaining, the burst, was above it). Time comes from
-    ``clock`` (Unix seconds), so tests control it. Not shared between replicas: each replica limits on
-    its own, so N replicas admit up to N times the rate.
+    ``clock``'s wall clock (Reset is a Unix time), so tests control it. Not shared between replicas: each
+    replica limits on its own, so N replicas admit up to N times the rate.
     """
 
     def __init__(
         self,
         tiers: Mapping[str, Tier] = TIERS,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Clock | None = None,
         max_buckets: int = 100_000,
     ) -> None:
         self._tiers = dict(tiers)
-        self._clock = clock
+        self._clock: Clock = clock or SystemClock()
         self._max_buckets = max_buckets
         self._buckets: dict[tuple[str, str], _Bucket] = {}
 
     def take(self, tier_name: str, key: str) -> Decision:
         """Spend one token of ``key``'s bucket in ``tier_name`` if it has one; never blocks."""
         tier = self._tiers[tier_name]
-        now = self._clock()
+        now = self._clock.now().timestamp()
         bucket = self._buckets.get((tier_name, key))
         if bucket is None:
             self._prune(now)

@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Final
 
 import asyncpg
 from prometheus_client import Counter, Gauge
+
+from gridloop_common.clock import Clock, SystemClock
 
 __all__ = ["READINGS_TABLES", "DayReorderer"]
 
@@ -47,7 +48,7 @@ class DayReorderer:
         pool: asyncpg.Pool,
         after_s: float = 3600.0,
         interval_s: float = 900.0,
-        clock: Callable[[], float] = time.time,
+        clock: Clock | None = None,
         day_timeout_s: float = 3600.0,
     ) -> None:
         if after_s < 0 or interval_s <= 0 or day_timeout_s <= 0:
@@ -57,11 +58,11 @@ class DayReorderer:
         self._pool = pool
         self._after_s = after_s
         self._interval_s = interval_s
-        self._clock = clock
+        self._clock: Clock = clock or SystemClock()
 
     def last_closed_day(self) -> date:
         """The newest UTC day that ended at least ``after_s`` ago."""
-        settled = datetime.fromtimestamp(self._clock() - self._after_s, tz=UTC)
+        settled = datetime.fromtimestamp(self._clock.now().timestamp() - self._after_s, tz=UTC)
         return settled.date() - timedelta(days=1)
 
     async def pending_days(self, table: str) -> list[date]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,6 +13,7 @@ from uuid import UUID
 import asyncpg
 from prometheus_client import Gauge
 
+from gridloop_common.clock import Clock, SystemClock
 from gridloop_common.contracts import BessReading, MeterReading
 
 __all__ = [
@@ -130,13 +130,13 @@ class ReadingsRepository:
         *,
         poll_interval_s: float = 5.0,
         stale_after_intervals: float = 3.0,
-        clock: Callable[[], float] = time.time,
+        clock: Clock | None = None,
     ) -> None:
         if poll_interval_s <= 0 or stale_after_intervals <= 0:
             raise ValueError("poll_interval_s and stale_after_intervals must be positive")
         self._pool = pool
         self.stale_after_s = poll_interval_s * stale_after_intervals
-        self._clock = clock
+        self._clock: Clock = clock or SystemClock()
         # Newest reading time per device seen by this replica; the database is asked as well, since
         # other replicas consume the same queue. Keyed by the id's canonical text (see _note_records).
         self._last_reading: dict[str, float] = {}
@@ -228,7 +228,7 @@ class ReadingsRepository:
             WHERE registry.active
             """
         )
-        now = self._clock()
+        now = self._clock.now().timestamp()
         names: dict[UUID, str | None] = {UUID(key): None for key in self._last_reading}
         latest: dict[UUID, float] = {UUID(key): moment for key, moment in self._last_reading.items()}
         for row in rows:

@@ -18,6 +18,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from gridloop_common.clock import Clock
 from gridloop_common.observability import Health, health_routes
 from telemetry_ingest.auth import AuthenticationError, Authenticator, Identity
 from telemetry_ingest.connection_share import ConnectionsBusy, ConnectionShare, client_key
@@ -478,7 +479,7 @@ def build_app(
     settings: IngestSettings,
     health: Health,
     extra_routes: Sequence[BaseRoute] = (),
-    clock: Callable[[], float] = time.time,
+    clock: Clock | None = None,
     rate_limiter: RateLimiter | None = None,
     max_rows: int | None = DEFAULT_MAX_ROWS,
     rpc_functions: Collection[str] = RPC_FUNCTIONS,
@@ -486,7 +487,7 @@ def build_app(
     """The API app: `/rest/v1/{table}`, `/rest/v1/rpc/{function}`, `/rest/v1/` (OpenAPI), health, extras.
 
     ``pool`` is an asyncpg pool whose login role is a member of anon/authenticated/service_role (migration
-    0003 grants that); ``clock`` (Unix seconds) drives token expiry and the rate limiter's buckets.
+    0003 grants that); ``clock`` drives token expiry and the rate limiter's buckets.
     """
     exposed = dataclasses.replace(
         catalogue, functions={name: function for name, function in catalogue.functions.items() if name in rpc_functions}

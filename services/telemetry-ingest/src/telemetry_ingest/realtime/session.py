@@ -7,7 +7,6 @@ import base64
 import binascii
 import contextlib
 import logging
-import time
 from collections import Counter as Tally
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from prometheus_client import Counter, Gauge
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
+from gridloop_common.clock import Clock, SystemClock
 from telemetry_ingest.auth import AuthenticationError, Authenticator, Identity
 from telemetry_ingest.realtime.filters import FilterError, parse_filter, parse_select
 from telemetry_ingest.realtime.hub import Binding, RealtimeHub, RealtimeUnavailable, RowChange
@@ -206,8 +206,10 @@ class _Session:
         identity: Identity,
         vsn: str,
         limits: RealtimeLimits,
+        clock: Clock,
     ) -> None:
         self._websocket = websocket
+        self._clock = clock
         self._hub = hub
         self._authenticator = authenticator
         self._identity = identity
@@ -217,7 +219,7 @@ class _Session:
         self._outbox: asyncio.Queue[Frame | None] = asyncio.Queue(maxsize=OUTBOX_LIMIT)
         self._overflowed = False
         self._joins = JoinRate(
-            per_second=limits.joins_per_second, burst=limits.channels_per_socket, now=time.monotonic()
+            per_second=limits.joins_per_second, burst=limits.channels_per_socket, now=clock.monotonic()
         )
 
     def send(self, frame: Frame) -> None:
@@ -314,7 +316,7 @@ class _Session:
     async def _join(self, frame: Frame) -> None:
         topic, payload, join_ref = frame.topic, frame.payload, frame.join_ref or frame.ref
         limits = self._limits
-        if not self._joins.take(time.monotonic()):
+        if not self._joins.take(self._clock.monotonic()):
             self._refuse(
                 frame,
                 "join_rate",
@@ -427,7 +429,7 @@ class _Session:
         """Close the channel when the token it was joined (or last refreshed) with expires, as Supabase does."""
         self._stop_expiry(channel)
         channel.claims = identity.claims
-        delay = expiry_delay(identity.claims, time.time())
+        delay = expiry_delay(identity.claims, self._clock.now().timestamp())
         if delay is not None:
             # Looked at again at least daily: a far-off exp must not overflow the loop's timer.
             channel.expiry = asyncio.get_running_loop().call_later(
@@ -443,7 +445,7 @@ class _Session:
     def _expire(self, channel: _Channel) -> None:
         if self._channels.get(channel.topic) is not channel:
             return
-        delay = expiry_delay(channel.claims, time.time())
+        delay = expiry_delay(channel.claims, self._clock.now().timestamp())
         if delay is not None and delay > 0:
             channel.expiry = asyncio.get_running_loop().call_later(
                 min(delay, EXPIRY_CHECK_MAX_S), self._expire, channel
@@ -493,13 +495,15 @@ def realtime_route(
     *,
     path: str = "/realtime/v1/websocket",
     limits: RealtimeLimits | None = None,
+    clock: Clock | None = None,
 ) -> WebSocketRoute:
     """The Supabase Realtime websocket endpoint; the ``apikey`` query parameter must be a valid API key.
 
     ``vsn`` picks the serializer (1.0.0 when absent, as Phoenix does); another version is closed at once with
     1008 and the reason, a connection past a per-key or per-address limit with 1013 (try again later).
     """
-    authenticator = Authenticator(jwt_secret)
+    clock = clock or SystemClock()
+    authenticator = Authenticator(jwt_secret, clock=clock)
     limits = limits or RealtimeLimits()
     connections = _Connections(limits)
 
@@ -530,7 +534,13 @@ def realtime_route(
             CONNECTED_CLIENTS.inc()
             try:
                 session = _Session(
-                    websocket=websocket, hub=hub, authenticator=authenticator, identity=identity, vsn=vsn, limits=limits
+                    websocket=websocket,
+                    hub=hub,
+                    authenticator=authenticator,
+                    identity=identity,
+                    vsn=vsn,
+                    limits=limits,
+                    clock=clock,
                 )
                 await session.run()
             finally:
