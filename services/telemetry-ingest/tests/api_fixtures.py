@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -24,7 +25,10 @@ OWNER = "telemetry-ingest"
 
 
 class ControlledClock:
-    """Unix time that follows the real clock plus an offset the test can move forward."""
+    """A ``Clock`` that follows the real clock plus an offset the test can move forward.
+
+    The server runs on its own thread and loop, so sleeping is real; calling it gives the Unix time.
+    """
 
     def __init__(self) -> None:
         self.offset = 0.0
@@ -44,6 +48,15 @@ class ControlledClock:
 
     def advance(self, seconds: float) -> None:
         self.offset += seconds
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self(), tz=UTC)
+
+    def monotonic(self) -> float:
+        return self()  # never steps back: advance() only moves forward and unfreeze() keeps the reading
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
 
 def key(role: str, **claims: Any) -> str:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
 import pytest
 
+from gridloop_common.testing import FakeClock
 from telemetry_ingest.auth import AuthenticationError, Authenticator, Identity, issue_key
 from telemetry_ingest.rate_limits import TIERS, RateLimiter, Tier, bucket_key, rate_limited
 
@@ -15,7 +17,7 @@ NOW = 1_800_000_000.0
 
 
 def authenticator() -> Authenticator:
-    return Authenticator(SECRET, clock=lambda: NOW)
+    return Authenticator(SECRET, clock=clock_at_now())
 
 
 def token(claims: dict[str, object], secret: str = SECRET) -> str:
@@ -93,12 +95,8 @@ def test_issued_keys_carry_their_role_and_the_apikey_parameter_counts() -> None:
     assert Authenticator(SECRET).authenticate({"apikey": issue_key(SECRET, "anon")}).anonymous
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> float:
-        return self.now
+def clock_at_now() -> FakeClock:
+    return FakeClock(datetime.fromtimestamp(NOW, tz=UTC))
 
 
 @pytest.fixture(name="decoded")
@@ -116,7 +114,7 @@ def decoded_fixture(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def test_a_verified_token_is_not_verified_again_but_its_time_claims_are_checked_every_time(decoded: list[str]) -> None:
-    clock = Clock()
+    clock = clock_at_now()
     keys = Authenticator(SECRET, clock=clock)
     key = token({"role": "authenticated", "exp": NOW + 60})
     first = keys.authenticate({"apikey": key, "Authorization": f"Bearer {key}"})
@@ -125,7 +123,7 @@ def test_a_verified_token_is_not_verified_again_but_its_time_claims_are_checked_
     assert decoded == [key]  # one signature check for three uses
     assert (first.role, second.role) == ("authenticated", "authenticated")
     assert dict(second.claims) == {"role": "authenticated", "exp": NOW + 60}
-    clock.now = NOW + 91  # past exp and the 30 s skew
+    clock.advance(91)  # past exp and the 30 s skew
     with pytest.raises(AuthenticationError) as refused:
         keys.identify(key)
     assert (refused.value.code, refused.value.message) == ("PGRST303", "JWT expired")
@@ -146,7 +144,7 @@ def test_a_refused_token_is_not_remembered_and_a_forged_one_is_not_taken_for_a_v
 
 
 def test_remembered_tokens_are_bounded_least_recently_used_first(decoded: list[str]) -> None:
-    keys = Authenticator(SECRET, clock=lambda: NOW, verified_kept=2)
+    keys = Authenticator(SECRET, clock=clock_at_now(), verified_kept=2)
     first, second, third = (token({"role": "anon", "jti": str(number)}) for number in range(3))
     keys.identify(first)
     keys.identify(second)
@@ -167,7 +165,7 @@ def test_the_seed_tiers() -> None:
 
 
 def test_burst_then_refusal_then_refill_at_the_tier_rate() -> None:
-    clock = Clock()
+    clock = clock_at_now()
     limiter = RateLimiter(clock=clock)
     decisions = [limiter.take("anon", "address:10.0.0.1") for _ in range(100)]
     assert all(decision.allowed for decision in decisions)
@@ -180,47 +178,47 @@ def test_burst_then_refusal_then_refill_at_the_tier_rate() -> None:
     refused = limiter.take("anon", "address:10.0.0.1")
     assert (refused.allowed, refused.retry_after, refused.headers()["Retry-After"]) == (False, 1, "1")
     assert limiter.take("anon", "address:10.0.0.2").allowed  # another address, another bucket
-    clock.now += 0.5
+    clock.advance(0.5)
     assert limiter.take("anon", "address:10.0.0.1").retry_after == 1
-    clock.now += 0.5
+    clock.advance(0.5)
     assert limiter.take("anon", "address:10.0.0.1").allowed
-    clock.now += 30  # 30 s at 60/min: 30 requests
+    clock.advance(30)  # 30 s at 60/min: 30 requests
     assert sum(limiter.take("anon", "address:10.0.0.1").allowed for _ in range(40)) == 30
 
 
 def test_service_role_allows_its_burst_and_refills_at_1000_per_minute() -> None:
-    clock = Clock()
+    clock = clock_at_now()
     limiter = RateLimiter(clock=clock)
     assert sum(limiter.take("service_role", "key:a").allowed for _ in range(2100)) == 2000
-    clock.now += 6  # 1000/min: 100 in 6 s
+    clock.advance(6)  # 1000/min: 100 in 6 s
     assert sum(limiter.take("service_role", "key:a").allowed for _ in range(150)) == 100
 
 
 def test_a_clock_stepping_back_does_not_drain_or_fill() -> None:
-    clock = Clock()
+    clock = clock_at_now()
     limiter = RateLimiter(clock=clock)
     limiter.take("authenticated", "key:b")
-    clock.now -= 1000
+    clock.set(clock.now() - timedelta(seconds=1000))
     decision = limiter.take("authenticated", "key:b")
     assert (decision.allowed, decision.remaining) == (True, 498)
 
 
 def test_buckets_stay_bounded() -> None:
-    clock = Clock()
+    clock = clock_at_now()
     limiter = RateLimiter(clock=clock, max_buckets=10)
     for address in range(50):
         limiter.take("anon", f"address:{address}")
-        clock.now += 0.01
+        clock.advance(0.01)
     assert len(limiter._buckets) <= 10
 
 
 @pytest.mark.parametrize("tier", sorted(TIERS))
 def test_remaining_never_exceeds_limit(tier: str) -> None:
     # Probe finding L3: the limit was the per-minute rate while remaining counted the burst's tokens.
-    clock = Clock()
+    clock = clock_at_now()
     limiter = RateLimiter(clock=clock)
     decisions = [limiter.take(tier, "key:a") for _ in range(TIERS[tier].burst + 1)]
-    clock.now += 3600
+    clock.advance(3600)
     decisions.append(limiter.take(tier, "key:a"))
     assert all(decision.remaining <= decision.limit for decision in decisions)
     assert (decisions[0].limit, decisions[0].remaining) == (TIERS[tier].burst, TIERS[tier].burst - 1)

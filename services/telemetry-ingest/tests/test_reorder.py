@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from gridloop_common.testing import FakeClock
 from telemetry_ingest.realtime import NOTIFY_CHANNEL
 from telemetry_ingest.reorder import DayReorderer
 from telemetry_ingest.repository import ReadingKind, ReadingsRepository, table_columns
@@ -20,10 +21,6 @@ from telemetry_ingest.rollups import RollupRefresher
 pytestmark = pytest.mark.connected
 
 _MEASURES = len(table_columns(ReadingKind.METER)) - 2
-
-
-def _at(moment: datetime) -> float:
-    return moment.timestamp()
 
 
 async def _store_interleaved_day(pool: asyncpg.Pool, day: date, devices: list[uuid.UUID]) -> None:
@@ -154,11 +151,11 @@ async def test_only_closed_days_with_readings_are_pending(pool: asyncpg.Pool) ->
     await _store_interleaved_day(pool, day, devices)
     end_of_day = datetime(2026, 6, 4, tzinfo=UTC)
 
-    not_yet = DayReorderer(pool=pool, after_s=3600, clock=lambda: _at(end_of_day + timedelta(minutes=59)))
+    not_yet = DayReorderer(pool=pool, after_s=3600, clock=FakeClock(end_of_day + timedelta(minutes=59)))
     assert not_yet.last_closed_day() == date(2026, 6, 2)
     assert day not in await not_yet.pending_days("mg_meter_readings")
 
-    closed = DayReorderer(pool=pool, after_s=3600, clock=lambda: _at(end_of_day + timedelta(minutes=61)))
+    closed = DayReorderer(pool=pool, after_s=3600, clock=FakeClock(end_of_day + timedelta(minutes=61)))
     pending = await closed.pending_days("mg_meter_readings")
     assert day in pending
     assert date(2026, 6, 2) not in pending  # no readings that day (the session database has none then)
@@ -177,7 +174,7 @@ async def test_a_pass_reorders_every_pending_day_of_both_tables_and_vacuums(pool
     await ReadingsRepository(pool).insert_records(
         ReadingKind.BESS, [(start + timedelta(hours=hour), device, 50.0, 1.0, None, None) for hour in range(24)]
     )
-    reorderer = DayReorderer(pool=pool, after_s=0, clock=lambda: _at(datetime(2026, 6, 21, 0, 1, tzinfo=UTC)))
+    reorderer = DayReorderer(pool=pool, after_s=0, clock=FakeClock(datetime(2026, 6, 21, 0, 1, tzinfo=UTC)))
 
     moved = await reorderer.reorder_once()
 
