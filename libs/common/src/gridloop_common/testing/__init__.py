@@ -1,6 +1,6 @@
 """Fakes shipped with the shared library for every service's tests."""
 
-from gridloop_common.testing.clock import FakeClock
+from gridloop_common.testing.clock import FakeClock, FakeTimeEventLoop
 from gridloop_common.testing.proxy import TcpProxy
 
-__all__ = ["FakeClock", "TcpProxy"]
+__all__ = ["FakeClock", "FakeTimeEventLoop", "TcpProxy"]

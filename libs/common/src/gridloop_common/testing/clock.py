@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-__all__ = ["FakeClock"]
+__all__ = ["FakeClock", "FakeTimeEventLoop"]
 
 
 class FakeClock:
@@ -52,3 +52,20 @@ class FakeClock:
         if moment.tzinfo is None:
             raise ValueError("FakeClock needs a timezone-aware moment")
         self._now = moment.astimezone(UTC)
+
+
+class FakeTimeEventLoop(asyncio.SelectorEventLoop):
+    """An event loop whose own clock is a ``FakeClock``'s monotonic reading.
+
+    For code that waits on the loop's timers (``loop.call_at``, ``asyncio.timeout_at``, ``asyncio.sleep``),
+    which a ``FakeClock`` handed to it cannot wake: on this loop those timers fire when the test advances the
+    clock, and only then, while sockets still work in real time. Waits that nothing advances never end, so a
+    test drives every wait it starts. Run it with ``asyncio.Runner(loop_factory=lambda: FakeTimeEventLoop(clock))``.
+    """
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def time(self) -> float:
+        return self.clock.monotonic()
