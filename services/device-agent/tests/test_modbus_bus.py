@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -19,6 +18,7 @@ from device_agent.modbus import (
     RequestRejected,
     ResponseTimeout,
 )
+from gridloop_common.testing import FakeClock, run_on_fake_time
 from gridloop_simulators.battery import BatterySimulator
 
 
@@ -127,17 +127,26 @@ async def test_modbus_exceptions_become_request_rejected(simulator: BatterySimul
         assert await bus.read_holding_registers(address, 40000, 2) == [0x5375, 0x6E53]
 
 
-async def test_dead_device_fails_fast_and_then_backs_off() -> None:
+def test_dead_device_fails_fast_and_then_backs_off() -> None:
+    # On an event loop whose time stands still until the test moves it, a request that fails has failed
+    # without waiting for any timeout (the connect timeout would never run out); the bus's backoff reads
+    # the same clock, so it is shown exactly.
     address = DeviceAddress("127.0.0.1", _closed_port(), 1)
-    async with ModbusBus(timeout_s=2, backoff_initial_s=30) as bus:
-        started = time.monotonic()
-        with pytest.raises(DeviceUnavailable):
-            await bus.read_holding_registers(address, 40000, 2)
-        assert time.monotonic() - started < 1.0
-        started = time.monotonic()
-        with pytest.raises(DeviceUnavailable, match="next attempt"):
-            await bus.write_registers(address, 40000, [1])
-        assert time.monotonic() - started < 0.05
+
+    async def scenario(clock: FakeClock) -> None:
+        async with ModbusBus(timeout_s=2, backoff_initial_s=30, clock=clock) as bus:
+            with pytest.raises(DeviceUnavailable, match="connect"):
+                await bus.read_holding_registers(address, 40000, 2)
+            clock.advance(29.9)
+            with pytest.raises(DeviceUnavailable, match=r"next attempt in 0\.1 s"):
+                await bus.write_registers(address, 40000, [1])  # refused without a connection attempt
+            clock.advance(0.1)
+            with pytest.raises(DeviceUnavailable, match="connect"):
+                await bus.read_holding_registers(address, 40000, 2)  # tried again once the backoff is over
+            with pytest.raises(DeviceUnavailable, match=r"next attempt in 60\.0 s"):
+                await bus.read_holding_registers(address, 40000, 2)  # and the backoff doubled
+
+    run_on_fake_time(scenario)
 
 
 async def test_hung_device_times_out_without_delaying_another(
@@ -145,13 +154,11 @@ async def test_hung_device_times_out_without_delaying_another(
 ) -> None:
     hung = DeviceAddress("127.0.0.1", silent_endpoint, 1)
     healthy = DeviceAddress("127.0.0.1", simulator.port, 1)
-    async with ModbusBus(timeout_s=0.4) as bus:
+    async with ModbusBus(timeout_s=1.0) as bus:
         hung_read = asyncio.create_task(bus.read_holding_registers(hung, 40000, 2))
         await asyncio.sleep(0.05)  # the hung read is now waiting for its reply
-        started = time.monotonic()
         assert await bus.read_holding_registers(healthy, 40000, 2) == [0x5375, 0x6E53]
-        assert time.monotonic() - started < 0.2
-        assert not hung_read.done()
+        assert not hung_read.done()  # served while the hung read still waits: not queued behind it
         with pytest.raises(ResponseTimeout):
             await hung_read
         assert not bus.is_connected(hung)

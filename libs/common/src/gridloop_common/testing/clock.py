@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
-__all__ = ["FakeClock", "FakeTimeEventLoop"]
+T = TypeVar("T")
+
+__all__ = ["FakeClock", "FakeTimeEventLoop", "run_on_fake_time"]
 
 
 class FakeClock:
@@ -69,3 +73,14 @@ class FakeTimeEventLoop(asyncio.SelectorEventLoop):
 
     def time(self) -> float:
         return self.clock.monotonic()
+
+
+def run_on_fake_time(main: Callable[[FakeClock], Coroutine[Any, Any, T]], clock: FakeClock | None = None) -> T:
+    """Run ``main(clock)`` to the end on a ``FakeTimeEventLoop`` of ``clock`` (a new FakeClock by default).
+
+    What completes there completed without waiting for any of the loop's timers, unless the test moved the
+    clock: a wait that should not happen hangs instead, until pytest's timeout fails the test.
+    """
+    clock = clock or FakeClock()
+    with asyncio.Runner(loop_factory=lambda: FakeTimeEventLoop(clock)) as runner:
+        return runner.run(main(clock))
