@@ -48,7 +48,7 @@ def _node_command() -> list[str]:
 
 
 class NodeProcess:
-    """A node script's stdout, a line at a time; closing its stdin ends it."""
+    """A node script's stdout, a line at a time; its stdin takes JSON lines, and closing it ends the script."""
 
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self._process = process
@@ -67,6 +67,12 @@ class NodeProcess:
     async def json_line(self, *, timeout_s: float = 15.0) -> dict[str, Any]:
         parsed: dict[str, Any] = json.loads(await self.line(timeout_s=timeout_s))
         return parsed
+
+    async def send(self, message: object) -> None:
+        """One JSON line to the script's stdin."""
+        assert self._process.stdin is not None
+        self._process.stdin.write(json.dumps(message).encode() + b"\n")
+        await self._process.stdin.drain()
 
     async def close(self) -> None:
         if self._process.stdin is not None:
