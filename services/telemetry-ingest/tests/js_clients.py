@@ -30,7 +30,7 @@ def _install() -> None:
     if stamp.exists() and stamp.read_text() == digest:
         return
     npm = shutil.which("npm")
-    assert npm is not None, "npm is needed for the supabase-js realtime tests"
+    assert npm is not None, "npm is needed for the supabase-js tests"
     subprocess.run(
         [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=JS_DIRECTORY, check=True, timeout=300
     )
@@ -39,7 +39,7 @@ def _install() -> None:
 
 def _node_command() -> list[str]:
     node = shutil.which("node")
-    assert node is not None, "node is needed for the supabase-js realtime tests"
+    assert node is not None, "node is needed for the supabase-js tests"
     major = int(
         subprocess.run([node, "--version"], capture_output=True, text=True, check=True).stdout[1:].split(".")[0]
     )

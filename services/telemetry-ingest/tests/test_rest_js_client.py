@@ -370,6 +370,23 @@ async def test_a_broad_smoke_of_supabase_js_rest_calls(supabase: SupabaseJs, poo
         ("select", "name,active"),
     )
     assert ok(again, 201) == [{"name": device_row["name"], "active": False}]
+    # A bulk upsert whose rows name different columns (postgrest-js sends their union as `columns`), with
+    # defaultToNull off (Prefer: missing=default): a column a row leaves out takes its default, and a column no
+    # row names (active) is not touched in the row that was there.
+    bulk = await supabase.table(
+        SERVICE,
+        "mg_device_registry",
+        (
+            "upsert",
+            [{**device_row, "metadata": {"max_power_kw": 5}}, {**device_row, "name": f"{registry_site} second"}],
+            {"onConflict": "name", "defaultToNull": False},
+        ),
+        ("select", "name,active,metadata"),
+    )
+    assert sorted(ok(bulk, 201), key=lambda row: row["name"]) == [
+        {"name": f"{registry_site} second", "active": True, "metadata": None},
+        {"name": device_row["name"], "active": False, "metadata": {"max_power_kw": 5}},
+    ]
 
     # update / delete with filters; neither without one; neither with a key lacking the privilege.
     updated = await supabase.table(
