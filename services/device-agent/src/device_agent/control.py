@@ -39,7 +39,7 @@ _MAX_REVERT_S = 0xFFFF  # InOutWRte_RvrtTms is a uint16 of seconds
 
 
 class ControlMode(enum.StrEnum):
-    """What the battery should do (seed 002 modes; FOLLOW_LOAD is DISCHARGE with power_mode FOLLOW_LOAD)."""
+    """What the battery should do (docs/design.md §3 modes; FOLLOW_LOAD is DISCHARGE with power_mode FOLLOW_LOAD)."""
 
     CHARGE = "CHARGE"
     DISCHARGE = "DISCHARGE"
@@ -78,7 +78,7 @@ class DeviceLimits:
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> DeviceLimits:
-        """Read `max_power_kw`, `capacity_kwh` (DESIGN section 4) and `backup_reserve_percentage`.
+        """Read `max_power_kw`, `capacity_kwh` (docs/design.md §4) and `backup_reserve_percentage`.
 
         Missing or invalid values are None.
         """

@@ -30,7 +30,7 @@ OFFLINE_AFTER = timedelta(minutes=5)
 REPORT_LEAD = timedelta(seconds=30)
 # Some programmes need 30 days of history before enrolment; nothing older is sent.
 BACKFILL = timedelta(days=30)
-# A point the upstream keeps answering FAILED is given up after this many sends (the origin's "bad apple").
+# A point the upstream keeps answering FAILED is given up after this many sends (the upstream's "bad apple").
 MAX_ITEM_ATTEMPTS = 5
 MAX_BACKOFF_INTERVALS = 10
 MAX_RETRY_AFTER_S = 900.0
@@ -452,7 +452,7 @@ def _reading_point(device: _Device, row: Mapping[str, Any], *, attempts: int) ->
     previous_time: datetime | None = row["previous_time"]
     start = previous_time if previous_time is not None else time  # no recent predecessor: an instant
     duration_s = (time - start).total_seconds()
-    # Flux power is kW, positive charging (DESIGN section 5); the upstream wants W split by direction.
+    # Flux power is kW, positive charging (docs/design.md §5); the upstream wants W split by direction.
     held_w = (row["previous_power"] if previous_time is not None else 0.0) * 1000.0
     power_w = float(row["target_power"]) * 1000.0
     soe = float(row["soe"])
@@ -484,7 +484,7 @@ def _reading_point(device: _Device, row: Mapping[str, Any], *, attempts: int) ->
 
 
 def _offline_body(device: _Device, start: datetime, end: datetime) -> dict[str, Any]:
-    """The origin's offline point: last_is_online false and every nullable attribute null."""
+    """The upstream's offline point (docs/design.md §5): last_is_online false and every nullable attribute null."""
     return {
         "start_time": _iso(start),
         "duration_s": (end - start).total_seconds(),

@@ -1,4 +1,4 @@
-"""Flux telemetry rows (seed 001): schema ``flux`` tables and the 5m/30m meter aggregate RPC rows.
+"""Flux telemetry rows (docs/design.md §5): schema ``flux`` tables and the 5m/30m meter aggregate RPC rows.
 
 Units and signs: power in kW, energy in kWh, ``soe`` in percent (0-100). Positive power flows into
 the device or site from the grid (battery charging, site importing); negative is discharging or
@@ -56,14 +56,14 @@ class MarketDataTypeId(enum.IntEnum):
 
 
 class DeviceType(enum.StrEnum):
-    """The values of ``mg_device_registry.type`` (DESIGN section 4), the one list every service reads.
+    """The values of ``mg_device_registry.type`` (docs/design.md §4), the one list every service reads.
 
     telemetry-ingest's migration 0016 holds the same list in a CHECK constraint, so a registration with
     any other spelling (``battery``, ``storage``, ``BESS``) is refused instead of being driven by one
     service and ignored by another.
     """
 
-    BESS = "bess"  # a battery; seed 000 calls it electric_storage
+    BESS = "bess"  # a battery; the Grid Services API calls it electric_storage
     METER = "meter"
     SPACE_HEATING = "space_heating"
     WATER_HEATER = "water_heater"
