@@ -121,10 +121,13 @@ async def test_a_row_written_behind_the_contract_fails_its_commands_naming_the_f
         "SELECT device_status, device_status_reason FROM scheduler.ack_outbox WHERE command_id = $1", command.id
     )
     assert [row["device_status"] for row in acks] == ["FAILED"]
-    assert f"device {device!r} has invalid registry metadata: metadata.max_power_kw: " in acks[0]["device_status_reason"]
+    assert (
+        f"device {device!r} has invalid registry metadata: metadata.max_power_kw: " in acks[0]["device_status_reason"]
+    )
     assert await pool.fetchval("SELECT state FROM scheduler.commands WHERE command_id = $1", command.id) == "failed"
     assert _refusals_counted("metadata.max_power_kw") == counted_before + 1
     assert any(
-        record.getMessage() == "device registry metadata refused" and record.__dict__.get("field") == "metadata.max_power_kw"
+        record.getMessage() == "device registry metadata refused"
+        and record.__dict__.get("field") == "metadata.max_power_kw"
         for record in caplog.records
     )

@@ -62,7 +62,7 @@ EXAMPLES: list[tuple[str, str | None]] = [
     ('{"modbus": {"host": "h", "unit_id": true}}', "metadata.modbus.unit_id"),
     ('{"modbus": {"host": "h", "profile": 1}}', "metadata.modbus.profile"),
     ('{"modbus": {"host": "h", "port": 0}, "max_power_kw": 0}', "metadata.modbus.port"),  # the first, in order
-    ('[1, 2]', "metadata"),
+    ("[1, 2]", "metadata"),
     ('"text"', "metadata"),
 ]
 

@@ -99,4 +99,3 @@ class InvalidDeviceMetadata(ValueError):
     def reason(self) -> str:
         """What a person needs to fix it, for logs, outcomes and upstream acknowledgements."""
         return f"invalid registry metadata: {self}"
-
