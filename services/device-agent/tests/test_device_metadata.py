@@ -85,12 +85,6 @@ async def test_devices_with_a_bad_power_limit_are_not_driven_and_are_reported_na
     availability_queue = await _bound_queue(broker, routing.RoutingKeys.DEVICE_AVAILABILITY)
     outcome_queue = await _bound_queue(broker, routing.RoutingKeys.DEVICE_OUTCOME)
 
-    read = await load_devices(pool)
-    assert read is not None
-    assert {device.name for device in read.devices}.isdisjoint({zero, true})
-    refused = {device.name: device.field for device in read.unusable}
-    assert (refused[zero], refused[true]) == ("metadata.max_power_kw", "metadata.max_power_kw")
-
     async with ModbusBus(timeout_s=0.5) as bus:
         fleet = Fleet(
             pool=pool, bus=bus, publisher=broker.publisher, revert_timeout_s=60, refresh_interval_s=LONG_PERIOD_S
@@ -134,3 +128,9 @@ async def test_devices_with_a_bad_power_limit_are_not_driven_and_are_reported_na
     assert outcome.reason.startswith(
         f"device {zero!r} is not driven: invalid registry metadata: metadata.max_power_kw: "
     )
+
+    read = await load_devices(pool)
+    assert read is not None
+    assert {device.name for device in read.devices}.isdisjoint({zero, true})
+    refused = {device.name: device.field for device in read.unusable}
+    assert (refused[zero], refused[true]) == ("metadata.max_power_kw", "metadata.max_power_kw")
