@@ -34,7 +34,7 @@ def device_action_handler(fleet: Fleet, publisher: Publisher) -> Callable[[Deliv
     async def handle(action: DeviceAction, delivery: Delivery) -> None:
         await asyncio.wait_for(fleet.loaded.wait(), 30)
         controller = fleet.controller(action.device_name)
-        if controller is None:
+        if controller is None and fleet.unusable_reason(action.device_name) is None:
             # Registered a moment ago (the action overtook the registry's change notice)? Wait for it.
             wait_s = unknown_device_wait_s(action.valid_until, now=datetime.now(tz=UTC))
             logger.info(
@@ -47,7 +47,8 @@ def device_action_handler(fleet: Fleet, publisher: Publisher) -> Callable[[Deliv
                 command_id=action.command_id,
                 device_name=action.device_name,
                 applied=False,
-                reason=f"device {action.device_name!r} is not driven by this agent "
+                reason=fleet.unusable_reason(action.device_name)
+                or f"device {action.device_name!r} is not driven by this agent "
                 "(not an active battery with a modbus address in the registry)",
                 observed_at=datetime.now(tz=UTC),
             )

@@ -15,6 +15,7 @@ import httpx
 from prometheus_client import Counter
 
 from gridloop_common.clock import Clock, SystemClock
+from gridloop_common.contracts import DeviceMetadata, InvalidDeviceMetadata
 
 __all__ = ["TELEMETRY_PATH", "TelemetryUploader", "UploadError", "UploadReport", "next_report_due", "report_due"]
 
@@ -150,6 +151,7 @@ class _Device:
     name: str
     capacity_wh: float | None
     state_of_health_percentage: float
+    metadata_problem: str | None  # why the registry's metadata was refused (the DeviceMetadata contract)
     uploaded_until: datetime | None
     reported_until: datetime | None
     latest_reading: datetime | None
@@ -289,7 +291,12 @@ class TelemetryUploader:
             return []
         uploadable = [device for device in devices if device.capacity_wh is not None]
         for device in devices:
-            if device.capacity_wh is None:
+            if device.metadata_problem is not None:
+                logger.warning(
+                    "battery's registry metadata refused; its readings wait",
+                    extra={"device": device.name, "reason": device.metadata_problem},
+                )
+            elif device.capacity_wh is None:
                 # Without a capacity no online point is complete, and the upstream refuses incomplete ones.
                 logger.warning(
                     "battery has no capacity_kwh in its metadata; its readings wait", extra={"device": device.name}
@@ -429,16 +436,19 @@ def next_report_due(last_reports: Iterable[datetime | None]) -> datetime | None:
 
 
 def _device(row: Mapping[str, Any]) -> _Device:
-    metadata = row["metadata"] if isinstance(row["metadata"], dict) else {}
-    capacity_kwh = _positive_float(metadata.get("capacity_kwh"))
-    health = _positive_float(metadata.get("state_of_health_percentage"))
+    try:
+        metadata, problem = DeviceMetadata.from_registry(row["metadata"]), None
+    except InvalidDeviceMetadata as error:
+        metadata, problem = DeviceMetadata(), error.reason  # no capacity: its readings wait, reported
+    health = metadata.state_of_health_percentage
     return _Device(
         id=row["id"],
         name=row["name"],
-        capacity_wh=None if capacity_kwh is None else capacity_kwh * 1000.0,
+        capacity_wh=metadata.capacity_wh,
         # flux records no state of health and the upstream refuses a null one for an online point:
         # a registry value wins, otherwise the battery is reported as healthy.
-        state_of_health_percentage=health if health is not None and health <= 100 else 100.0,
+        state_of_health_percentage=health if health is not None else 100.0,
+        metadata_problem=problem,
         uploaded_until=row["uploaded_until"],
         reported_until=row["reported_until"],
         latest_reading=row["latest_reading"],
@@ -533,12 +543,6 @@ def _retry_after_s(value: str | None) -> float:
         return max(float(value), 0.0)
     except ValueError:
         return 0.0
-
-
-def _positive_float(value: object) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-        return float(value)
-    return None
 
 
 def _round(value: float) -> float:

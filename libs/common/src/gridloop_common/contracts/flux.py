@@ -11,6 +11,8 @@ from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from gridloop_common.contracts.device_metadata import DeviceMetadata
+
 __all__ = [
     "MARKET_DATA_TYPES",
     "BessReading",
@@ -77,6 +79,7 @@ class DeviceRegistryEntry(_FluxRow):
 
     ``metadata`` holds the device's limits and address, e.g. ``{"capacity_kwh": 13.5,
     "max_power_kw": 5, "modbus": {"host": "10.0.0.5", "port": 502, "unit_id": 1, "profile": "sunspec"}}``.
+    It must satisfy ``DeviceMetadata``; it is kept as written (extra keys and all), not re-serialised.
     ``id`` and ``created_at`` are assigned by the database, so they are absent on insert.
     """
 
@@ -87,6 +90,12 @@ class DeviceRegistryEntry(_FluxRow):
     metadata: dict[str, Any] | None = None
     active: bool = True
     created_at: AwareDatetime | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_contract(cls, metadata: dict[str, Any] | None) -> dict[str, Any] | None:
+        DeviceMetadata.from_registry(metadata)  # InvalidDeviceMetadata is a ValueError: pydantic reports it
+        return metadata
 
 
 class BessReading(_FluxRow):
