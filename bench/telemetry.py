@@ -20,7 +20,7 @@ rollups caught up (no touched period left). The rows are counted (count(*) over 
 once publishing is done and the queue has no ready message left (a passive declare, every 20 ms): counting
 200,000 rows costs the server ~20 ms, and polling it throughout competed with what is measured.
 gridloop-ingest runs with its default GRIDLOOP_ROLLUP_SETTLE_S (30 s): rollups are derived data,
-recomputed after the burst as in production (the origin's continuous aggregates were refreshed by a policy,
+recomputed after the burst as in production (Flux's continuous aggregates were refreshed by a policy,
 not by the insert). The next part starts only once they caught up, and PostgreSQL's CPU is reported
 both until the rows committed and until the rollups caught up. ``--rollup-settle-s 0`` makes the refresher
 work every second during the round instead, competing with ingest: the worst case for the ratio.

@@ -54,7 +54,7 @@ KUBERNETES_VERSION = "1.34.0"
 SECRET_NAME = "gridloop-secrets"
 PYTHON_IMAGE = "python:3.11-slim"
 UV_IMAGE = "ghcr.io/astral-sh/uv:"
-# DESIGN §6: on SIGTERM a service finishes or requeues its work and exits within 20 s.
+# docs/design.md §6: on SIGTERM a service finishes or requeues its work and exits within 20 s.
 SHUTDOWN_BUDGET_S = 20
 # Services that run two replicas in production; the device agent must stay the only writer to its devices.
 PROD_REPLICATED = {"webhook-gateway", "scheduler", "telemetry-ingest"}

@@ -18,6 +18,7 @@ from device_agent.control import (
     plan_writes,
     reserve_for,
 )
+from gridloop_common.contracts import DeviceMetadata, InvalidDeviceMetadata
 
 NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
 LIMITS = ControlLimits(
@@ -165,9 +166,13 @@ def test_follow_load_setpoint_never_exports() -> None:
 
 
 def test_device_limits_from_registry_metadata() -> None:
-    limits = DeviceLimits.from_metadata({"capacity_kwh": 13.5, "max_power_kw": 5, "modbus": {}})
+    metadata = DeviceMetadata.from_registry({"capacity_kwh": 13.5, "max_power_kw": 5, "modbus": {"host": "h"}})
+    limits = DeviceLimits.from_metadata(metadata)
     assert (limits.max_power_w, limits.capacity_wh) == (5000, 13500)
-    assert DeviceLimits.from_metadata({"max_power_kw": "five"}) == DeviceLimits()
+    assert DeviceLimits.from_metadata(DeviceMetadata.from_registry({})) == DeviceLimits()
+    # An invalid limit is refused by the contract (the device is reported, not driven), never read as "none".
+    with pytest.raises(InvalidDeviceMetadata, match=r"^metadata\.max_power_kw: "):
+        DeviceMetadata.from_registry({"max_power_kw": "five"})
 
 
 def test_a_command_reserve_records_what_the_device_held_and_the_release_writes_it_back() -> None:
@@ -196,6 +201,8 @@ def test_the_registry_default_is_what_a_release_writes_back_even_after_a_restart
 
 
 def test_the_registry_default_reserve_is_read_from_the_metadata() -> None:
-    assert DeviceLimits.from_metadata({"backup_reserve_percentage": 20}).default_reserve_pct == 20.0
+    metadata = DeviceMetadata.from_registry({"backup_reserve_percentage": 20})
+    assert DeviceLimits.from_metadata(metadata).default_reserve_pct == 20.0
     for invalid in (120, -1, "20", True, float("nan")):
-        assert DeviceLimits.from_metadata({"backup_reserve_percentage": invalid}).default_reserve_pct is None
+        with pytest.raises(InvalidDeviceMetadata, match=r"^metadata\.backup_reserve_percentage: "):
+            DeviceMetadata.from_registry({"backup_reserve_percentage": invalid})

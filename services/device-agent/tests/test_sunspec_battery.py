@@ -18,6 +18,7 @@ from device_agent.modbus import (
     RequestRejected,
 )
 from device_agent.profiles.sunspec import METER_WYE, discover, read_model
+from gridloop_common.contracts import DeviceMetadata
 from gridloop_common.testing import FakeClock, run_on_fake_time
 from gridloop_simulators.battery import BatterySimulator
 from gridloop_simulators.meter import MeterSimulator
@@ -129,7 +130,7 @@ async def test_setpoints_beyond_the_limits_are_clamped(bus: ModbusBus, simulator
     simulator.step(1)
     assert simulator.applied_power_w == pytest.approx(-MAX_POWER_W)
 
-    registry = DeviceLimits.from_metadata({"max_power_kw": 4})
+    registry = DeviceLimits.from_metadata(DeviceMetadata(max_power_kw=4))
     plan = await battery.apply(ControlIntent(ControlMode.CHARGE, setpoint_w=4500), registry)
     assert [clamp.applied for clamp in plan.clamps] == [4000]
     simulator.step(1)

@@ -1,7 +1,7 @@
 """The lifecycle's writes against the real database (and, for dispatch, the real broker).
 
 Receiving a version, firing timers, recording outcomes and acknowledgement attempts are each a fixed number
-of statements; these tests check that what those statements leave behind is the lifecycle of DESIGN §3.
+of statements; these tests check that what those statements leave behind is the lifecycle of docs/design.md §3.
 """
 
 from __future__ import annotations

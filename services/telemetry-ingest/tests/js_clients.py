@@ -30,7 +30,7 @@ def _install() -> None:
     if stamp.exists() and stamp.read_text() == digest:
         return
     npm = shutil.which("npm")
-    assert npm is not None, "npm is needed for the supabase-js realtime tests"
+    assert npm is not None, "npm is needed for the supabase-js tests"
     subprocess.run(
         [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=JS_DIRECTORY, check=True, timeout=300
     )
@@ -39,7 +39,7 @@ def _install() -> None:
 
 def _node_command() -> list[str]:
     node = shutil.which("node")
-    assert node is not None, "node is needed for the supabase-js realtime tests"
+    assert node is not None, "node is needed for the supabase-js tests"
     major = int(
         subprocess.run([node, "--version"], capture_output=True, text=True, check=True).stdout[1:].split(".")[0]
     )
@@ -48,7 +48,7 @@ def _node_command() -> list[str]:
 
 
 class NodeProcess:
-    """A node script's stdout, a line at a time; closing its stdin ends it."""
+    """A node script's stdout, a line at a time; its stdin takes JSON lines, and closing it ends the script."""
 
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self._process = process
@@ -67,6 +67,12 @@ class NodeProcess:
     async def json_line(self, *, timeout_s: float = 15.0) -> dict[str, Any]:
         parsed: dict[str, Any] = json.loads(await self.line(timeout_s=timeout_s))
         return parsed
+
+    async def send(self, message: object) -> None:
+        """One JSON line to the script's stdin."""
+        assert self._process.stdin is not None
+        self._process.stdin.write(json.dumps(message).encode() + b"\n")
+        await self._process.stdin.drain()
 
     async def close(self) -> None:
         if self._process.stdin is not None:

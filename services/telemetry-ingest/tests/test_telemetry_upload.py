@@ -339,3 +339,33 @@ async def test_the_simulator_checks_points_as_the_origin_documents(
     recorded = (await upstream_client.get("/_sim/telemetry")).json()
     assert [upload["status_code"] for upload in recorded] == [200, 422, 400]
     assert upstream.accepted_telemetry == [online]
+
+
+async def test_a_battery_whose_metadata_the_contract_refuses_is_reported_and_its_readings_wait(
+    upload_pool: asyncpg.Pool,
+    upstream: UpstreamSimulator,
+    uploader: TelemetryUploader,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with upload_pool.acquire() as connection, connection.transaction():
+        # Written past telemetry-ingest's contract trigger (migration 0019), as a row older than it is.
+        await connection.execute("SET LOCAL session_replication_role = replica")
+        refused = await connection.fetchval(
+            "INSERT INTO flux.mg_device_registry (name, type, site, metadata) VALUES ($1, 'bess', 'TEST', $2)"
+            " RETURNING id",
+            "battery-unhealthy",
+            {"capacity_kwh": 10, "state_of_health_percentage": 150},
+        )
+    healthy = await register_battery(upload_pool, "battery-healthy", capacity_kwh=10.0)
+    for device_id in (refused, healthy):
+        await insert_readings(upload_pool, device_id, [(_at(60), 50.0, 1.0), (_at(0), 51.0, 1.0)])
+
+    report = await uploader.upload_once(NOW)
+
+    assert report.accepted == 2
+    assert {point["device_id"] for point in upstream.accepted_telemetry} == {"battery-healthy"}  # not 100 % guessed
+    assert [
+        record.__dict__["reason"]
+        for record in caplog.records
+        if record.getMessage() == "battery's registry metadata refused; its readings wait"
+    ] == ["invalid registry metadata: metadata.state_of_health_percentage: Input should be less than or equal to 100"]

@@ -1,4 +1,8 @@
-"""The raw ASGI webhook route answers exactly as the Starlette route did, and concurrent deliveries all land."""
+"""The gateway's fast paths agree with their reference paths (docs/architecture.md, "Fast paths").
+
+The raw ASGI webhook route answers exactly as the Starlette route did, ``fast_path.parse_envelope`` accepts
+exactly what ``load_document`` then ``forwarding.parse_event`` accept, and concurrent deliveries all land.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +17,7 @@ from starlette.responses import JSONResponse
 
 from gridloop_common.contracts import UpstreamEvent
 from gridloop_common.contracts.documents import MAX_DEPTH, load_document, may_hold_refused_values
-from webhook_gateway import forwarding
-from webhook_gateway.routes import _parse_fast
+from webhook_gateway import fast_path, forwarding
 
 from .conftest import Gateway
 from .test_webhooks import command, envelope, signed_headers
@@ -89,7 +92,7 @@ def _bodies() -> list[bytes]:
         json.dumps({**good, "event_object": {**good["event_object"], "duration_s": "1800"}}).encode(),
         json.dumps({**good, "event_object": {**good["event_object"], "is_preparatory_action": "true"}}).encode(),
         json.dumps({**good, "timestamp": 1767225600}).encode(),
-        # many brackets, shallow: the fast path declines, the original path accepts
+        # many brackets, shallow: the fast path declines, the reference path accepts
         json.dumps({**good, "event_object": {**good["event_object"], "note": [[]] * 100}}).encode(),
         # refused anywhere in the body, also where the schema ignores a field (jsonb cannot store them)
         b'{"event_type": "event.x", "event_object": {"v": NaN}, "timestamp": "' + good["timestamp"].encode() + b'"}',
@@ -102,7 +105,7 @@ def _bodies() -> list[bytes]:
         json.dumps({**good, "event_object": {**good["event_object"], "note": _nested(MAX_DEPTH)}}).encode(),
         json.dumps({**good, "event_object": {**good["event_object"], "note": 10**1200}}).encode(),
         json.dumps({**good, "event_type": "event." + "é" * 249}).encode(),
-        # not valid: the fast path declines and the original path decides
+        # not valid: the fast path declines and the reference path decides
         envelope(command(setpoint_w=-5)),
         envelope({"anything": 1}, event_type="invoice.paid"),
         b"[1, 2]",
@@ -119,10 +122,10 @@ def _original(raw: bytes) -> Any:
 
 @pytest.mark.parametrize("raw", _bodies())
 def test_fast_validation_agrees_with_the_original_path(raw: bytes) -> None:
-    fast = _parse_fast(raw)
+    fast = fast_path.parse_envelope(raw)
     original = _original(raw)
     if fast is None:
-        # Declined only what the original path refuses too, or a body whose bytes might hold a refused value.
+        # Declined only what the reference path refuses too, or a body whose bytes might hold a refused value.
         assert not isinstance(original, UpstreamEvent) or may_hold_refused_values(raw)
     else:
         assert isinstance(original, UpstreamEvent)

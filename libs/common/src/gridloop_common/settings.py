@@ -123,7 +123,7 @@ class HttpServerSettings(BaseSettings):
 
 
 class UpstreamSettings(BaseSettings):
-    """The upstream aggregator's HTTP API (seed 002)."""
+    """The upstream aggregator's HTTP API (docs/design.md §3)."""
 
     model_config = SettingsConfigDict(env_prefix="GRIDLOOP_", extra="ignore")
 

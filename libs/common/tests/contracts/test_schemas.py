@@ -74,7 +74,7 @@ def test_breaking_change_is_detected() -> None:
     assert broken.model_json_schema() != snapshot
 
 
-# Seed documents' own examples (seed 001, seed-origins §3) must still validate against the contracts.
+# The Flux API documentation's own examples (docs/design.md §1, §5) must still validate against the contracts.
 SEED_EXAMPLES: list[tuple[type[BaseModel], dict[str, Any]]] = [
     (
         contracts.BessReading,

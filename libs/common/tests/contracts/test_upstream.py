@@ -1,4 +1,4 @@
-"""Parsing and rejecting seed-002-shaped upstream commands, envelopes and acknowledgements."""
+"""Parsing and rejecting upstream commands, envelopes and acknowledgements (docs/design.md §3)."""
 
 import json
 from datetime import UTC, datetime

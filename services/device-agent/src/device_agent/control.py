@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from device_agent.modbus.registers import encode, to_raw
 from device_agent.profiles.sunspec import (
@@ -17,6 +15,7 @@ from device_agent.profiles.sunspec import (
     STORAGE_CONTROL_CHARGE,
     STORAGE_CONTROL_DISCHARGE,
 )
+from gridloop_common.contracts import DeviceMetadata
 
 __all__ = [
     "Clamp",
@@ -39,7 +38,7 @@ _MAX_REVERT_S = 0xFFFF  # InOutWRte_RvrtTms is a uint16 of seconds
 
 
 class ControlMode(enum.StrEnum):
-    """What the battery should do (seed 002 modes; FOLLOW_LOAD is DISCHARGE with power_mode FOLLOW_LOAD)."""
+    """What the battery should do (docs/design.md §3 modes; FOLLOW_LOAD is DISCHARGE with power_mode FOLLOW_LOAD)."""
 
     CHARGE = "CHARGE"
     DISCHARGE = "DISCHARGE"
@@ -77,15 +76,16 @@ class DeviceLimits:
     default_reserve_pct: float | None = None
 
     @classmethod
-    def from_metadata(cls, metadata: Mapping[str, Any]) -> DeviceLimits:
-        """Read `max_power_kw`, `capacity_kwh` (DESIGN section 4) and `backup_reserve_percentage`.
+    def from_metadata(cls, metadata: DeviceMetadata) -> DeviceLimits:
+        """`max_power_kw`, `capacity_kwh` (docs/design.md §4) and `backup_reserve_percentage` of metadata the
+        contract accepted.
 
-        Missing or invalid values are None.
+        Absent values are None; invalid ones never get here (the registry read reports the device instead).
         """
         return cls(
-            max_power_w=_positive_kilo(metadata.get("max_power_kw")),
-            capacity_wh=_positive_kilo(metadata.get("capacity_kwh")),
-            default_reserve_pct=_percentage(metadata.get("backup_reserve_percentage")),
+            max_power_w=metadata.max_power_w,
+            capacity_wh=metadata.capacity_wh,
+            default_reserve_pct=metadata.backup_reserve_percentage,
         )
 
 
@@ -345,15 +345,3 @@ def _write(name: str, value: float, scale_factor: int) -> RegisterWrite:
 def _raw_write(name: str, raw: int, value: float) -> RegisterWrite:
     definition = STORAGE.point(name)
     return RegisterWrite(name, definition.offset, value, tuple(encode(definition.type, raw)))
-
-
-def _positive_kilo(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        return None
-    return float(value) * 1000.0
-
-
-def _percentage(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
-        return None
-    return float(value)

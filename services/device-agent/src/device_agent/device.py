@@ -54,7 +54,7 @@ class DeviceIdentity:
 
 @dataclass(frozen=True)
 class BatterySnapshot:
-    """One consistent read of the battery's state. Power is positive when charging (DESIGN section 5)."""
+    """One consistent read of the battery's state. Power is positive when charging (docs/design.md §5)."""
 
     soc_pct: float | None
     soh_pct: float | None

@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import UTC, datetime
 
 import asyncpg
+from prometheus_client import Gauge
 
 from device_agent.controller import BatteryController
 from device_agent.meter import SiteMeter
 from device_agent.modbus.bus import ModbusBus
-from device_agent.repository import RegisteredDevice, load_devices
+from device_agent.repository import RegisteredDevice, UnusableDevice, load_devices
 from gridloop_common.clock import Clock, SystemClock
-from gridloop_common.contracts import DeviceType
-from gridloop_common.messaging import Publisher
+from gridloop_common.contracts import DeviceAvailability, DeviceType, routing
+from gridloop_common.messaging import Publisher, PublishError
 
 __all__ = ["Fleet"]
 
@@ -23,6 +25,11 @@ logger = logging.getLogger(__name__)
 # While the registry table does not exist yet (telemetry-ingest has not migrated), look again soon: 0.5 s,
 # doubling up to the normal period, so an agent started first drives devices moments after the migration.
 REGISTRY_MISSING_FIRST_RETRY_S = 0.5
+DEVICES_INVALID_METADATA = Gauge(
+    "gridloop_agent_devices_invalid_metadata",
+    "Active registry devices not driven or polled because their metadata breaks the DeviceMetadata contract.",
+)
+
 # How often a wait for an unknown device re-reads the registry itself when no change notice wakes it.
 DEVICE_WAIT_RECHECK_S = 1.0
 
@@ -49,6 +56,7 @@ class Fleet:
         self._controllers: dict[str, BatteryController] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._known: dict[str, RegisteredDevice] = {}
+        self._unusable: dict[str, UnusableDevice] = {}
         self.loaded = asyncio.Event()
         self._registry_changed = asyncio.Event()
         # One reconciliation at a time: an older read applied after a newer one would retire new devices.
@@ -68,6 +76,11 @@ class Fleet:
         The telemetry poller reads its device list from here, so it follows the same registry refresh.
         """
         return list(self._known.values())
+
+    def unusable_reason(self, device_name: str) -> str | None:
+        """Why an active device is not driven (its metadata breaks the contract), or None."""
+        unusable = self._unusable.get(device_name)
+        return None if unusable is None else f"device {device_name!r} is not driven: {unusable.reason}"
 
     def registry_changed(self) -> None:
         """A change notice (LISTEN on the registry's channel): re-read the registry now, not at the period's end."""
@@ -97,10 +110,11 @@ class Fleet:
             await self._refresh_unlocked()
 
     async def _refresh_unlocked(self) -> None:
-        devices = await load_devices(self._pool)
-        if devices is None:
+        read = await load_devices(self._pool)
+        if read is None:
             logger.warning("device registry not found yet (telemetry-ingest has not migrated)")
             return
+        devices = read.devices
         by_name = {device.name: device for device in devices}
         for name in list(self._controllers):
             if by_name.get(name) != self._known.get(name):
@@ -124,7 +138,29 @@ class Fleet:
             self._tasks[device.name].add_done_callback(self._report_crash)
             logger.info("device picked up", extra={"device": device.name, "address": str(device.address)})
         self._known = by_name
+        await self._report_unusable(read.unusable)
         self.loaded.set()
+
+    async def _report_unusable(self, unusable: list[UnusableDevice]) -> None:
+        """Log and publish (as unavailable, with the reason) each device newly refused for its metadata."""
+        previous, self._unusable = self._unusable, {device.name: device for device in unusable}
+        DEVICES_INVALID_METADATA.set(len(unusable))
+        for device in unusable:
+            if previous.get(device.name) == device:
+                continue
+            logger.warning(
+                "device registry metadata refused; device not driven",
+                extra={"device": device.name, "field": device.field, "reason": device.reason},
+            )
+            report = DeviceAvailability(
+                device_name=device.name, online=False, reason=device.reason, observed_at=datetime.now(tz=UTC)
+            )
+            try:
+                await self._publisher.publish(
+                    exchange=routing.DEVICES_EXCHANGE, routing_key=routing.RoutingKeys.DEVICE_AVAILABILITY, body=report
+                )
+            except PublishError as error:
+                logger.warning("availability not published", extra={"device": device.name, "error": str(error)})
 
     async def _until_next_refresh(self) -> None:
         """Until a registry change is announced or the period is up (sooner while no registry was ever read)."""

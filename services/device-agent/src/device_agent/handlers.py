@@ -35,7 +35,7 @@ def device_action_handler(fleet: Fleet, publisher: Publisher, clock: Clock) -> C
     async def handle(action: DeviceAction, delivery: Delivery) -> None:
         await asyncio.wait_for(fleet.loaded.wait(), 30)
         controller = fleet.controller(action.device_name)
-        if controller is None:
+        if controller is None and fleet.unusable_reason(action.device_name) is None:
             # Registered a moment ago (the action overtook the registry's change notice)? Wait for it.
             wait_s = unknown_device_wait_s(action.valid_until, now=clock.now())
             logger.info(
@@ -48,7 +48,8 @@ def device_action_handler(fleet: Fleet, publisher: Publisher, clock: Clock) -> C
                 command_id=action.command_id,
                 device_name=action.device_name,
                 applied=False,
-                reason=f"device {action.device_name!r} is not driven by this agent "
+                reason=fleet.unusable_reason(action.device_name)
+                or f"device {action.device_name!r} is not driven by this agent "
                 "(not an active battery with a modbus address in the registry)",
                 observed_at=clock.now(),
             )

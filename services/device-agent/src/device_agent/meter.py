@@ -19,7 +19,7 @@ class SiteMeter:
         self._map: SunSpecMap | None = None
 
     async def site_power_w(self) -> float:
-        """Grid power at the site now: positive = importing (DESIGN §5)."""
+        """Grid power at the site now: positive = importing (docs/design.md §5)."""
         if self._map is None:
             self._map = await discover(self._bus, self.address, priority=Priority.CONTROL)
         location = self._map.find(METER_WYE.model_id) or self._map.find(DER_AC_MEASUREMENT.model_id)

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-from typing import Any
 from uuid import UUID
 
 import asyncpg
 
 from device_agent.control import DeviceLimits
 from device_agent.modbus.bus import DeviceAddress
+from gridloop_common.contracts import DeviceMetadata, InvalidDeviceMetadata
 
-__all__ = ["RegisteredDevice", "load_devices"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["RegisteredDevice", "RegistryRead", "UnusableDevice", "load_devices"]
 
 
 @dataclass(frozen=True)
@@ -30,43 +27,54 @@ class RegisteredDevice:
     ac_power_sign: int  # +1 when the AC model reports charging as positive
 
 
-def _address(name: str, metadata: dict[str, Any]) -> DeviceAddress | None:
-    modbus = metadata.get("modbus")
-    if not isinstance(modbus, dict) or not isinstance(modbus.get("host"), str):
-        return None
-    try:
-        return DeviceAddress(
-            host=modbus["host"], port=int(modbus.get("port", 502)), unit_id=int(modbus.get("unit_id", 1))
-        )
-    except (TypeError, ValueError):
-        logger.warning("device has an invalid modbus address; skipped", extra={"device": name})
-        return None
+@dataclass(frozen=True)
+class UnusableDevice:
+    """An active device whose metadata the DeviceMetadata contract refuses: not driven, not polled, reported."""
+
+    name: str
+    field: str  # e.g. metadata.max_power_kw
+    reason: str  # "invalid registry metadata: metadata.max_power_kw: Input should be greater than 0"
 
 
-async def load_devices(pool: asyncpg.Pool) -> list[RegisteredDevice] | None:
-    """Active devices with a Modbus address; None while the registry table does not exist yet."""
+@dataclass(frozen=True)
+class RegistryRead:
+    """One read of the registry: the devices to drive and poll, and those refused with the field to fix."""
+
+    devices: list[RegisteredDevice]
+    unusable: list[UnusableDevice]
+
+
+def _registered(row: asyncpg.Record, metadata: DeviceMetadata) -> RegisteredDevice | None:
+    if metadata.modbus is None:
+        return None  # not a Modbus device (e.g. a future OCPP charger): not this agent's to poll
+    return RegisteredDevice(
+        device_id=row["id"],
+        name=row["name"],
+        device_type=str(row["type"]),
+        address=DeviceAddress(host=metadata.modbus.host, port=metadata.modbus.port, unit_id=metadata.modbus.unit_id),
+        limits=DeviceLimits.from_metadata(metadata),
+        site_meter=metadata.site_meter,
+        ac_power_sign=metadata.ac_power_sign,
+    )
+
+
+async def load_devices(pool: asyncpg.Pool) -> RegistryRead | None:
+    """Active devices with a Modbus address, and those refused; None while the registry table does not exist yet."""
     try:
         rows = await pool.fetch(
             "SELECT id, name, type, metadata FROM flux.mg_device_registry WHERE active ORDER BY name"
         )
     except asyncpg.exceptions.UndefinedTableError:
         return None
-    devices = []
+    devices: list[RegisteredDevice] = []
+    unusable: list[UnusableDevice] = []
     for row in rows:
-        metadata = row["metadata"] if isinstance(row["metadata"], dict) else {}
-        address = _address(row["name"], metadata)
-        if address is None:
+        try:
+            metadata = DeviceMetadata.from_registry(row["metadata"])
+        except InvalidDeviceMetadata as error:
+            unusable.append(UnusableDevice(name=row["name"], field=error.field, reason=error.reason))
             continue
-        site_meter = metadata.get("site_meter")
-        devices.append(
-            RegisteredDevice(
-                device_id=row["id"],
-                name=row["name"],
-                device_type=str(row["type"]),
-                address=address,
-                limits=DeviceLimits.from_metadata(metadata),
-                site_meter=site_meter if isinstance(site_meter, str) else None,
-                ac_power_sign=-1 if metadata.get("ac_power_sign") == -1 else 1,
-            )
-        )
-    return devices
+        device = _registered(row, metadata)
+        if device is not None:
+            devices.append(device)
+    return RegistryRead(devices=devices, unusable=unusable)

@@ -93,10 +93,10 @@ def _commanded_power_w(snapshot: BatterySnapshot) -> float | None:
 def bess_reading(device: RegisteredDevice, snapshot: BatterySnapshot, cycle_time: datetime) -> BessReading:
     """Map a battery snapshot onto a flux BESS row.
 
-    target_power is the commanded power while the agent controls the battery (what the origin read
+    target_power is the commanded power while the agent controls the battery (what Flux's controller read
     from the PowerPack's target register) and the measured AC power once control is released, when
     the battery's own logic sets its power. command_source: SunSpec has no such register, so it says
-    whether an external dispatch holds the battery (AXLE_DISPATCH, the seed's "dispatched by an
+    whether an external dispatch holds the battery (AXLE_DISPATCH, Flux's documented "dispatched by an
     aggregator") or the battery follows its own default (MANUAL). SunSpec has no inverter-block count.
 
     Raises InvalidResponse when the battery does not report its state of charge.

@@ -10,7 +10,7 @@ import asyncpg
 from gridloop_common.clock import Clock
 from gridloop_common.contracts import Command, CommandStatus
 from scheduler import planning
-from scheduler.metrics import COMMANDS_RECEIVED, STALE_VERSIONS
+from scheduler.metrics import COMMANDS_RECEIVED, INVALID_DEVICE_METADATA, STALE_VERSIONS
 from scheduler.repository import CommandLook, CommandRepository, UpstreamRecord, VersionWrite
 
 __all__ = ["CommandReceiver"]
@@ -71,6 +71,13 @@ class CommandReceiver:
         seen = await self._repository.look(command, connection=connection, record=record)
         if seen.version_known:
             return "duplicate", None
+        if seen.device is not None and seen.device.metadata_problem is not None:
+            problem = seen.device.metadata_problem
+            INVALID_DEVICE_METADATA.labels(problem.field).inc()
+            logger.warning(
+                "device registry metadata refused",
+                extra={"device_id": command.device_id, "field": problem.field, "reason": problem.message},
+            )
         result, write = _decide(command, seen, event_type=event_type, now=self._clock.now())
         written = await self._repository.apply_version(
             command, write, seen=seen, event_type=event_type, correlation_id=correlation_id, connection=connection

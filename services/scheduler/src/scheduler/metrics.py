@@ -11,6 +11,7 @@ __all__ = [
     "ACK_LATENCY",
     "ACTIONS_DISPATCHED",
     "COMMANDS_RECEIVED",
+    "INVALID_DEVICE_METADATA",
     "STALE_VERSIONS",
 ]
 
@@ -19,6 +20,11 @@ STALE_VERSIONS = Counter("gridloop_scheduler_stale_versions_total", "Command ver
 ACTIONS_DISPATCHED = Counter("gridloop_scheduler_actions_dispatched_total", "Device actions published.", ["kind"])
 ACKS_DELIVERED = Counter("gridloop_scheduler_acks_delivered_total", "Acknowledgements accepted upstream.", ["status"])
 ACK_FAILURES = Counter("gridloop_scheduler_ack_failures_total", "Acknowledgement attempts that failed.", ["reason"])
+INVALID_DEVICE_METADATA = Counter(
+    "gridloop_scheduler_invalid_device_metadata_total",
+    "Command versions for a device whose registry metadata breaks the DeviceMetadata contract (refused), by field.",
+    ["field"],
+)
 ACKS_PENDING = Gauge("gridloop_scheduler_acks_pending", "Acknowledgements waiting in the outbox.")
 ACK_LATENCY = Histogram(
     "gridloop_scheduler_ack_seconds",

@@ -7,10 +7,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 from uuid import UUID
 
-from gridloop_common.contracts import BatteryMode, Command, CommandStatus, DeviceAction, DeviceType, PowerMode
+from gridloop_common.contracts import (
+    BatteryMode,
+    Command,
+    CommandStatus,
+    DeviceAction,
+    DeviceMetadata,
+    DeviceType,
+    InvalidDeviceMetadata,
+    PowerMode,
+)
 
 __all__ = [
     "ACK_BACKOFF_CAP_S",
@@ -57,6 +65,8 @@ class DeviceFacts:
     offline_reason: str | None
     observed_at: datetime | None
     has_site_meter: bool
+    # Set when the registry's metadata breaks the DeviceMetadata contract: the device is unusable, not guessed at.
+    metadata_problem: InvalidDeviceMetadata | None = None
 
     @classmethod
     def from_registry(
@@ -65,22 +75,26 @@ class DeviceFacts:
         name: str,
         device_type: str,
         active: bool,
-        metadata: dict[str, Any] | None,
+        metadata: object,
         online: bool | None,
         offline_reason: str | None,
         observed_at: datetime | None,
     ) -> DeviceFacts:
-        metadata = metadata or {}
-        max_power_kw = metadata.get("max_power_kw")
+        """The registry row read through the DeviceMetadata contract (``metadata`` as the database returned it)."""
+        try:
+            parsed, problem = DeviceMetadata.from_registry(metadata), None
+        except InvalidDeviceMetadata as error:
+            parsed, problem = DeviceMetadata(), error
         return cls(
             name=name,
             device_type=device_type,
             active=active,
-            max_power_w=float(max_power_kw) * 1000 if isinstance(max_power_kw, int | float) else None,
+            max_power_w=parsed.max_power_w,
             online=online,
             offline_reason=offline_reason,
             observed_at=observed_at,
-            has_site_meter=bool(metadata.get("site_meter")),
+            has_site_meter=parsed.site_meter is not None,
+            metadata_problem=problem,
         )
 
 
@@ -118,6 +132,8 @@ def decide(command: Command, device: DeviceFacts | None, *, now: datetime) -> De
         return Decision(False, f"unknown device {command.device_id!r}: no such name in the device registry")
     if not device.active:
         return Decision(False, f"device {device.name!r} is deactivated in the device registry")
+    if device.metadata_problem is not None:
+        return Decision(False, f"device {device.name!r} has {device.metadata_problem.reason}")
     if device.device_type != DeviceType.BESS:
         return Decision(
             False,

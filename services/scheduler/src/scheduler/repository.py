@@ -184,12 +184,11 @@ class CommandRepository:
         assert row is not None  # the VALUES anchor always gives one row
         device = None
         if row["name"] is not None:
-            metadata = row["metadata"]
             device = DeviceFacts.from_registry(
                 name=row["name"],
                 device_type=row["type"],
                 active=row["active"],
-                metadata=metadata if isinstance(metadata, dict) else None,
+                metadata=row["metadata"],
                 online=row["online"],
                 offline_reason=row["reason"],
                 observed_at=row["observed_at"],

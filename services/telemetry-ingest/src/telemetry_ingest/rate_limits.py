@@ -1,4 +1,4 @@
-"""Per-tier token buckets (seed 001: anon 60/min burst 100, authenticated 300/500, service_role 1000/2000)."""
+"""Per-tier token buckets (docs/design.md §5: anon 60/min burst 100, authenticated 300/500, service_role 1000/2000)."""
 
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ class RateLimiter:
 
     ``X-RateLimit-Limit`` is the bucket's capacity (the tier's burst), ``-Remaining`` the whole tokens left in
     it, ``-Reset`` the Unix time at which the bucket is full again: all three describe the one bucket, so
-    Remaining never exceeds Limit (the seed's example shows the per-minute rate as the limit, but then a full
+    Remaining never exceeds Limit (Flux's documented example shows the per-minute rate as the limit, but then a full
     bucket's Remaining, the burst, was above it). Time comes from
     ``clock``'s wall clock (Reset is a Unix time), so tests control it. Not shared between replicas: each
     replica limits on its own, so N replicas admit up to N times the rate.

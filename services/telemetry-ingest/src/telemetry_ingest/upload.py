@@ -15,6 +15,7 @@ import httpx
 from prometheus_client import Counter
 
 from gridloop_common.clock import Clock, SystemClock
+from gridloop_common.contracts import DeviceMetadata, InvalidDeviceMetadata
 
 __all__ = ["TELEMETRY_PATH", "TelemetryUploader", "UploadError", "UploadReport", "next_report_due", "report_due"]
 
@@ -30,7 +31,7 @@ OFFLINE_AFTER = timedelta(minutes=5)
 REPORT_LEAD = timedelta(seconds=30)
 # Some programmes need 30 days of history before enrolment; nothing older is sent.
 BACKFILL = timedelta(days=30)
-# A point the upstream keeps answering FAILED is given up after this many sends (the origin's "bad apple").
+# A point the upstream keeps answering FAILED is given up after this many sends (the upstream's "bad apple").
 MAX_ITEM_ATTEMPTS = 5
 MAX_BACKOFF_INTERVALS = 10
 MAX_RETRY_AFTER_S = 900.0
@@ -150,6 +151,7 @@ class _Device:
     name: str
     capacity_wh: float | None
     state_of_health_percentage: float
+    metadata_problem: str | None  # why the registry's metadata was refused (the DeviceMetadata contract)
     uploaded_until: datetime | None
     reported_until: datetime | None
     latest_reading: datetime | None
@@ -289,7 +291,12 @@ class TelemetryUploader:
             return []
         uploadable = [device for device in devices if device.capacity_wh is not None]
         for device in devices:
-            if device.capacity_wh is None:
+            if device.metadata_problem is not None:
+                logger.warning(
+                    "battery's registry metadata refused; its readings wait",
+                    extra={"device": device.name, "reason": device.metadata_problem},
+                )
+            elif device.capacity_wh is None:
                 # Without a capacity no online point is complete, and the upstream refuses incomplete ones.
                 logger.warning(
                     "battery has no capacity_kwh in its metadata; its readings wait", extra={"device": device.name}
@@ -429,16 +436,19 @@ def next_report_due(last_reports: Iterable[datetime | None]) -> datetime | None:
 
 
 def _device(row: Mapping[str, Any]) -> _Device:
-    metadata = row["metadata"] if isinstance(row["metadata"], dict) else {}
-    capacity_kwh = _positive_float(metadata.get("capacity_kwh"))
-    health = _positive_float(metadata.get("state_of_health_percentage"))
+    try:
+        metadata, problem = DeviceMetadata.from_registry(row["metadata"]), None
+    except InvalidDeviceMetadata as error:
+        metadata, problem = DeviceMetadata(), error.reason  # no capacity: its readings wait, reported
+    health = metadata.state_of_health_percentage
     return _Device(
         id=row["id"],
         name=row["name"],
-        capacity_wh=None if capacity_kwh is None else capacity_kwh * 1000.0,
+        capacity_wh=metadata.capacity_wh,
         # flux records no state of health and the upstream refuses a null one for an online point:
         # a registry value wins, otherwise the battery is reported as healthy.
-        state_of_health_percentage=health if health is not None and health <= 100 else 100.0,
+        state_of_health_percentage=health if health is not None else 100.0,
+        metadata_problem=problem,
         uploaded_until=row["uploaded_until"],
         reported_until=row["reported_until"],
         latest_reading=row["latest_reading"],
@@ -452,7 +462,7 @@ def _reading_point(device: _Device, row: Mapping[str, Any], *, attempts: int) ->
     previous_time: datetime | None = row["previous_time"]
     start = previous_time if previous_time is not None else time  # no recent predecessor: an instant
     duration_s = (time - start).total_seconds()
-    # Flux power is kW, positive charging (DESIGN section 5); the upstream wants W split by direction.
+    # Flux power is kW, positive charging (docs/design.md §5); the upstream wants W split by direction.
     held_w = (row["previous_power"] if previous_time is not None else 0.0) * 1000.0
     power_w = float(row["target_power"]) * 1000.0
     soe = float(row["soe"])
@@ -484,7 +494,7 @@ def _reading_point(device: _Device, row: Mapping[str, Any], *, attempts: int) ->
 
 
 def _offline_body(device: _Device, start: datetime, end: datetime) -> dict[str, Any]:
-    """The origin's offline point: last_is_online false and every nullable attribute null."""
+    """The upstream's offline point (docs/design.md §5): last_is_online false and every nullable attribute null."""
     return {
         "start_time": _iso(start),
         "duration_s": (end - start).total_seconds(),
@@ -533,12 +543,6 @@ def _retry_after_s(value: str | None) -> float:
         return max(float(value), 0.0)
     except ValueError:
         return 0.0
-
-
-def _positive_float(value: object) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-        return float(value)
-    return None
 
 
 def _round(value: float) -> float:

@@ -1,4 +1,4 @@
-// The realtime example of the project's API documentation (seed 001, "Real-time Subscriptions"), verbatim
+// The realtime example of the project's API documentation (Flux's API page, "Real-time Subscriptions"; docs/design.md §5), verbatim
 // between the markers; only `url` and `anonKey` come from the environment, and the lines after the example
 // report to the test when the channel has joined. supabase-js picks its own serializer (no `vsn` pinned).
 const url = process.env.GRIDLOOP_URL

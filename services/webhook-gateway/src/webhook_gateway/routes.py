@@ -4,7 +4,8 @@
 the hot path, and Starlette's routing, middleware, Request and Response layers cost about as much CPU
 as the webhook's own work. Everything else (health, metrics, 404s, 405 for other methods on
 /v1/webhooks) goes to Starlette. The answers are the same as before: same status codes, same JSON
-bodies, same headers (Content-Type, Content-Length, Retry-After on 503, X-Correlation-Id).
+bodies, same headers (Content-Type, Content-Length, Retry-After on 503, X-Correlation-Id). The envelope is
+validated by ``fast_path`` first; both are listed in docs/architecture.md, "Fast paths".
 """
 
 from __future__ import annotations
@@ -14,18 +15,16 @@ import time
 from random import getrandbits
 
 from prometheus_client import Counter, Histogram
-from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gridloop_common.clock import Clock, SystemClock
-from gridloop_common.contracts import UpstreamEvent
-from gridloop_common.contracts.documents import RefusedDocument, load_document, may_hold_refused_values
+from gridloop_common.contracts.documents import RefusedDocument, load_document
 from gridloop_common.messaging import Publisher, PublishError
 from gridloop_common.observability import Health, correlation_id, health_routes
-from webhook_gateway import forwarding, signatures
+from webhook_gateway import fast_path, forwarding, signatures
 from webhook_gateway.settings import GatewaySettings
 
 __all__ = ["WEBHOOK_PATH", "GatewayApp", "build_app"]
@@ -162,9 +161,9 @@ class WebhookEndpoint:
             )
         except signatures.SignatureError as error:
             return _error(error.http_status, error.code, str(error))
-        event = _parse_fast(raw)
+        event = fast_path.parse_envelope(raw)
         if event is None:
-            # Invalid or unusual: the original path gives the precise answer (400, 422, or ignored).
+            # Invalid or unusual: the reference path gives the precise answer (400, 422, or ignored).
             try:
                 payload = load_document(raw)
             except RefusedDocument as refused:
@@ -195,23 +194,6 @@ class WebhookEndpoint:
         if logger.isEnabledFor(logging.INFO):
             logger.info("webhook accepted", extra={"webhook_id": webhook_id, "event_type": event.event_type})
         return _Accepted(webhook_id)
-
-
-def _parse_fast(raw: bytes) -> UpstreamEvent | None:
-    """The envelope validated straight from the JSON bytes, or None when it is not a valid one.
-
-    Valid UTF-8 JSON gives the same event as ``load_document`` then ``forwarding.parse_event`` (duplicate
-    keys: the last wins in both); anything else, including every error case and any body that might hold
-    a value ``load_document`` refuses (pydantic reads NaN, \u0000 and 1e400 anywhere), is left to that path.
-    """
-    if may_hold_refused_values(raw):
-        return None
-    try:
-        event = UpstreamEvent.model_validate_json(raw)
-        event.command()
-    except ValidationError:
-        return None
-    return event
 
 
 class GatewayApp:

@@ -49,7 +49,7 @@ SIMULATORS: Final[tuple[ServiceProcess, ...]] = (
     ),
 )
 
-# The devices `gridloop up` registers for its simulators (DESIGN §4 metadata).
+# The devices `gridloop up` registers for its simulators (docs/design.md §4 metadata).
 SIMULATED_DEVICES: Final[tuple[tuple[str, str, dict[str, object]], ...]] = (
     (
         "battery-1",

@@ -74,7 +74,7 @@ class BatterySimulator(SimulatedSunSpecDevice):
       restarts a countdown of that many seconds; at zero the battery sets InWRte = OutWRte = 0 and
       StorCtl_Mod = 0 by itself, so a dead controller leaves it safe.
 
-    Signs follow gridloop (DESIGN section 5): 701 W and 802 W are positive while charging.
+    Signs follow gridloop (docs/design.md §5): 701 W and 802 W are positive while charging.
     """
 
     def __init__(

@@ -60,7 +60,7 @@ class MeterSimulator(SimulatedSunSpecDevice):
 
     It serves model 203 (wye-connected three-phase meter) rather than 701: 20x are SunSpec's meter
     models and what site meters expose, while 701 describes a DER's own output. W is positive when
-    the site imports (DESIGN section 5); phase values split the site power evenly over three phases.
+    the site imports (docs/design.md §5); phase values split the site power evenly over three phases.
 
     start_s_of_day sets the simulated clock (seconds after midnight UTC); None starts at the current
     UTC time of day. realtime=False leaves time entirely to `step()`.

@@ -1,4 +1,4 @@
-"""Upstream aggregator simulator (seed 002): holds commands, serves the API, records acks, sends webhooks."""
+"""Upstream aggregator simulator (docs/design.md §2-3): holds commands, serves the API, records acks, sends webhooks."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ COMMAND_FIELDS = frozenset(
         "updated_at",
     }
 )
-BATTERY_COMMAND_FIELDS = (  # in the seed's order, which is also the order they are served in
+BATTERY_COMMAND_FIELDS = (  # in the upstream's documented order, which is also the order they are served in
     "mode",
     "power_mode",
     "setpoint_w",
@@ -79,7 +79,7 @@ CANCEL_REASONS = {
     "OPT_OUT": "The site opted out; acknowledge the cancelation",
 }
 
-# POST /v1/telemetry/BATTERY, as the origin documents it (see docs/ and seed-origins.md section 2.3).
+# POST /v1/telemetry/BATTERY, as the upstream documents it (docs/design.md §5).
 TELEMETRY_MAX_POINTS = 1000
 TELEMETRY_NON_NEGATIVE_FIELDS = (  # W and Wh, each >= 0
     "battery_last_power_charge_w",
@@ -118,8 +118,8 @@ TELEMETRY_FIELDS = frozenset(
 TELEMETRY_REQUIRED_FIELDS = TELEMETRY_FIELDS - {"oem_raw_data", *TELEMETRY_DEPRECATED_FIELDS}
 
 SECRET_PREFIX = "whsec_"
-DEFAULT_RETRY_DELAYS_S = (1.0, 5.0, 30.0, 120.0)  # four re-deliveries, as the origin's older webhook page
-DEFAULT_DELIVERY_TIMEOUT_S = 5.0  # the origin's documented webhook timeout
+DEFAULT_RETRY_DELAYS_S = (1.0, 5.0, 30.0, 120.0)  # four re-deliveries, as the upstream's older webhook page
+DEFAULT_DELIVERY_TIMEOUT_S = 5.0  # the upstream's documented webhook timeout
 MAX_RETRY_AFTER_S = 300.0  # a receiver's Retry-After is honoured, but not beyond this
 
 
@@ -146,7 +146,7 @@ def _decode_secret(secret: str) -> bytes:
 
 
 def _iso(moment: datetime) -> str:
-    """The origin's timestamp style: UTC, milliseconds, ``Z``."""
+    """The upstream's timestamp style: UTC, milliseconds, ``Z``."""
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -364,8 +364,8 @@ class UpstreamSimulator:
         created_at/updated_at now, duration_s from the window). A replacement keeps created_at and gets
         an updated_at strictly after the previous one unless one is given, so receivers see a newer
         version. With ``notify`` a ``command.created`` or ``command.updated`` webhook is sent. Raises
-        ValueError for a field outside seed 002 or a value outside its enums; to send anything else,
-        use ``send_event``.
+        ValueError for a field outside the Command (docs/design.md §3) or a value outside its enums; to send
+        anything else, use ``send_event``.
         """
         now = self.clock()
         previous = self._commands.get(str(command.get("id", "")))
@@ -780,7 +780,7 @@ def _telemetry_body_problem(body: object) -> tuple[str | None, int]:
 
 
 def _telemetry_point_problem(point: object) -> str | None:
-    """Why one telemetry point is answered FAILED, or None; the origin's rules, field by field."""
+    """Why one telemetry point is answered FAILED, or None; the upstream's rules, field by field."""
     if not isinstance(point, dict):
         return "a point must be a JSON object"
     unknown = sorted(set(point) - TELEMETRY_FIELDS)
@@ -834,7 +834,7 @@ def _one_of(value: object, allowed: frozenset[str]) -> bool:
 
 
 def _normalise_command(command: Command, *, now: datetime, previous: Command | None) -> Command:
-    """A complete seed-002 Command from a partial one; ValueError for anything outside the seed."""
+    """A complete upstream Command from a partial one; ValueError for anything outside it (docs/design.md §3)."""
     unknown = sorted(set(command) - COMMAND_FIELDS)
     if unknown:
         raise ValueError(f"not Command fields: {', '.join(unknown)}")

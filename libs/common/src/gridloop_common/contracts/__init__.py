@@ -4,6 +4,7 @@ Routing names live in ``gridloop_common.contracts.routing`` and are imported fro
 """
 
 from gridloop_common.contracts.agent import DeviceAction, DeviceAvailability, DeviceOutcome, DeviceResyncRequest
+from gridloop_common.contracts.device_metadata import DeviceMetadata, InvalidDeviceMetadata, ModbusAddress
 from gridloop_common.contracts.flux import (
     MARKET_DATA_TYPES,
     BessReading,
@@ -57,6 +58,7 @@ __all__ = [
     "DayAheadCoordinationRequest",
     "DeviceAction",
     "DeviceAvailability",
+    "DeviceMetadata",
     "DeviceOutcome",
     "DeviceRegistryEntry",
     "DeviceResyncRequest",
@@ -66,6 +68,7 @@ __all__ = [
     "EventType",
     "FlatTariffRequest",
     "FlexibilityRequest",
+    "InvalidDeviceMetadata",
     "MarketData",
     "MarketDataType",
     "MarketDataTypeId",
@@ -73,6 +76,7 @@ __all__ = [
     "MeterReading",
     "MeterReading5m",
     "MeterReading30m",
+    "ModbusAddress",
     "MpcRequest",
     "OptimizationStatusRequest",
     "PaidControlRequest",

@@ -1,4 +1,4 @@
-"""Flux telemetry rows (seed 001): schema ``flux`` tables and the 5m/30m meter aggregate RPC rows.
+"""Flux telemetry rows (docs/design.md §5): schema ``flux`` tables and the 5m/30m meter aggregate RPC rows.
 
 Units and signs: power in kW, energy in kWh, ``soe`` in percent (0-100). Positive power flows into
 the device or site from the grid (battery charging, site importing); negative is discharging or
@@ -10,6 +10,8 @@ from typing import Annotated, Any, Final
 from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from gridloop_common.contracts.device_metadata import DeviceMetadata
 
 __all__ = [
     "MARKET_DATA_TYPES",
@@ -56,14 +58,14 @@ class MarketDataTypeId(enum.IntEnum):
 
 
 class DeviceType(enum.StrEnum):
-    """The values of ``mg_device_registry.type`` (DESIGN section 4), the one list every service reads.
+    """The values of ``mg_device_registry.type`` (docs/design.md §4), the one list every service reads.
 
     telemetry-ingest's migration 0016 holds the same list in a CHECK constraint, so a registration with
     any other spelling (``battery``, ``storage``, ``BESS``) is refused instead of being driven by one
     service and ignored by another.
     """
 
-    BESS = "bess"  # a battery; seed 000 calls it electric_storage
+    BESS = "bess"  # a battery; the Grid Services API calls it electric_storage
     METER = "meter"
     SPACE_HEATING = "space_heating"
     WATER_HEATER = "water_heater"
@@ -77,6 +79,7 @@ class DeviceRegistryEntry(_FluxRow):
 
     ``metadata`` holds the device's limits and address, e.g. ``{"capacity_kwh": 13.5,
     "max_power_kw": 5, "modbus": {"host": "10.0.0.5", "port": 502, "unit_id": 1, "profile": "sunspec"}}``.
+    It must satisfy ``DeviceMetadata``; it is kept as written (extra keys and all), not re-serialised.
     ``id`` and ``created_at`` are assigned by the database, so they are absent on insert.
     """
 
@@ -87,6 +90,12 @@ class DeviceRegistryEntry(_FluxRow):
     metadata: dict[str, Any] | None = None
     active: bool = True
     created_at: AwareDatetime | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_contract(cls, metadata: dict[str, Any] | None) -> dict[str, Any] | None:
+        DeviceMetadata.from_registry(metadata)  # InvalidDeviceMetadata is a ValueError: pydantic reports it
+        return metadata
 
 
 class BessReading(_FluxRow):

@@ -1,4 +1,4 @@
-"""Grid Services API request bodies (seed 000), with the origin's field names, units and limits."""
+"""Grid Services API request bodies (docs/design.md §8), with that API's field names, units and limits."""
 
 import enum
 from typing import Annotated, Final
@@ -36,7 +36,7 @@ class DirectControlDevice(enum.StrEnum):
     WATER_HEATER = "water_heater"
 
 
-# Inclusive setpoint range and unit per device type, as the origin validates them.
+# Inclusive setpoint range and unit per device type, as the Grid Services API validates them.
 _SETPOINT_RANGES: Final[dict[DirectControlDevice, tuple[int, int, str]]] = {
     DirectControlDevice.SPACE_HEATING: (10, 30, "°C"),
     DirectControlDevice.ELECTRIC_STORAGE: (-100, 100, "percent"),
@@ -57,8 +57,8 @@ def _check_window(start_field: str, stop: AwareDatetime, info: ValidationInfo) -
 class DayAheadCoordinationRequest(BaseModel):
     """``POST /coordinatedac``: start day-ahead coordination (RPC ``mpc_day_ahead_coordination``).
 
-    The origin takes no body and sends a flat 0.07 placeholder; here the caller may send the
-    144 ten-minute prices of the day and its start. ``{}`` keeps the origin's behaviour.
+    The Grid Services API takes no body and sends a flat 0.07 placeholder; here the caller may send
+    the 144 ten-minute prices of the day and its start. ``{}`` keeps that API's behaviour.
     """
 
     model_config = _STRICT_CONFIG
@@ -133,8 +133,8 @@ class FlexibilityRequest(BaseModel):
 class MpcRequest(BaseModel):
     """``POST /calculate_mpc``: plan the enabled device types over ``start``..``stop`` (RPC ``mpc``).
 
-    ``prices`` and ``power_limit`` are keyed by the start of each step. The origin reads an empty
-    body as "stop real-time control"; that case has no body and so no model.
+    ``prices`` and ``power_limit`` are keyed by the start of each step. The Grid Services API reads an
+    empty body as "stop real-time control"; that case has no body and so no model.
     """
 
     model_config = _STRICT_CONFIG
@@ -147,7 +147,7 @@ class MpcRequest(BaseModel):
     power_limit: dict[AwareDatetime, Annotated[float, Field(gt=0)]] = Field(
         min_length=1, description="Site power limit (kW) from each instant."
     )
-    # The origin allows 0, which would make the horizon infinite.
+    # The Grid Services API allows 0, which would make the horizon infinite.
     interval: int = Field(default=10, ge=1, le=100, description="Step length in minutes.")
     start: AwareDatetime
     stop: AwareDatetime
@@ -161,7 +161,7 @@ class MpcRequest(BaseModel):
 class PaidControlRequest(BaseModel):
     """``POST /paidcontrolrequest``: a paid setpoint for a duration (RPC ``paid_setpoint_control``).
 
-    Values must be integers, not merely integral numbers. The origin does not forward ``device``.
+    Values must be integers, not merely integral numbers. The Grid Services API does not forward ``device``.
     """
 
     model_config = _STRICT_CONFIG

@@ -1,4 +1,4 @@
-"""Upstream aggregator contracts (seed 002): the Command, its webhook envelope and the acknowledgement."""
+"""Upstream aggregator contracts (docs/design.md §2, §3): the Command, its webhook envelope and the acknowledgement."""
 
 import enum
 from typing import Annotated, Any, Final

@@ -7,6 +7,10 @@ soon as ``basic_publish`` would write it, not a turn of the event loop later. Ea
 its own delivery tag and waits for its own confirm, exactly as ``aiormq.Channel.basic_publish`` would
 register it, so a return (unroutable) or a nack reaches only the publish it belongs to, and a connection
 lost before the confirm fails every publish still waiting.
+
+This is a fast path beside aio-pika's ``Exchange.publish`` (docs/architecture.md, "Fast paths"): the frames
+are built in ``_wire``, and ``tests/messaging/test_wire.py`` holds them and the aiormq internals used here
+to what aio-pika and aiormq do themselves.
 """
 
 from __future__ import annotations
@@ -14,19 +18,17 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-import struct
 import time
 from collections.abc import Mapping
 from typing import Any, cast
 
 import aiormq
-import pamqp.encode
-import pamqp.frame
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aiormq.channel import Returning
 from pydantic import BaseModel
 
 from gridloop_common.clock import Clock, SystemClock
+from gridloop_common.messaging._wire import encode_body, encode_content_header, encode_publish_method
 from gridloop_common.messaging.errors import BrokerUnavailable, UnroutableError
 from gridloop_common.messaging.metrics import PUBLISH_FAILURES, PUBLISH_SECONDS, PUBLISHED
 from gridloop_common.observability.logging import current_correlation_id
@@ -35,108 +37,7 @@ __all__ = ["CORRELATION_HEADER", "Publisher", "encode_content_header"]
 
 CORRELATION_HEADER = "x-correlation-id"
 
-_FRAME_HEAD = struct.Struct(">BHI")  # frame type, channel, payload size
-_FRAME_END = b"\xce"
-_FRAME_HEADER = 2
-_FRAME_BODY = 3
-_HEADER_FRAME_PREFIX = struct.Struct(">HHQH")  # class id, weight, body size, property flags
-_BASIC_CLASS_ID = 60
-_TIMESTAMP = struct.Struct(">Q")
-_LONG = struct.Struct(">I")
-# Property flags of the AMQP 0-9-1 basic class (the bits pamqp sets for the same properties).
-_CONTENT_TYPE = 0x8000
-_HEADERS = 0x2000
-_DELIVERY_MODE = 0x1000
-_CORRELATION_ID = 0x0400
-_REPLY_TO = 0x0200
-_EXPIRATION = 0x0100
-_MESSAGE_ID = 0x0080
-_TIMESTAMP_FLAG = 0x0040
-_APP_ID = 0x0008
 _PUBLISH_FRAME_CACHE_SIZE = 1024
-
-
-def _short_string(value: str) -> bytes:
-    encoded = value.encode("utf-8")
-    if len(encoded) > 255:
-        raise TypeError("string exceeds maximum length of 255 bytes")  # as pamqp says it
-    return bytes((len(encoded),)) + encoded
-
-
-def encode_content_header(
-    *,
-    channel_number: int,
-    body_size: int,
-    content_type: str | None,
-    headers: Mapping[str, Any] | None,
-    delivery_mode: int | None,
-    correlation_id: str | None,
-    reply_to: str | None,
-    expiration: str | None,
-    message_id: str | None,
-    timestamp: int | None,
-    app_id: str | None,
-) -> bytes:
-    """The content header frame pamqp would marshal for these basic properties, without its per-field dispatch.
-
-    Empty strings are left out, as pamqp leaves them out; the headers table is encoded by pamqp itself.
-    """
-    flags = 0
-    parts: list[bytes] = []
-    if content_type:
-        flags |= _CONTENT_TYPE
-        parts.append(_short_string(content_type))
-    if headers is not None:
-        flags |= _HEADERS
-        parts.append(_field_table(headers))
-    if delivery_mode is not None:
-        flags |= _DELIVERY_MODE
-        parts.append(bytes((delivery_mode,)))
-    if correlation_id:
-        flags |= _CORRELATION_ID
-        parts.append(_short_string(correlation_id))
-    if reply_to:
-        flags |= _REPLY_TO
-        parts.append(_short_string(reply_to))
-    if expiration:
-        flags |= _EXPIRATION
-        parts.append(_short_string(expiration))
-    if message_id:
-        flags |= _MESSAGE_ID
-        parts.append(_short_string(message_id))
-    if timestamp is not None:
-        flags |= _TIMESTAMP_FLAG
-        parts.append(_TIMESTAMP.pack(timestamp))
-    if app_id:
-        flags |= _APP_ID
-        parts.append(_short_string(app_id))
-    payload = _HEADER_FRAME_PREFIX.pack(_BASIC_CLASS_ID, 0, body_size, flags) + b"".join(parts)
-    return _FRAME_HEAD.pack(_FRAME_HEADER, channel_number, len(payload)) + payload + _FRAME_END
-
-
-def _field_table(headers: Mapping[str, Any]) -> bytes:
-    """pamqp's field table encoding; all-``str`` tables (the usual ones) without its per-value dispatch."""
-    parts = []
-    for key, value in sorted(headers.items()):
-        if type(value) is not str:
-            return pamqp.encode.field_table(dict(headers))
-        encoded_key = key.encode("utf-8")
-        if len(encoded_key) > 128:  # pamqp truncates such keys (and says so)
-            return pamqp.encode.field_table(dict(headers))
-        encoded = value.encode("utf-8")
-        parts.append(bytes((len(encoded_key),)) + encoded_key + b"S" + _LONG.pack(len(encoded)) + encoded)
-    table = b"".join(parts)
-    return _LONG.pack(len(table)) + table
-
-
-def _encode_body(channel_number: int, body: bytes, max_content_size: int) -> bytes:
-    """The content body frames of ``body``, split as aiormq splits them."""
-    if not body:
-        return b""
-    if len(body) < max_content_size:
-        return _FRAME_HEAD.pack(_FRAME_BODY, channel_number, len(body)) + body + _FRAME_END
-    chunks = [body[start : start + max_content_size] for start in range(0, len(body), max_content_size)]
-    return b"".join(_FRAME_HEAD.pack(_FRAME_BODY, channel_number, len(chunk)) + chunk + _FRAME_END for chunk in chunks)
 
 
 class _PendingWrite:
@@ -306,7 +207,7 @@ class Publisher:
                 timestamp=int(self._clock.now().timestamp()),
                 app_id=self._source,
             )
-            frames += _encode_body(number, payload, channel.max_content_size)
+            frames += encode_body(number, payload, channel.max_content_size)
             if channel.is_closed:
                 raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
             self._watch(channel)
@@ -354,9 +255,7 @@ class Publisher:
         frame = self._publish_frames.get(key)
         if frame is None:
             # pamqp validates the exchange and routing key and marshals the method frame once per key.
-            frame = pamqp.frame.marshal(
-                aiormq.spec.Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=True), channel_number
-            )
+            frame = encode_publish_method(channel_number, exchange, routing_key)
             if len(self._publish_frames) >= _PUBLISH_FRAME_CACHE_SIZE:
                 self._publish_frames.clear()
             self._publish_frames[key] = frame

@@ -538,7 +538,7 @@ def _read_tree(table: Relation, text: str, position: int) -> tuple[tuple[Filter 
 
 
 def _read_tree_child(table: Relation, text: str, position: int) -> tuple[Filter | Condition, int]:
-    # The seed writes nested trees as "or=(...)"; PostgREST writes "or(...)". Both are accepted.
+    # Flux's API page writes nested trees as "or=(...)"; PostgREST writes "or(...)". Both are accepted.
     nested = _NESTED_TREE.match(text, position)
     if nested is not None:
         children, end = _read_tree(table, text, nested.end() - 1)
