@@ -34,7 +34,7 @@ EXAMPLES: list[tuple[str, str | None]] = [
     ('{"modbus": {"host": "h", "profile": "sunspec", "future": [1]}, "ocpp": {"id": "cp-1"}}', None),
     ('{"max_power_kw": 0.5, "backup_reserve_percentage": 0, "state_of_health_percentage": 100}', None),
     ('{"max_power_kw": null, "site_meter": "meter-1", "ac_power_sign": -1}', None),
-    ('{"max_power": 100, "capacity_kwh": 500, "modbus_address": 1}', None),  # Flux's documented example (docs/design.md §4)
+    ('{"max_power": 100, "capacity_kwh": 500, "modbus_address": 1}', None),  # Flux's example (design.md §4)
     ('{"max_power_kw": 0}', "metadata.max_power_kw"),
     ('{"max_power_kw": true}', "metadata.max_power_kw"),
     ('{"max_power_kw": "5"}', "metadata.max_power_kw"),
