@@ -163,7 +163,10 @@ async def test_an_agent_started_before_the_registry_drives_a_battery_registered_
         await cold_start.migrate_ingest()
         registered_at = await cold_start.register("cold-battery", battery)
         sent_at = await cold_start.send_discharge("cold-battery", 2000)
-        await asyncio.wait_for(battery.controlled.wait(), WRITE_BOUND_S)
+        try:
+            await asyncio.wait_for(battery.controlled.wait(), WRITE_BOUND_S)
+        except TimeoutError:
+            pytest.fail(f"no device write within {WRITE_BOUND_S} s; the agent's log:\n{cold_start.agent_log()[-6000:]}")
         assert battery.controlled_at is not None
         print(
             f"device write {battery.controlled_at - registered_at:.2f} s after registration, "
