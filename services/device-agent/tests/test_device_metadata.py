@@ -22,6 +22,7 @@ from device_agent.fleet import Fleet
 from device_agent.handlers import UNKNOWN_DEVICE_WAIT_S, device_action_handler
 from device_agent.modbus.bus import ModbusBus
 from device_agent.repository import load_devices
+from gridloop_common.clock import SystemClock
 from gridloop_common.contracts import BatteryMode, DeviceAction, DeviceAvailability, DeviceOutcome, routing
 from gridloop_common.db import migrate_database, open_pool
 from gridloop_common.messaging import Broker, Delivery, QueueSpec, declare_queue, open_broker
@@ -119,7 +120,7 @@ async def test_devices_with_a_bad_power_limit_are_not_driven_and_are_reported_na
         )
         # Refused at once: a device known to be unusable is not waited for like an unregistered one.
         async with asyncio.timeout(UNKNOWN_DEVICE_WAIT_S / 2):
-            await device_action_handler(fleet, broker.publisher)(delivery)
+            await device_action_handler(fleet, broker.publisher, SystemClock())(delivery)
 
     [body] = await _next_bodies(broker, outcome_queue, 1)
     outcome = DeviceOutcome.model_validate_json(body)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import UTC, datetime
 
 import asyncpg
 from prometheus_client import Gauge
@@ -153,7 +152,7 @@ class Fleet:
                 extra={"device": device.name, "field": device.field, "reason": device.reason},
             )
             report = DeviceAvailability(
-                device_name=device.name, online=False, reason=device.reason, observed_at=datetime.now(tz=UTC)
+                device_name=device.name, online=False, reason=device.reason, observed_at=self._clock.now()
             )
             try:
                 await self._publisher.publish(
