@@ -169,8 +169,10 @@ _scalars = (
 )
 json_values = st.recursive(
     _scalars,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.sampled_from(COLUMNS) | st.text(max_size=10), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.sampled_from(COLUMNS) | st.text(max_size=10), children, max_size=5)
+    ),
     max_leaves=20,
 )
 
@@ -237,9 +239,25 @@ _fragments = st.sampled_from(
     ]
 )
 junk_text = st.lists(_fragments | st.text(max_size=6), max_size=8).map("".join)
-_parameter_names = st.sampled_from(
-    ["select", "order", "limit", "offset", "or", "and", "not.or", "columns", "on_conflict", "p_device_ids", "p_start"]
-) | st.sampled_from(COLUMNS) | junk_text
+_parameter_names = (
+    st.sampled_from(
+        [
+            "select",
+            "order",
+            "limit",
+            "offset",
+            "or",
+            "and",
+            "not.or",
+            "columns",
+            "on_conflict",
+            "p_device_ids",
+            "p_start",
+        ]
+    )
+    | st.sampled_from(COLUMNS)
+    | junk_text
+)
 query_parameters = st.lists(st.tuples(_parameter_names, junk_text), max_size=6)
 
 # Header values an HTTP/1.1 client can send: printable ASCII, no surrounding whitespace.
@@ -282,8 +300,11 @@ junk_headers = st.dictionaries(
 )
 # Mostly valid keys, so that the junk reaches the query parser and the database, not only the key check.
 credentials = st.sampled_from([*ROLES, *ROLES, *ROLES, "none", "junk"])
-bodies = json_values.map(_dump) | st.binary(max_size=300) | st.just(b"") | st.builds(
-    lambda depth: b"[" * depth + b"]" * depth, st.integers(0, 5000)
+bodies = (
+    json_values.map(_dump)
+    | st.binary(max_size=300)
+    | st.just(b"")
+    | st.builds(lambda depth: b"[" * depth + b"]" * depth, st.integers(0, 5000))
 )
 _methods = st.sampled_from(["GET", "GET", "GET", "HEAD", "POST", "POST", "PATCH", "PATCH", "DELETE", "PUT", "OPTIONS"])
 

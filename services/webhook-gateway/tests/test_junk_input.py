@@ -145,13 +145,25 @@ signed_bodies = (
     | json_values.map(_dump)
     | st.binary(max_size=400)
     | st.builds(lambda depth, opener: opener * depth, st.integers(0, 20_000), st.sampled_from([b"[", b'{"a":']))
-    | st.integers(0, 6000).map(lambda digits: b'{"event_type": "event.created", "event_object": ' + b"9" * digits + b"}")
+    | st.integers(0, 6000).map(
+        lambda digits: b'{"event_type": "event.created", "event_object": ' + b"9" * digits + b"}"
+    )
 )
 # Printable ASCII without the surrounding whitespace HTTP/1.1 clients strip or refuse.
 header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=60).map(str.strip)
-content_types = st.sampled_from(
-    ["application/json", "application/json; charset=utf-8", "APPLICATION/JSON", "text/plain", "", "application/json;;"]
-) | header_text
+content_types = (
+    st.sampled_from(
+        [
+            "application/json",
+            "application/json; charset=utf-8",
+            "APPLICATION/JSON",
+            "text/plain",
+            "",
+            "application/json;;",
+        ]
+    )
+    | header_text
+)
 
 
 def _signed(body: bytes, webhook_id: str, at: int) -> dict[str, str]:
@@ -175,7 +187,9 @@ def _signed(body: bytes, webhook_id: str, at: int) -> dict[str, str]:
     webhook_id="msg_digits",
     skew=0,
 )
-@example(body=_dump({"event_type": "é" * 255, "event_object": {}}), content_type="application/json", webhook_id="m", skew=0)
+@example(
+    body=_dump({"event_type": "é" * 255, "event_object": {}}), content_type="application/json", webhook_id="m", skew=0
+)
 @JUNK_SETTINGS
 async def test_signed_junk_webhooks_get_no_server_error(
     served: Served, body: bytes, content_type: str, webhook_id: str, skew: int
@@ -195,17 +209,15 @@ webhook_headers = st.dictionaries(
 
 @given(body=st.binary(max_size=600) | json_values.map(_dump), headers=webhook_headers)
 @JUNK_SETTINGS
-async def test_unsigned_junk_webhooks_get_no_server_error(
-    served: Served, body: bytes, headers: dict[str, str]
-) -> None:
+async def test_unsigned_junk_webhooks_get_no_server_error(served: Served, body: bytes, headers: dict[str, str]) -> None:
     await served.check(await served.client.post("/v1/webhooks", content=body, headers=headers))
 
 
 _paths = st.sampled_from(
     ["/v1/webhooks", "/v1/webhooks/", "/healthz", "/readyz", "/metrics", "/", "/v1/commands", "/v1/events", "//"]
-) | st.text(
-    st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="#?"), max_size=40
-).map(lambda tail: "/" + tail)
+) | st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="#?"), max_size=40).map(
+    lambda tail: "/" + tail
+)
 _methods = st.sampled_from(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"])
 
 
