@@ -140,6 +140,7 @@ def _dump(value: Any) -> bytes:
     return json.dumps(value, allow_nan=True).encode("utf-8", errors="surrogatepass")
 
 
+_GIANT_NUMBER_PREFIX = b'{"event_type": "event.created", "event_object": '
 signed_bodies = (
     envelopes.map(_dump)
     | json_values.map(_dump)
