@@ -11,6 +11,9 @@ what it cannot: query grammar, headers, non-JSON bodies and the websocket.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import json
 import logging
 from collections.abc import Iterator
@@ -22,7 +25,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from gridloop_common.db import apply_migrations, load_migrations, open_pool
@@ -258,7 +261,13 @@ _parameter_names = (
     | st.sampled_from(COLUMNS)
     | junk_text
 )
-query_parameters = st.lists(st.tuples(_parameter_names, junk_text), max_size=6)
+# Parameter lists httpx encodes, and raw query strings sent as they are (bad escapes, invalid UTF-8 in them).
+_raw_fragments = st.sampled_from(
+    ["%80", "%C3%28", "%ED%A0%80", "%zz", "%", "%0", "%00", "&", "=", "+", ";", "select=", "limit=", "order=", "or="]
+)
+query_parameters = st.lists(st.tuples(_parameter_names, junk_text), max_size=6) | st.lists(
+    _raw_fragments | _fragments, max_size=12
+).map("".join)
 
 # Header values an HTTP/1.1 client can send: printable ASCII, no surrounding whitespace.
 _header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=60).map(str.strip)
@@ -299,7 +308,12 @@ junk_headers = st.dictionaries(
     max_size=6,
 )
 # Mostly valid keys, so that the junk reaches the query parser and the database, not only the key check.
-credentials = st.sampled_from([*ROLES, *ROLES, *ROLES, "none", "junk"])
+# Mostly valid keys, so that the junk reaches the query parser and the database, not only the key check;
+# also tokens signed with the right secret whose claims are junk.
+_claims = st.dictionaries(
+    st.sampled_from(["role", "exp", "nbf", "iat", "aud", "sub", "iss", "email"]), json_values, max_size=5
+).map(lambda claims: {"role": "anon", **claims})
+credentials = st.sampled_from([*ROLES, *ROLES, *ROLES, "none", "junk"]) | _claims
 bodies = (
     json_values.map(_dump)
     | st.binary(max_size=300)
@@ -309,10 +323,24 @@ bodies = (
 _methods = st.sampled_from(["GET", "GET", "GET", "HEAD", "POST", "POST", "PATCH", "PATCH", "DELETE", "PUT", "OPTIONS"])
 
 
-def _credential_headers(credential: str) -> dict[str, str]:
+def _signed_token(claims: dict[str, Any]) -> str:
+    """An HS256 JWT of any claims, signed with the API's secret (PyJWT refuses to encode junk claims)."""
+
+    def segment(data: bytes) -> bytes:
+        return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+    signed = segment(b'{"alg":"HS256","typ":"JWT"}') + b"." + segment(_dump(claims))
+    signature = hmac.new(SECRET.encode(), signed, hashlib.sha256).digest()
+    return (signed + b"." + segment(signature)).decode("ascii")
+
+
+def _credential_headers(credential: str | dict[str, Any]) -> dict[str, str]:
     if credential == "none":
         return {}
-    token = "x.y.z" if credential == "junk" else key(credential)
+    if isinstance(credential, dict):
+        token = _signed_token(credential)
+    else:
+        token = "x.y.z" if credential == "junk" else key(credential)
     return {"apikey": token, "Authorization": f"Bearer {token}"}
 
 
@@ -321,15 +349,17 @@ def _request(
     clock: ControlledClock,
     method: str,
     path: str,
-    parameters: list[tuple[str, str]],
+    parameters: list[tuple[str, str]] | str,
     headers: dict[str, str],
-    credential: str,
+    credential: str | dict[str, Any],
     body: bytes,
 ) -> httpx.Response:
     clock.advance(3600)  # every example starts with full rate-limit buckets: this is about inputs, not rates
     content = body if method in ("POST", "PATCH", "DELETE", "PUT") else None
     # UTF-8 on the wire, as a client that does not check its header values sends them.
     sent = {name: value.encode("utf-8") for name, value in {**headers, **_credential_headers(credential)}.items()}
+    if isinstance(parameters, str):
+        return client.request(method, f"{path}?{parameters}", headers=sent, content=content)
     return client.request(method, path, params=parameters, headers=sent, content=content)
 
 
@@ -350,9 +380,9 @@ def test_junk_table_requests_get_no_server_error(
     error_records: ErrorRecords,
     method: str,
     table: str,
-    parameters: list[tuple[str, str]],
+    parameters: list[tuple[str, str]] | str,
     headers: dict[str, str],
-    credential: str,
+    credential: str | dict[str, Any],
     body: bytes,
 ) -> None:
     response = _request(client, served.clock, method, f"/rest/v1/{table}", parameters, headers, credential, body)
@@ -377,9 +407,9 @@ def test_junk_rpc_requests_get_no_server_error(
     error_records: ErrorRecords,
     method: str,
     function: str,
-    parameters: list[tuple[str, str]],
+    parameters: list[tuple[str, str]] | str,
     headers: dict[str, str],
-    credential: str,
+    credential: str | dict[str, Any],
     body: bytes,
 ) -> None:
     response = _request(client, served.clock, method, f"/rest/v1/rpc/{function}", parameters, headers, credential, body)
@@ -406,9 +436,9 @@ def test_junk_requests_on_the_other_routes_get_no_server_error(
     error_records: ErrorRecords,
     method: str,
     path: str,
-    parameters: list[tuple[str, str]],
+    parameters: list[tuple[str, str]] | str,
     headers: dict[str, str],
-    credential: str,
+    credential: str | dict[str, Any],
     body: bytes,
 ) -> None:
     response = _request(client, served.clock, method, path, parameters, headers, credential, body)
@@ -441,8 +471,12 @@ _configs = st.fixed_dictionaries(
         "private": json_values,
     },
 )
+# Keys of every role, tokens signed with the right secret whose claims are junk, and tokens that are not JWTs.
+_tokens = (
+    st.sampled_from(ROLES).map(key) | _claims.map(lambda claims: _signed_token(claims)) | st.sampled_from(["x.y.z", ""])
+)
 _payloads = st.fixed_dictionaries(
-    {}, optional={"config": _configs | json_values, "access_token": st.sampled_from(["x.y.z", ""]) | json_values}
+    {}, optional={"config": _configs | json_values, "access_token": _tokens | json_values}
 ) | st.dictionaries(st.text(max_size=10), json_values, max_size=3)
 _refs = st.none() | st.text(max_size=8) | json_values
 
@@ -527,4 +561,27 @@ def test_junk_realtime_frames_are_answered_or_closed_cleanly(
         except ConnectionClosed:
             pass  # closed by an earlier frame: the close code is checked below
         _answer_or_clean_close(socket, vsn)
+    assert error_records.take() == []
+
+
+@given(
+    apikey=_tokens | junk_text,
+    vsn=st.sampled_from(["1.0.0", "2.0.0", "", "3.0.0"]) | junk_text,
+    extra=st.lists(st.tuples(junk_text, junk_text), max_size=3),
+)
+# Found by this test: the refusal quoted the vsn in a close reason over the 123 bytes a close frame holds, and
+# the server's websocket layer raised (a traceback) instead of closing.
+@example(apikey=key("anon"), vsn="\U0001f600" * 32, extra=[])
+@example(apikey=key("anon"), vsn="\x01" * 40, extra=[])
+@JUNK_SETTINGS
+def test_junk_realtime_handshakes_are_refused_or_served_cleanly(
+    served: ServedIngest, error_records: ErrorRecords, apikey: str, vsn: str, extra: list[tuple[str, str]]
+) -> None:
+    query = str(httpx.QueryParams([("apikey", apikey), ("vsn", vsn), *extra]))
+    url = served.url.replace("http://", "ws://") + f"/realtime/v1/websocket?{query}"
+    try:
+        with connect(url, max_size=None, open_timeout=10, close_timeout=5) as socket:
+            _answer_or_clean_close(socket, vsn if vsn == "2.0.0" else "1.0.0")
+    except InvalidStatus as refused:
+        assert refused.response.status_code < SERVER_ERROR, refused
     assert error_records.take() == []
