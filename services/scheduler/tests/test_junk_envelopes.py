@@ -1,28 +1,35 @@
-"""Hypothesis-generated junk envelopes published to gridloop.upstream, consumed by the real intake.
+"""Hypothesis-generated junk envelopes published to gridloop.upstream, consumed by the real intake; junk on
+the health port the scheduler (and the optimizer and device agent alike) serves.
 
 Each junk message (junk body, junk routing key, junk headers, a forged ``x-delivery-count`` among them)
 must end one way only: stored (the handler returned, one row in scheduler.upstream_events) or
 dead-lettered at the first attempt with a reason (nothing stored). It is never retried as if the
 failure were transient, the consumer keeps taking the next one, and nothing logs a traceback or an
-error other than the consumer's own "message dead-lettered" line.
+error other than the consumer's own "message dead-lettered" line. The health port answers junk requests,
+and junk bytes that are not HTTP at all, below 500 (or closes), without a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from starlette.applications import Starlette
 
 from gridloop_common.contracts import routing
+from gridloop_common.db import database_ready
 from gridloop_common.messaging import DEAD_LETTER_ATTEMPTS_HEADER, DEAD_LETTER_REASON_HEADER
+from gridloop_common.observability import Health, health_routes, serve_http
 
 from .test_upstream_intake import DEAD_LETTERS, Intake, _command
 from .test_upstream_intake import intake as intake  # the fixture, under its name
@@ -199,4 +206,102 @@ async def test_junk_envelopes_are_stored_or_dead_lettered_at_once(
         assert stored == 0
         assert dead[message_id][DEAD_LETTER_REASON_HEADER]
         assert dead[message_id][DEAD_LETTER_ATTEMPTS_HEADER] == 1  # poison at once, never retried as transient
+    assert unexpected_records.take() == []
+
+
+@pytest.fixture
+async def health_port(intake: Intake) -> AsyncIterator[str]:
+    """The scheduler's health app as app.py serves it, its checks on the real database and broker."""
+    health = Health(service="scheduler-test")
+    health.add_check("database", lambda: database_ready(intake.pool))
+    health.add_check("broker", intake.broker.ready)
+    async with serve_http(Starlette(routes=health_routes(health)), host="127.0.0.1", port=0) as server:
+        yield f"127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+
+
+_header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40).map(str.strip)
+_paths = st.sampled_from(["/healthz", "/readyz", "/metrics", "/", "/healthz/", "//readyz"]) | st.text(
+    st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="#?"), max_size=30
+).map(lambda tail: "/" + tail)
+
+
+@given(
+    method=st.sampled_from(["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE"]),
+    path=_paths,
+    query=st.lists(st.tuples(_header_text, _header_text), max_size=3),
+    headers=st.dictionaries(
+        st.sampled_from(["Accept", "Content-Type", "Range", "X-Correlation-Id", "Accept-Encoding"]), _header_text
+    ),
+    body=st.binary(max_size=100),
+)
+@settings(max_examples=100, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+async def test_junk_requests_on_the_health_port_get_no_server_error(
+    health_port: str,
+    unexpected_records: UnexpectedRecords,
+    method: str,
+    path: str,
+    query: list[tuple[str, str]],
+    headers: dict[str, str],
+    body: bytes,
+) -> None:
+    async with httpx.AsyncClient(base_url=f"http://{health_port}", timeout=10) as client:
+        content = body if method in ("POST", "PUT", "DELETE") else None
+        response = await client.request(method, path, params=query, headers=headers, content=content)
+    assert response.status_code < 500, (response.status_code, response.text)
+    assert unexpected_records.take() == []
+
+
+_raw_fragments = st.sampled_from(
+    [
+        b"GET ",
+        b"POST ",
+        b"G\x00T ",
+        b"/healthz",
+        b"/readyz?",
+        b"%80",
+        b" HTTP/1.1",
+        b" HTTP/9.9",
+        b" HTTP/1.1\r\n",
+        b"\r\n",
+        b"\n",
+        b"Host: x\r\n",
+        b"Host:\r\n",
+        b"Content-Length: 0\r\n",
+        b"Content-Length: -1\r\n",
+        b"Content-Length: 99999999999999999999\r\n",
+        b"Transfer-Encoding: chunked\r\n",
+        b"Transfer-Encoding: chunked, identity\r\n",
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\n",
+        b"X: \xff\xfe\r\n",
+        b": no-name\r\n",
+        b" folded\r\n",
+        b"0\r\n\r\n",
+        b"zz\r\n",
+    ]
+)
+
+
+@given(raw=st.lists(_raw_fragments | st.binary(max_size=8), max_size=10).map(b"".join))
+@example(raw=b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+@settings(max_examples=100, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+async def test_junk_bytes_on_the_health_port_get_no_server_error(
+    health_port: str, unexpected_records: UnexpectedRecords, raw: bytes
+) -> None:
+    host, port = health_port.split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        # The blank line ends any header block; what the server still waits for (a body) it waits for in vain.
+        writer.write(raw + b"\r\n\r\n")
+        await writer.drain()
+        try:
+            status_line = await asyncio.wait_for(reader.readline(), 1.0)
+        except (TimeoutError, ConnectionError):
+            status_line = b""
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    if status_line:
+        assert status_line.startswith(b"HTTP/1.1 "), status_line
+        assert int(status_line.split()[1]) < 500, status_line
     assert unexpected_records.take() == []

@@ -34,6 +34,7 @@ from telemetry_ingest.auth import Authenticator
 from telemetry_ingest.handlers import device_status_route
 from telemetry_ingest.postgrest import load_catalogue
 from telemetry_ingest.realtime import RealtimeHub, realtime_route
+from telemetry_ingest.realtime.protocol import close_reason
 from telemetry_ingest.repository import ReadingsRepository
 from telemetry_ingest.routes import build_app
 from telemetry_ingest.settings import IngestSettings
@@ -585,3 +586,14 @@ def test_junk_realtime_handshakes_are_refused_or_served_cleanly(
     except InvalidStatus as refused:
         assert refused.response.status_code < SERVER_ERROR, refused
     assert error_records.take() == []
+
+
+@pytest.mark.parametrize(
+    "reason", ["a" * 200, "é" * 100, "\U0001f600" * 40, "unsupported vsn '\ud800'", "short"], ids=str.__len__
+)
+def test_a_close_reason_fits_a_close_frame_without_splitting_a_character(reason: str) -> None:
+    cut = close_reason(reason)
+    assert len(cut.encode("utf-8")) <= 123
+    assert reason.encode("utf-8", "replace").startswith(cut.encode("utf-8"))
+    if len(reason.encode("utf-8", "replace")) <= 123:
+        assert cut.encode("utf-8") == reason.encode("utf-8", "replace")
