@@ -20,6 +20,7 @@ __all__ = [
     "SERIALIZERS",
     "Frame",
     "FrameError",
+    "close_reason",
     "decode_binary",
     "decode_text",
     "encode",
@@ -33,6 +34,8 @@ CLOSE_TOO_BIG: Final = 1009
 # realtime-js's serializer: kind byte 3 is a user broadcast push, followed by six header bytes.
 _USER_BROADCAST_PUSH: Final = 3
 _PUSH_HEADER_LENGTH: Final = 7
+# A close frame is a control frame: at most 125 bytes of payload, two of them the code (RFC 6455, 5.5).
+_CLOSE_REASON_BYTES: Final = 123
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,12 @@ class FrameError(ValueError):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+
+
+def close_reason(text: str) -> str:
+    """``text`` cut to what a close frame can carry; a longer reason (e.g. one quoting a client's junk vsn)
+    made the websocket layer raise instead of closing, and the client saw the socket drop."""
+    return text.encode("utf-8", "replace")[:_CLOSE_REASON_BYTES].decode("utf-8", "ignore")
 
 
 def _optional_text(value: Any) -> str | None:

@@ -26,6 +26,7 @@ from telemetry_ingest.realtime.protocol import (
     SERIALIZERS,
     Frame,
     FrameError,
+    close_reason,
     decode_binary,
     decode_text,
     encode,
@@ -266,7 +267,7 @@ class _Session:
                 close = (CLOSE_TRY_AGAIN_LATER, "client too slow")
             if close is not None:
                 with contextlib.suppress(Exception):
-                    await self._websocket.close(code=close[0], reason=close[1])
+                    await self._websocket.close(code=close[0], reason=close_reason(close[1]))
 
     def _decode(self, message: Mapping[str, Any]) -> Frame:
         text, data = message.get("text"), message.get("bytes")
@@ -486,7 +487,7 @@ async def _refuse_connection(websocket: WebSocket, code: int, reason: str) -> No
     not), and uvicorn's sans-io websocket logs an ASGI error for every denial response."""
     logger.info("realtime connection refused", extra={"reason": reason, "close_code": code})
     await websocket.accept()
-    await websocket.close(code=code, reason=reason)
+    await websocket.close(code=code, reason=close_reason(reason))
 
 
 def realtime_route(
