@@ -9,6 +9,7 @@ periodic registry re-read is set far beyond the bounds asserted here, so only ch
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import time
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aio_pika
+import aio_pika.exceptions
 import asyncpg
 import pytest
 
@@ -131,6 +134,13 @@ async def cold_start(
         "GRIDLOOP_SHUTDOWN_TIMEOUT_S": "5",
         "GRIDLOOP_LOG_LEVEL": "INFO",
     }
+    # The session's vhost is shared: actions earlier tests left for their own agents are not this agent's work.
+    connection = await aio_pika.connect(service_environment["GRIDLOOP_AMQP_URL"])
+    async with connection:
+        channel = await connection.channel()
+        with contextlib.suppress(aio_pika.exceptions.ChannelClosed):
+            queue = await channel.declare_queue(routing.Queues.AGENT_DEVICE_ACTIONS, passive=True)
+            await queue.purge()
     pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
     assert pool is not None
     stack = Stack(environment=environment, upstream=None, pool=pool, log_dir=tmp_path)  # type: ignore[arg-type]

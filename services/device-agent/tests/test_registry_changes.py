@@ -142,7 +142,11 @@ async def test_a_registry_created_after_the_agent_started_is_read_within_a_secon
 
 def test_an_unknown_device_is_waited_for_briefly_and_never_past_the_action_validity() -> None:
     now = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
-    assert unknown_device_wait_s(None, now=now) == UNKNOWN_DEVICE_WAIT_S
-    assert unknown_device_wait_s(now + timedelta(hours=1), now=now) == UNKNOWN_DEVICE_WAIT_S
-    assert unknown_device_wait_s(now + timedelta(seconds=3), now=now) == 3.0
-    assert unknown_device_wait_s(now - timedelta(seconds=3), now=now) == 0.0
+    assert unknown_device_wait_s(now, None, now=now) == UNKNOWN_DEVICE_WAIT_S
+    assert unknown_device_wait_s(now, now + timedelta(hours=1), now=now) == UNKNOWN_DEVICE_WAIT_S
+    assert unknown_device_wait_s(now, now + timedelta(seconds=3), now=now) == 3.0
+    assert unknown_device_wait_s(now, now - timedelta(seconds=3), now=now) == 0.0
+    # Counted from the action's issue: an action issued 7 s ago waits 3 s more, one issued a minute ago not at all,
+    # so a backlog of old actions for devices that never come cannot hold the consumer.
+    assert unknown_device_wait_s(now - timedelta(seconds=7), None, now=now) == 3.0
+    assert unknown_device_wait_s(now - timedelta(minutes=1), now + timedelta(hours=1), now=now) == 0.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from device_agent.fleet import Fleet
 from gridloop_common.clock import Clock
@@ -22,11 +22,14 @@ logger = logging.getLogger(__name__)
 UNKNOWN_DEVICE_WAIT_S = 10.0
 
 
-def unknown_device_wait_s(valid_until: datetime | None, *, now: datetime) -> float:
-    """How long to wait for an unknown device: UNKNOWN_DEVICE_WAIT_S, never past the action's validity."""
-    if valid_until is None:
-        return UNKNOWN_DEVICE_WAIT_S
-    return max(0.0, min(UNKNOWN_DEVICE_WAIT_S, (valid_until - now).total_seconds()))
+def unknown_device_wait_s(issued_at: datetime, valid_until: datetime | None, *, now: datetime) -> float:
+    """How long to wait for an unknown device: until UNKNOWN_DEVICE_WAIT_S after the action was issued, never
+    past its validity. Counted from the issue, not the receipt: a backlog of old actions for devices that never
+    come (removed ones, another agent's) must not hold the consumer's prefetch for 10 s each and delay the rest."""
+    deadline = issued_at + timedelta(seconds=UNKNOWN_DEVICE_WAIT_S)
+    if valid_until is not None:
+        deadline = min(deadline, valid_until)
+    return max(0.0, min(UNKNOWN_DEVICE_WAIT_S, (deadline - now).total_seconds()))
 
 
 def device_action_handler(fleet: Fleet, publisher: Publisher, clock: Clock) -> Callable[[Delivery], Awaitable[None]]:
@@ -37,7 +40,7 @@ def device_action_handler(fleet: Fleet, publisher: Publisher, clock: Clock) -> C
         controller = fleet.controller(action.device_name)
         if controller is None and fleet.unusable_reason(action.device_name) is None:
             # Registered a moment ago (the action overtook the registry's change notice)? Wait for it.
-            wait_s = unknown_device_wait_s(action.valid_until, now=clock.now())
+            wait_s = unknown_device_wait_s(action.issued_at, action.valid_until, now=clock.now())
             logger.info(
                 "action waits for its device's registration", extra={"device": action.device_name, "wait_s": wait_s}
             )
