@@ -130,12 +130,13 @@ def _check_versioned(owner: str, migrations: list[Migration], recorded: dict[int
     files = {migration.version: migration for migration in migrations if migration.version is not None}
     for version, (name, checksum) in sorted(recorded.items()):
         migration = files.get(version)
-        if migration is None or migration.name != name:
-            expected = "no such file" if migration is None else f"the file is {migration.label}"
+        if migration is None:
+            continue  # recorded by a newer release; an older replica still running during a rollout is harmless
+        if migration.name != name:
             raise MigrationError(
-                f"{owner}: this database records migration {version:04d}_{name} ({expected}): it was migrated "
-                "by an older migration chain, squashed since into 0001_baseline; drop the database (or its "
-                f"{owner} schemas and ledger rows) and migrate again"
+                f"{owner}: this database records migration {version:04d}_{name} where the file is now "
+                f"{migration.label}: it was migrated by the chain squashed into the baseline; drop the database "
+                f"(or its {owner} schemas and ledger rows) and migrate again"
             )
         if checksum != migration.checksum:
             raise MigrationError(

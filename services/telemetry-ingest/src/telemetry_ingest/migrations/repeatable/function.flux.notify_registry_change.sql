@@ -4,7 +4,7 @@
 --
 -- Statement-level and without the rows: the agent re-reads the registry whatever changed, so a bulk insert
 -- announces itself once, and a payload can never outgrow NOTIFY's 8000 bytes. Sent at commit, never on rollback.
-CREATE FUNCTION flux.notify_registry_change()
+CREATE OR REPLACE FUNCTION flux.notify_registry_change()
 RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog
@@ -15,11 +15,5 @@ BEGIN
 END
 $$;
 
+-- Functions are executable by PUBLIC by default; maintenance and trigger functions are not.
 REVOKE EXECUTE ON FUNCTION flux.notify_registry_change() FROM PUBLIC;
-
-CREATE TRIGGER registry_changed
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON flux.mg_device_registry
-    FOR EACH STATEMENT EXECUTE FUNCTION flux.notify_registry_change();
-
--- The registry exists from this commit on: an agent that started before the ingest migrated hears of it at once.
-SELECT pg_notify('flux_device_registry', 'CREATE');
