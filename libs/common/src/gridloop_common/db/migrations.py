@@ -89,6 +89,10 @@ class Migration:
         return self.name if self.version is None else f"{self.version:04d}_{self.name}"
 
 
+def _version_order(migration: Migration) -> int:
+    return migration.version or 0
+
+
 def _repeatable_order(migration: Migration) -> tuple[int, str]:
     return _REPEATABLE_KINDS.index(migration.name.split(".", 1)[0]), migration.name
 
@@ -104,7 +108,7 @@ def load_migrations(package: str) -> list[Migration]:
         if match is None:
             raise MigrationError(f"{package}: migration file {entry.name!r} is not named NNNN_description.sql")
         versioned.append(Migration(int(match["version"]), match["name"], entry.read_text(encoding="utf-8")))
-    versioned.sort(key=lambda migration: migration.version or 0)
+    versioned.sort(key=_version_order)
     versions = [migration.version for migration in versioned]
     if len(set(versions)) != len(versions):
         raise MigrationError(f"{package}: two migrations share a version number")
@@ -179,7 +183,7 @@ async def _apply_one(connection: asyncpg.Connection, owner: str, migration: Migr
 async def apply_migrations(pool: asyncpg.Pool, *, owner: str, migrations: list[Migration]) -> list[Migration]:
     """Apply what is not yet applied for ``owner`` (repeatables: what changed); returns what this call applied."""
     applied_now: list[Migration] = []
-    versioned = sorted((migration for migration in migrations if not migration.repeatable), key=lambda m: m.version or 0)
+    versioned = sorted((migration for migration in migrations if not migration.repeatable), key=_version_order)
     repeatables = sorted((migration for migration in migrations if migration.repeatable), key=_repeatable_order)
     async with pool.acquire() as connection:
         await connection.execute("SELECT pg_advisory_lock($1)", _ADVISORY_LOCK_KEY)
