@@ -1,8 +1,8 @@
--- flux.interpolated_delta (0002) as one SQL expression, with the same operations in the same order, so its results
--- are the same to the bit (checked over 400,000 stored buckets, and by test_stored_deltas.py against the PL/pgSQL
--- function). The planner inlines it: 12 deltas for each of 33,600 buckets took 1.2-1.5 s instead of 1.9-2.2 s as
--- PL/pgSQL calls. STABLE, not IMMUTABLE, because timestamptz + interval is only STABLE and an IMMUTABLE SQL
--- function that calls it is not inlined.
+-- flux.interpolated_delta as one SQL expression, with the same operations in the same order, so its results are
+-- the same to the bit (test_stored_deltas.py checks it against the PL/pgSQL function). SQL so that the planner
+-- inlines it into the refresh's statements (docs/decisions/2026-12-04-stored-rollup-deltas.md). STABLE, not
+-- IMMUTABLE, because timestamptz + interval is only STABLE and an IMMUTABLE SQL function that calls it is not
+-- inlined.
 CREATE OR REPLACE FUNCTION flux.counter_delta(
     summary flux.counter_summary,
     bucket_start timestamptz,

@@ -5,7 +5,7 @@
 CREATE OR REPLACE FUNCTION flux.ensure_reading_partitions(from_month date, months_ahead integer)
 RETURNS integer
 LANGUAGE plpgsql
-SECURITY DEFINER   -- the tables' owner creates partitions; only service_role may call it (0003)
+SECURITY DEFINER   -- the tables' owner creates partitions; only service_role may call it
 SET search_path = pg_catalog
 AS $$
 DECLARE

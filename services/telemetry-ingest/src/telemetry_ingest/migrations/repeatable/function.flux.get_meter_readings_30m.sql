@@ -1,4 +1,4 @@
--- 30-minute settlement-period meter aggregates (seed 001 RPC, origin 0008): buckets with start_time <= time_b <= end_time, all devices when
+-- 30-minute settlement-period meter aggregates, an RPC of the Flux API: buckets with start_time <= time_b <= end_time, all devices when
 -- device_ids is null, last 24 hours by default.
 CREATE OR REPLACE FUNCTION flux.get_meter_readings_30m(
     start_time timestamptz DEFAULT now() - interval '24 hours',

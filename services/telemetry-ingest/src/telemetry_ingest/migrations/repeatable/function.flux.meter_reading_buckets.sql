@@ -1,4 +1,7 @@
--- The RPC rows of 0010, in the same order of work, with the stored deltas instead of the neighbours' lookups.
+-- The RPC rows of one bucket width, with the deltas the refresh stored: a bucket's delta interpolates towards
+-- its meter's neighbouring stored buckets even when those lie outside [start_time, end_time], so it is the same
+-- whichever window includes it. Rows stream in (time_b, device_id) order, period by period, so that a LIMIT
+-- above the RPC (the API's row cap, limit, offset, Range) stops the work early.
 CREATE OR REPLACE FUNCTION flux.meter_reading_buckets(
     width_minutes integer, start_time timestamptz, end_time timestamptz, device_ids uuid[]
 )

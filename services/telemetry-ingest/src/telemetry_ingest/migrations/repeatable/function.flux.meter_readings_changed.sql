@@ -1,4 +1,6 @@
--- 0012's trigger function, unchanged but for the refresh of inserted readings, which now prunes nothing.
+-- Keeps the meter rollups current with every change to the readings (trigger.flux.meter_rollups.sql). Bulk ingest,
+-- which sets gridloop.rollups = 'deferred', only marks the touched (device, period) pairs for the refresher;
+-- every other writer refreshes them in the same statement. A reorder (gridloop.reordering) changes nothing.
 CREATE OR REPLACE FUNCTION flux.meter_readings_changed()
 RETURNS trigger
 LANGUAGE plpgsql

@@ -1,6 +1,5 @@
 -- Registry changes announced on 'flux_device_registry', so the device-agent (which LISTENs there) drives a
--- device registered through the REST API or the CLI within a second instead of at its next periodic re-read
--- (30 s: the first command for a just-registered battery waited that long).
+-- device registered through the REST API or the CLI within a second instead of at its next periodic re-read.
 --
 -- Statement-level and without the rows: the agent re-reads the registry whatever changed, so a bulk insert
 -- announces itself once, and a payload can never outgrow NOTIFY's 8000 bytes. Sent at commit, never on rollback.

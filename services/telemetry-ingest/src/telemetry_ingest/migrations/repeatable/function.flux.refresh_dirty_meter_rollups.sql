@@ -1,5 +1,7 @@
--- 0007's one-argument form (everything marked, settled or not) had the same take; it is now the above with
--- min_age 0, so there is one take to keep right.
+-- Recomputes the (device, period) pairs bulk ingest marked, up to max_pairs, oldest first, skipping those a
+-- writer still holds, and returns how many it took. min_age leaves markers younger than that alone, so a period
+-- touched every few seconds is recomputed once it settles rather than every time. The one-argument form takes
+-- everything marked, settled or not (min_age 0), so there is one take to keep right.
 CREATE OR REPLACE FUNCTION flux.refresh_dirty_meter_rollups(max_pairs integer DEFAULT 5000)
 RETURNS integer
 LANGUAGE sql

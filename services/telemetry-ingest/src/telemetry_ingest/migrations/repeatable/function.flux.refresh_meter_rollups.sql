@@ -1,3 +1,9 @@
+-- Recomputes, from the readings themselves, every 5- and 30-minute bucket of the given (device, 30-minute period)
+-- pairs, with each bucket's energy deltas, fixes the deltas of the stored buckets next to those periods, and (with
+-- prune_emptied) deletes buckets left without readings. Recomputing whole buckets rather than adding the new rows
+-- keeps late, duplicate, updated and deleted readings correct. prune_emptied false skips the search for emptied
+-- buckets: inserts never empty one. Each touched pair's readings are read through one (device_id, time) index
+-- range scan, whatever the size of the readings table (docs/decisions/2026-11-23-rollup-refresh.md).
 CREATE OR REPLACE FUNCTION flux.refresh_meter_rollups(
     touched_devices uuid[],
     touched_periods timestamptz[],
@@ -7,15 +13,15 @@ RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER   -- writers of readings need no rights on the rollup table
 SET search_path = pg_catalog, flux
--- The statement's estimated cost grows with the rollup table and passed jit_above_cost: JIT compiling
--- its ~180 expressions took ~250 ms per call, far more than running them (a 200-row batch: ~10 ms).
+-- The statement's estimated cost grows with the rollup table and passes jit_above_cost: JIT compiling its ~180
+-- expressions costs far more than running them.
 SET jit = off
 AS $$
 BEGIN
-    -- One lock per device (0002-0011: per device and period), in a fixed order. A bucket's stored deltas
+    -- One lock per device, in a fixed order. A bucket's stored deltas
     -- depend on its neighbours, which can lie in other periods: two refreshes of one meter's adjacent
     -- periods at once would each recompute the other's edge bucket on a snapshot without the other's rows.
-    -- The second one now waits, and its statements' snapshots include everything the first one wrote.
+    -- The second one waits, and its statements' snapshots include everything the first one wrote.
     PERFORM pg_advisory_xact_lock(hashtextextended('flux.meter_reading_rollups:' || touched.device_id::text, 0))
     FROM (
         SELECT DISTINCT pair.device_id
@@ -28,7 +34,7 @@ BEGIN
         FROM unnest(touched_devices, touched_periods) AS pair (device_id, period_start)
     ),
     -- The touched readings, each with the latest earlier non-null value of every counter as
-    -- [epoch, value] (unchanged from 0002), and the start of its 5-minute bucket.
+    -- [epoch, value], and the start of its 5-minute bucket.
     ordered AS (
         SELECT
             readings.device_id,
@@ -620,9 +626,8 @@ BEGIN
         FROM sequenced
     ),
     emptied AS (
-        -- 0002 joined on device_id and time_b only, which the primary key (bucket_minutes, device_id,
-        -- time_b) cannot serve: every refresh scanned the whole rollup table. Naming both widths lets
-        -- each touched period be two primary-key range scans.
+        -- Both widths named, so that each touched period is two range scans of the primary key
+        -- (bucket_minutes, device_id, time_b) rather than a scan of the whole rollup table.
         DELETE FROM flux.meter_reading_rollups AS rollups
         USING touched CROSS JOIN (VALUES (5::smallint), (30::smallint)) AS widths (bucket_minutes)
         WHERE prune_emptied

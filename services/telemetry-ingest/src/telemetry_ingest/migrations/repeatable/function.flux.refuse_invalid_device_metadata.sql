@@ -1,5 +1,5 @@
 -- A trigger rather than a CHECK constraint: it fires only when a row's metadata is written, so a device whose
--- metadata predates this migration can still be deactivated or renamed without fixing it first, and its
+-- metadata predates the contract can still be deactivated or renamed without fixing it first, and its
 -- message names the field (a CHECK's names only the constraint).
 CREATE OR REPLACE FUNCTION flux.refuse_invalid_device_metadata()
 RETURNS trigger

@@ -1,3 +1,10 @@
+-- Rewrites one closed UTC day of a readings table in (device_id, time) order, in one transaction: DELETE ...
+-- RETURNING, INSERT ... ORDER BY device_id, time; records it in ingest.reordered_days and returns the rows moved
+-- (NULL when the day was done already). Readers keep their snapshot (no lock beyond ROW EXCLUSIVE), a writer of
+-- the same key waits for the move and then finds the row, and every column, id and created_at included, is kept.
+-- The rows do not change, so the move must not look like a change: the readings' statement triggers return at
+-- once while gridloop.reordering is 'on', set locally here only. No rollup is recomputed and no realtime
+-- subscriber hears of "new" rows.
 CREATE OR REPLACE FUNCTION ingest.reorder_readings_day(readings_table text, day date)
 RETURNS bigint
 LANGUAGE plpgsql

@@ -1,3 +1,6 @@
+-- Takes (deletes and returns) up to max_pairs rollup markers at least min_age old, oldest first, skipping those a
+-- writer still holds. By ctid: a queue table's statistics are always wrong, and with them the planner chose
+-- plans whose cost grew with the queue; enable_seqscan = off keeps the take on the primary key.
 CREATE OR REPLACE FUNCTION ingest.take_rollup_markers(max_pairs integer, min_age interval)
 RETURNS TABLE (device_id uuid, period_start timestamptz)
 LANGUAGE sql
