@@ -4,7 +4,11 @@ running those files again changes nothing (libs/common/README.md, "Migrations").
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -76,3 +80,41 @@ async def test_running_every_repeatable_file_again_changes_nothing(migrated: asy
     after = {row["object"]: row["definition"] for row in await migrated.fetch(_CATALOGUE, list(SCHEMAS))}
     assert len(before) > 25
     assert after == before
+
+
+@pytest.fixture
+async def private_database_url(database_url: str) -> AsyncIterator[str]:
+    """An empty database of its own beside the session's."""
+    server, _, name = database_url.rpartition("/")
+    private = f"{name}_{uuid.uuid4().hex[:6]}"
+    connection = await asyncpg.connect(f"{server}/postgres")
+    try:
+        await connection.execute(f'CREATE DATABASE "{private}"')
+        yield f"{server}/{private}"
+    finally:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{private}" WITH (FORCE)')
+        await connection.close()
+
+
+async def test_a_database_migrated_before_the_baseline_is_refused_in_one_line(
+    private_database_url: str, service_environment: dict[str, str]
+) -> None:
+    """A development database from before the squash: `migrate` says what to do, without a traceback."""
+    async with open_pool(private_database_url, min_size=1, max_size=1) as pool:
+        old_chain = [Migration(1, "flux_schema", "CREATE SCHEMA flux"), Migration(2, "meter_rollups", "SELECT 1")]
+        await apply_migrations(pool, owner="telemetry-ingest", migrations=old_chain)
+
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("gridloop-ingest")), "migrate"],
+        env={**service_environment, "GRIDLOOP_DATABASE_URL": private_database_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("gridloop-ingest: telemetry-ingest: this database records migration 0001_flux_schema")
+    assert "now 0001_baseline" in last and "drop the database" in last

@@ -28,6 +28,7 @@ from importlib import resources
 import asyncpg
 
 from gridloop_common.db.pool import ensure_database, open_pool
+from gridloop_common.lifecycle import StartupError
 
 __all__ = ["Migration", "MigrationError", "apply_migrations", "load_migrations", "migrate_database"]
 
@@ -64,8 +65,10 @@ CREATE TABLE IF NOT EXISTS public.gridloop_schema_repeatables (
 """
 
 
-class MigrationError(Exception):
-    """A migration set is malformed, or the database's recorded migrations no longer match the files."""
+class MigrationError(StartupError):
+    """A migration set is malformed, or the database's recorded migrations no longer match the files.
+
+    A StartupError, so `<service> migrate` and a starting service end with this one line, not a traceback."""
 
 
 @dataclass(frozen=True)
