@@ -135,7 +135,6 @@ CREATE INDEX IF NOT EXISTS market_data_type_time ON flux.market_data (type, time
 -- increase to its exact boundaries from the neighbouring buckets, as the toolkit does.
 
 -- What a bucket knows about one cumulative counter. A drop in the counter is a reset (meter replaced or
-
 -- wrapped): the value seen before the drop is added to reset_total so the increase stays continuous.
 CREATE TYPE flux.counter_summary AS (
     first_time timestamptz,
@@ -145,7 +144,6 @@ CREATE TYPE flux.counter_summary AS (
     reset_total double precision,
     minimum double precision
 );
-
 
 -- One row per (bucket width, device, bucket). Buckets are aligned as TimescaleDB's time_bucket aligns
 -- them (on 2000-01-01 UTC), so every 5-minute bucket lies inside one 30-minute bucket.
@@ -308,7 +306,6 @@ CREATE TABLE ingest.realtime_interest (
 
 COMMENT ON TABLE ingest.realtime_interest IS
     'Tables that realtime subscribers of an API replica watch; rows past expires_at are ignored.';
-
 
 -- Closed days of readings rewritten in (device_id, time) order by ingest.reorder_readings_day, so that one
 -- device's day is a few neighbouring heap pages instead of one page per reading (TimescaleDB's reorder policy,
