@@ -171,9 +171,9 @@ async def test_rows_written_before_the_migration_stay_and_can_still_be_deactivat
     unmigrated_database_url: str,
 ) -> None:
     migrations = load_migrations("telemetry_ingest")
-    [contract] = [migration for migration in migrations if migration.name == "device_metadata_contract"]
+    [contract] = [migration for migration in migrations if migration.name == "trigger.flux.metadata_contract"]
     async with open_pool(unmigrated_database_url, min_size=1, max_size=2) as pool:
-        await apply_migrations(pool, owner=OWNER, migrations=migrations[: migrations.index(contract)])
+        await apply_migrations(pool, owner=OWNER, migrations=[other for other in migrations if other != contract])
         await pool.execute(
             "INSERT INTO flux.mg_device_registry (name, type, site, metadata) VALUES ('old', 'bess', 'T', $1)",
             {"max_power_kw": True},
@@ -181,7 +181,7 @@ async def test_rows_written_before_the_migration_stay_and_can_still_be_deactivat
 
         applied = await apply_migrations(pool, owner=OWNER, migrations=migrations)
 
-        assert [migration.name for migration in applied] == ["device_metadata_contract"]
+        assert [migration.name for migration in applied] == ["trigger.flux.metadata_contract"]
         await pool.execute("UPDATE flux.mg_device_registry SET active = false WHERE name = 'old'")
         row = await pool.fetchrow("SELECT active, metadata FROM flux.mg_device_registry WHERE name = 'old'")
         assert (row["active"], row["metadata"]) == (False, {"max_power_kw": True})

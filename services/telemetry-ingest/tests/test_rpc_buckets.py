@@ -1,8 +1,8 @@
-"""The meter RPCs of migration 0010: the rows of 0008's formulation, and a LIMIT above them bounds their work.
+"""The meter RPCs: the rows of a plain query over the rollups, and a LIMIT above them bounds their work.
 
-0010 restated flux.meter_reading_buckets (behind get_meter_readings_5m/_30m) so that the API's row cap, limit,
-offset and Range reach into it. The reference here is 0008's function itself, read from its migration file and
-created as a temporary function: every row, value and the order must stay the same.
+The RPCs read each bucket's energy deltas from the rollups, where the refresh stores them. The reference here is
+a plain query over the stored buckets: each bucket in the window with its nearest stored neighbours of the same
+meter and width, its deltas computed by flux.interpolated_delta. Every row, value and the order must be the same.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from importlib import resources
 from typing import Any
 
 import asyncpg
@@ -38,11 +37,57 @@ COLUMNS = (
 )
 
 
-def _reference_definition() -> str:
-    """0008's flux.meter_reading_buckets, as a temporary function pg_temp.reference_buckets."""
-    text = resources.files("telemetry_ingest").joinpath("migrations/0008_faster_rollup_queries.sql").read_text()
-    statement = text[text.index("CREATE OR REPLACE FUNCTION flux.meter_reading_buckets(") :]
-    return statement.replace("flux.meter_reading_buckets(", "pg_temp.reference_buckets(", 1)
+_AVERAGES = (
+    "frequency",
+    "voltage_line_average",
+    "current_phase_a",
+    "current_phase_b",
+    "current_phase_c",
+    "current_phase_average",
+    "power_phase_a_active",
+    "power_phase_b_active",
+    "power_phase_c_active",
+    "power_total_active",
+    "power_total_reactive",
+    "power_total_apparent",
+    "power_factor_total",
+)
+_COUNTERS = tuple(
+    f"energy_{direction}_{quantity}"
+    for quantity in ("active", "phase_a_active", "phase_b_active", "phase_c_active", "reactive", "apparent")
+    for direction in ("imported", "exported")
+)
+_MINIMA = _COUNTERS[:8]  # the RPC reports the minimum of the active counters only
+
+
+def _reference_query() -> str:
+    """The RPC's rows for ($1 width, $2 start, $3 end, $4 device ids or NULL), from the stored buckets."""
+    averages = [f"bucket.{name}_avg" for name in _AVERAGES]
+    minima = [f"(bucket.{name}).minimum::real" for name in _MINIMA]
+    deltas = [
+        f"flux.interpolated_delta(bucket.{name}, bucket.time_b, make_interval(mins => $1),"
+        f" previous.{name}, following.{name})"
+        for name in _COUNTERS
+    ]
+    return f"""
+        SELECT bucket.time_b, bucket.device_id, {", ".join(averages + minima + deltas)}
+        FROM flux.meter_reading_rollups AS bucket
+        LEFT JOIN LATERAL (
+            SELECT neighbour.* FROM flux.meter_reading_rollups AS neighbour
+            WHERE neighbour.bucket_minutes = bucket.bucket_minutes AND neighbour.device_id = bucket.device_id
+                AND neighbour.time_b < bucket.time_b
+            ORDER BY neighbour.time_b DESC LIMIT 1
+        ) AS previous ON true
+        LEFT JOIN LATERAL (
+            SELECT neighbour.* FROM flux.meter_reading_rollups AS neighbour
+            WHERE neighbour.bucket_minutes = bucket.bucket_minutes AND neighbour.device_id = bucket.device_id
+                AND neighbour.time_b > bucket.time_b
+            ORDER BY neighbour.time_b LIMIT 1
+        ) AS following ON true
+        WHERE bucket.bucket_minutes = $1 AND bucket.time_b BETWEEN $2 AND $3
+            AND ($4::uuid[] IS NULL OR bucket.device_id = ANY ($4::uuid[]))
+        ORDER BY bucket.time_b, bucket.device_id
+    """
 
 
 def _readings(device: uuid.UUID, minutes: list[float], *, reset_at: float | None = None) -> list[tuple[Any, ...]]:
@@ -84,7 +129,7 @@ async def meters(pool: asyncpg.Pool) -> AsyncIterator[list[uuid.UUID]]:
     await pool.execute("DELETE FROM flux.mg_meter_readings WHERE device_id = ANY ($1)", meters)
 
 
-async def test_rpc_rows_are_those_of_the_0008_formulation(pool: asyncpg.Pool, meters: list[uuid.UUID]) -> None:
+async def test_rpc_rows_are_those_of_the_plain_reference_query(pool: asyncpg.Pool, meters: list[uuid.UUID]) -> None:
     gappy, irregular, single, before = meters
     unknown = uuid.uuid4()
     windows: list[tuple[datetime, datetime, list[uuid.UUID] | None]] = [
@@ -100,16 +145,13 @@ async def test_rpc_rows_are_those_of_the_0008_formulation(pool: asyncpg.Pool, me
         (BASE - timedelta(hours=2), BASE + timedelta(hours=6), None),  # every meter, other tests' ones included
     ]
     async with pool.acquire() as connection:
-        await connection.execute(_reference_definition())
         compared = 0
         for width in (5, 30):
             for start, end, devices in windows:
                 rows = await connection.fetch(
                     f"SELECT * FROM flux.get_meter_readings_{width}m($1, $2, $3)", start, end, devices
                 )
-                expected = await connection.fetch(
-                    "SELECT * FROM pg_temp.reference_buckets($1, $2, $3, $4)", width, start, end, devices
-                )
+                expected = await connection.fetch(_reference_query(), width, start, end, devices)
                 assert [tuple(row) for row in rows] == [tuple(row) for row in expected], (width, start, end, devices)
                 compared += len(rows)
         assert compared > 300  # the windows hold rows, with deltas on both sides of the gap and of the reset
@@ -156,8 +198,8 @@ async def test_the_rpc_is_inlined_and_a_limit_stops_it_early(pool: asyncpg.Pool,
         nodes = _nodes((json.loads(explained) if isinstance(explained, str) else explained)[0]["Plan"])
         # Inlined: no function scan of the RPC or of meter_reading_buckets, whose result would be computed whole.
         assert not [node for node in nodes if node["Node Type"] == "Function Scan" and "meter" in node["Function Name"]]
-        # The buckets are read period by period (0008 read every bucket of the window instead), and since 0015
-        # their stored deltas need no lookup of their neighbours.
+        # The buckets are read period by period, not every bucket of the window at once, and their stored deltas
+        # need no lookup of their neighbours.
         assert not [node for node in nodes if node.get("Alias") in ("previous", "following")]
         read = [node for node in nodes if node.get("Alias") == "bucket"]
         assert len(read) == 1 and read[0]["Relation Name"] == "meter_reading_rollups"

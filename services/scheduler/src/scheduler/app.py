@@ -42,7 +42,7 @@ async def migrate(settings: SchedulerSettings) -> None:
         package="scheduler",
         startup_timeout_s=settings.observability.startup_timeout_s,
     )
-    logger.info("migrations done", extra={"applied": [f"{m.version:04d}_{m.name}" for m in applied]})
+    logger.info("migrations done", extra={"applied": [migration.label for migration in applied]})
 
 
 async def run(settings: SchedulerSettings, *, clock: Clock | None = None) -> None:

@@ -48,7 +48,7 @@ async def migrate(settings: IngestSettings) -> None:
         package="telemetry_ingest",
         startup_timeout_s=settings.observability.startup_timeout_s,
     )
-    logger.info("migrations done", extra={"applied": [f"{m.version:04d}_{m.name}" for m in applied]})
+    logger.info("migrations done", extra={"applied": [migration.label for migration in applied]})
 
 
 async def reorder(settings: IngestSettings, *, clock: Clock | None = None) -> None:

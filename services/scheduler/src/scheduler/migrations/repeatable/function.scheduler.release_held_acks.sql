@@ -1,14 +1,6 @@
--- A cancellation is acknowledged once the device's release is known, not when the stop is published: the
--- OK is queued held (next_attempt_at at the moment the device's revert timer has surely run out) and names
--- the action whose confirmed write releases it sooner. A dead agent therefore still leads to an OK, later.
-
-ALTER TABLE scheduler.ack_outbox ADD COLUMN release_action_id uuid;
-CREATE INDEX ack_outbox_held ON scheduler.ack_outbox (release_action_id)
-    WHERE release_action_id IS NOT NULL AND delivered_at IS NULL;
-
 -- Called with every agent outcome: an applied one makes the acks held for its action due at once (as due as
 -- when they were queued), with a history line. Returns how many it released; a redelivery releases none.
-CREATE FUNCTION scheduler.release_held_acks(p_action_id uuid, p_applied boolean)
+CREATE OR REPLACE FUNCTION scheduler.release_held_acks(p_action_id uuid, p_applied boolean)
 RETURNS integer
 LANGUAGE plpgsql
 AS $$

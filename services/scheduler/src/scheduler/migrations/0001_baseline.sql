@@ -1,4 +1,21 @@
--- The command lifecycle (DESIGN §3): every version kept, current state, history, timers, ack outbox.
+-- The scheduler's tables, as a fresh database gets them. Its functions (the lifecycle's one-statement writes)
+-- each have their file under repeatable/, applied after this one and re-applied whenever they change.
+
+-- Every upstream event the scheduler has accepted, whatever its type: nothing upstream sends is dropped.
+CREATE SCHEMA IF NOT EXISTS scheduler;
+
+CREATE TABLE IF NOT EXISTS scheduler.upstream_events (
+    event_key text PRIMARY KEY,          -- AMQP message_id, or a hash of the body when the producer gave none
+    event_type text NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now(),
+    correlation_id text,
+    envelope jsonb NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS upstream_events_type_received
+    ON scheduler.upstream_events (event_type, received_at DESC);
+
+-- The command lifecycle (docs/design.md): every version kept, current state, history, timers, ack outbox.
 
 CREATE TABLE scheduler.command_versions (
     command_id uuid NOT NULL,
@@ -61,9 +78,15 @@ CREATE TABLE scheduler.ack_outbox (
     next_attempt_at timestamptz NOT NULL DEFAULT now(),
     attempts integer NOT NULL DEFAULT 0,
     last_error text,
-    delivered_at timestamptz
+    delivered_at timestamptz,
+    -- A cancellation's OK is queued held until the device's release is known: next_attempt_at is when the
+    -- device's revert timer has surely run out, and the confirmed write of this action releases it sooner
+    -- (scheduler.release_held_acks). A dead agent therefore still leads to an OK, later.
+    release_action_id uuid
 );
 CREATE INDEX ack_outbox_pending ON scheduler.ack_outbox (next_attempt_at) WHERE delivered_at IS NULL;
+CREATE INDEX ack_outbox_held ON scheduler.ack_outbox (release_action_id)
+    WHERE release_action_id IS NOT NULL AND delivered_at IS NULL;
 
 -- What the device-agent last said about each device.
 CREATE TABLE scheduler.device_availability (

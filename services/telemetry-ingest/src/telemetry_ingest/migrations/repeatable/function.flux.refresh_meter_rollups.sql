@@ -1,37 +1,32 @@
--- Cheaper maintenance of the meter rollups: same rows and values, about half the work (0002 is unchanged).
---
--- 0002's refresh aggregated every touched reading twice, once into its 5-minute and once into its
--- 30-minute bucket. This one aggregates the readings once, into 5-minute buckets, and builds each
--- 30-minute bucket from its at most six 5-minute ones (buckets nest: both align on 2000-01-01 UTC):
---   * averages: the 5-minute buckets carry float8 sums and non-null counts, and avg(real) is exactly
---     sum(value::float8) / count(value), so the 30-minute average is the sum of sums over the sum of counts;
---   * counters: the first (last) reading of the period is the first (last) of its earliest (latest)
---     5-minute bucket, the minimum is the minimum of minima, and a reset belongs to the 30-minute bucket
---     when the reading before the drop lies in the same period, which each reading knows already.
--- Everything else is as in 0002: the advisory locks, recomputing whole touched periods from the stored
--- readings (late, duplicate, updated and deleted readings stay right), deleting emptied buckets.
--- The triggers and flux.meter_readings_changed() call flux.refresh_meter_rollups by name, so replacing the
--- function (which keeps its owner and grants) is all it takes.
-
-CREATE OR REPLACE FUNCTION flux.refresh_meter_rollups(touched_devices uuid[], touched_periods timestamptz[])
+-- Recomputes, from the readings themselves, every 5- and 30-minute bucket of the given (device, 30-minute period)
+-- pairs, with each bucket's energy deltas, fixes the deltas of the stored buckets next to those periods, and (with
+-- prune_emptied) deletes buckets left without readings. Recomputing whole buckets rather than adding the new rows
+-- keeps late, duplicate, updated and deleted readings correct. prune_emptied false skips the search for emptied
+-- buckets: inserts never empty one. Each touched pair's readings are read through one (device_id, time) index
+-- range scan, whatever the size of the readings table (docs/decisions/2026-11-23-rollup-refresh.md).
+CREATE OR REPLACE FUNCTION flux.refresh_meter_rollups(
+    touched_devices uuid[],
+    touched_periods timestamptz[],
+    prune_emptied boolean DEFAULT true
+)
 RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER   -- writers of readings need no rights on the rollup table
 SET search_path = pg_catalog, flux
--- The statement's estimated cost grows with the rollup table and passed jit_above_cost: JIT compiling
--- its ~180 expressions took ~250 ms per call, far more than running them (a 200-row batch: ~10 ms).
+-- The statement's estimated cost grows with the rollup table and passes jit_above_cost: JIT compiling its ~180
+-- expressions costs far more than running them.
 SET jit = off
 AS $$
 BEGIN
-    -- As in 0002: a lock per (device, period), in a fixed order, so that concurrent writers of one bucket
-    -- take turns and the second recomputes on a snapshot that includes the first one's rows.
-    PERFORM pg_advisory_xact_lock(
-        hashtextextended('flux.meter_reading_rollups:' || touched.device_id::text || ':'
-                         || extract(epoch FROM touched.period_start)::bigint::text, 0))
+    -- One lock per device, in a fixed order. A bucket's stored deltas
+    -- depend on its neighbours, which can lie in other periods: two refreshes of one meter's adjacent
+    -- periods at once would each recompute the other's edge bucket on a snapshot without the other's rows.
+    -- The second one waits, and its statements' snapshots include everything the first one wrote.
+    PERFORM pg_advisory_xact_lock(hashtextextended('flux.meter_reading_rollups:' || touched.device_id::text, 0))
     FROM (
-        SELECT DISTINCT pair.device_id, pair.period_start
-        FROM unnest(touched_devices, touched_periods) AS pair (device_id, period_start)
-        ORDER BY 1, 2
+        SELECT DISTINCT pair.device_id
+        FROM unnest(touched_devices) AS pair (device_id)
+        ORDER BY 1
     ) AS touched;
 
     WITH touched AS (
@@ -39,7 +34,7 @@ BEGIN
         FROM unnest(touched_devices, touched_periods) AS pair (device_id, period_start)
     ),
     -- The touched readings, each with the latest earlier non-null value of every counter as
-    -- [epoch, value] (unchanged from 0002), and the start of its 5-minute bucket.
+    -- [epoch, value], and the start of its 5-minute bucket.
     ordered AS (
         SELECT
             readings.device_id,
@@ -102,6 +97,7 @@ BEGIN
             WHERE period_readings.device_id = touched.device_id
                 AND period_readings.time >= touched.period_start
                 AND period_readings.time < touched.period_start + interval '30 minutes'
+            OFFSET 0
         ) AS readings
         WINDOW earlier AS (
             PARTITION BY readings.device_id ORDER BY readings.time
@@ -453,13 +449,189 @@ BEGIN
         FROM five
         GROUP BY five.device_id, five.period_start
     ),
+    -- Every computed bucket with its neighbours in the batch: lag/lead over the same meter's computed buckets of
+    -- its width, whatever their period. The first and last bucket of a period in the batch also look up the
+    -- nearest stored bucket outside the period, as it was before this statement (one index probe each; the
+    -- other buckets' probe is an empty range). The nearer of the two is the neighbour after this statement, and
+    -- on a tie the batch's is the fresh one. A stored one is stale only if it lies in a period of the batch, and
+    -- then (no bucket of such a period is removed on this path) the batch holds a bucket at least as near. With
+    -- prune_emptied, buckets can be removed, and the statement after this one checks every touched period again.
+    sequenced AS (
+        SELECT
+            batched.*,
+            before.time_b AS before_time_b,
+            before.energy_imported_active AS before_energy_imported_active,
+            before.energy_exported_active AS before_energy_exported_active,
+            before.energy_imported_phase_a_active AS before_energy_imported_phase_a_active,
+            before.energy_exported_phase_a_active AS before_energy_exported_phase_a_active,
+            before.energy_imported_phase_b_active AS before_energy_imported_phase_b_active,
+            before.energy_exported_phase_b_active AS before_energy_exported_phase_b_active,
+            before.energy_imported_phase_c_active AS before_energy_imported_phase_c_active,
+            before.energy_exported_phase_c_active AS before_energy_exported_phase_c_active,
+            before.energy_imported_reactive AS before_energy_imported_reactive,
+            before.energy_exported_reactive AS before_energy_exported_reactive,
+            before.energy_imported_apparent AS before_energy_imported_apparent,
+            before.energy_exported_apparent AS before_energy_exported_apparent,
+            after.time_b AS after_time_b,
+            after.energy_imported_active AS after_energy_imported_active,
+            after.energy_exported_active AS after_energy_exported_active,
+            after.energy_imported_phase_a_active AS after_energy_imported_phase_a_active,
+            after.energy_exported_phase_a_active AS after_energy_exported_phase_a_active,
+            after.energy_imported_phase_b_active AS after_energy_imported_phase_b_active,
+            after.energy_exported_phase_b_active AS after_energy_exported_phase_b_active,
+            after.energy_imported_phase_c_active AS after_energy_imported_phase_c_active,
+            after.energy_exported_phase_c_active AS after_energy_exported_phase_c_active,
+            after.energy_imported_reactive AS after_energy_imported_reactive,
+            after.energy_exported_reactive AS after_energy_exported_reactive,
+            after.energy_imported_apparent AS after_energy_imported_apparent,
+            after.energy_exported_apparent AS after_energy_exported_apparent
+        FROM (
+            SELECT
+                computed.*,
+                date_bin(interval '30 minutes', computed.time_b, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS period_start,
+                lag(computed.time_b) OVER batch AS lag_time_b,
+                lead(computed.time_b) OVER batch AS lead_time_b,
+                lag(computed.energy_imported_active) OVER batch AS lag_energy_imported_active,
+                lead(computed.energy_imported_active) OVER batch AS lead_energy_imported_active,
+                lag(computed.energy_exported_active) OVER batch AS lag_energy_exported_active,
+                lead(computed.energy_exported_active) OVER batch AS lead_energy_exported_active,
+                lag(computed.energy_imported_phase_a_active) OVER batch AS lag_energy_imported_phase_a_active,
+                lead(computed.energy_imported_phase_a_active) OVER batch AS lead_energy_imported_phase_a_active,
+                lag(computed.energy_exported_phase_a_active) OVER batch AS lag_energy_exported_phase_a_active,
+                lead(computed.energy_exported_phase_a_active) OVER batch AS lead_energy_exported_phase_a_active,
+                lag(computed.energy_imported_phase_b_active) OVER batch AS lag_energy_imported_phase_b_active,
+                lead(computed.energy_imported_phase_b_active) OVER batch AS lead_energy_imported_phase_b_active,
+                lag(computed.energy_exported_phase_b_active) OVER batch AS lag_energy_exported_phase_b_active,
+                lead(computed.energy_exported_phase_b_active) OVER batch AS lead_energy_exported_phase_b_active,
+                lag(computed.energy_imported_phase_c_active) OVER batch AS lag_energy_imported_phase_c_active,
+                lead(computed.energy_imported_phase_c_active) OVER batch AS lead_energy_imported_phase_c_active,
+                lag(computed.energy_exported_phase_c_active) OVER batch AS lag_energy_exported_phase_c_active,
+                lead(computed.energy_exported_phase_c_active) OVER batch AS lead_energy_exported_phase_c_active,
+                lag(computed.energy_imported_reactive) OVER batch AS lag_energy_imported_reactive,
+                lead(computed.energy_imported_reactive) OVER batch AS lead_energy_imported_reactive,
+                lag(computed.energy_exported_reactive) OVER batch AS lag_energy_exported_reactive,
+                lead(computed.energy_exported_reactive) OVER batch AS lead_energy_exported_reactive,
+                lag(computed.energy_imported_apparent) OVER batch AS lag_energy_imported_apparent,
+                lead(computed.energy_imported_apparent) OVER batch AS lead_energy_imported_apparent,
+                lag(computed.energy_exported_apparent) OVER batch AS lag_energy_exported_apparent,
+                lead(computed.energy_exported_apparent) OVER batch AS lead_energy_exported_apparent
+            FROM computed
+            WINDOW batch AS (PARTITION BY computed.bucket_minutes, computed.device_id ORDER BY computed.time_b)
+        ) AS batched
+        LEFT JOIN LATERAL (
+            SELECT rollups.time_b, rollups.energy_imported_active, rollups.energy_exported_active, rollups.energy_imported_phase_a_active, rollups.energy_exported_phase_a_active, rollups.energy_imported_phase_b_active, rollups.energy_exported_phase_b_active, rollups.energy_imported_phase_c_active, rollups.energy_exported_phase_c_active, rollups.energy_imported_reactive, rollups.energy_exported_reactive, rollups.energy_imported_apparent, rollups.energy_exported_apparent
+            FROM flux.meter_reading_rollups AS rollups
+            WHERE rollups.bucket_minutes = batched.bucket_minutes AND rollups.device_id = batched.device_id
+                AND rollups.time_b < CASE WHEN batched.lag_time_b IS NULL OR batched.lag_time_b < batched.period_start
+                    THEN batched.period_start ELSE '-infinity' END
+            ORDER BY rollups.time_b DESC LIMIT 1
+        ) AS before ON true
+        LEFT JOIN LATERAL (
+            SELECT rollups.time_b, rollups.energy_imported_active, rollups.energy_exported_active, rollups.energy_imported_phase_a_active, rollups.energy_exported_phase_a_active, rollups.energy_imported_phase_b_active, rollups.energy_exported_phase_b_active, rollups.energy_imported_phase_c_active, rollups.energy_exported_phase_c_active, rollups.energy_imported_reactive, rollups.energy_exported_reactive, rollups.energy_imported_apparent, rollups.energy_exported_apparent
+            FROM flux.meter_reading_rollups AS rollups
+            WHERE rollups.bucket_minutes = batched.bucket_minutes AND rollups.device_id = batched.device_id
+                AND rollups.time_b >= CASE WHEN batched.lead_time_b IS NULL
+                    OR batched.lead_time_b >= batched.period_start + interval '30 minutes'
+                    THEN batched.period_start + interval '30 minutes' ELSE 'infinity' END
+            ORDER BY rollups.time_b ASC LIMIT 1
+        ) AS after ON true
+    ),
+    with_deltas AS (
+        SELECT
+            sequenced.*,
+        flux.counter_delta(
+            sequenced.energy_imported_active, sequenced.time_b, make_interval(mins => sequenced.bucket_minutes),
+            CASE WHEN sequenced.lag_time_b >= sequenced.before_time_b OR sequenced.before_time_b IS NULL
+                THEN sequenced.lag_energy_imported_active ELSE sequenced.before_energy_imported_active END,
+            CASE WHEN sequenced.lead_time_b <= sequenced.after_time_b OR sequenced.after_time_b IS NULL
+                THEN sequenced.lead_energy_imported_active ELSE sequenced.after_energy_imported_active END
+        ) AS energy_imported_active_delta,
+        flux.counter_delta(
+            sequenced.energy_exported_active, sequenced.time_b, make_interval(mins => sequenced.bucket_minutes),
+            CASE WHEN sequenced.lag_time_b >= sequenced.before_time_b OR sequenced.before_time_b IS NULL
+                THEN sequenced.lag_energy_exported_active ELSE sequenced.before_energy_exported_active END,
+            CASE WHEN sequenced.lead_time_b <= sequenced.after_time_b OR sequenced.after_time_b IS NULL
+                THEN sequenced.lead_energy_exported_active ELSE sequenced.after_energy_exported_active END
+        ) AS energy_exported_active_delta,
+        flux.counter_delta(
+            sequenced.energy_imported_phase_a_active, sequenced.time_b, make_interval(mins => sequenced.bucket_minutes),
+            CASE WHEN sequenced.lag_time_b >= sequenced.before_time_b OR sequenced.before_time_b IS NULL
+                THEN sequenced.lag_energy_imported_phase_a_active ELSE sequenced.before_energy_imported_phase_a_active END,
+            CASE WHEN sequenced.lead_time_b <= sequenced.after_time_b OR sequenced.after_time_b IS NULL
+                THEN sequenced.lead_energy_imported_phase_a_active ELSE sequenced.after_energy_imported_phase_a_active END
+        ) AS energy_imported_phase_a_active_delta,
+        flux.counter_delta(
+            sequenced.energy_exported_phase_a_active, sequenced.time_b, make_interval(mins => sequenced.bucket_minutes),
+            CASE WHEN sequenced.lag_time_b >= sequenced.before_time_b OR sequenced.before_time_b IS NULL
+                THEN sequenced.lag_energy_exported_phase_a_active ELSE sequenced.before_energy_exported_phase_a_active END,
+            CASE WHEN sequenced.lead_time_b <= sequenced.after_time_b OR sequenced.after_time_b IS NULL
+                THEN sequenced.lead_energy_exported_phase_a_active ELSE sequenced.after_energy_exported_phase_a_active END
+        ) AS energy_exported_phase_a_active_delta,
+        flux.counter_delta(
+            sequenced.energy_imported_phase_b_active, sequenced.time_b, make_interval(mins => sequenced.bucket_minutes),
+            CASE WHEN sequenced.lag_time_b >= sequenced.before_time_b OR sequenced.before_time_b IS NULL
+                THEN sequenced.lag_energy_imported_phase_b_active ELSE sequenced.before_energy_imported_phase_b_active END,
+            CASE WHEN sequenced.lead_time_b <= sequenced.after_time_b OR sequenced.after_time_b IS NULL
+                THEN sequenced.lead_energy_imported_phase_b_active ELSE sequenced.after_energy_imported_phase_b_active END
+        ) AS energy_imported_phase_b_active_delta,
+        flux.counter_delta(
+            sequenced.energy_exported_phase_b_active, sequenced.time_b, make_interval(mins => sequenced.bucket_minutes),
+            CASE WHEN sequenced.lag_time_b >= sequenced.before_time_b OR sequenced.before_time_b IS NULL
+                THEN sequenced.lag_energy_exported_phase_b_active ELSE sequenced.before_energy_exported_phase_b_active END,
+            CASE WHEN sequenced.lead_time_b <= sequenced.after_time_b OR sequenced.after_time_b IS NULL
+                THEN sequenced.lead_energy_exported_phase_b_active ELSE sequenced.after_energy_exported_phase_b_active END
+        ) AS energy_exported_phase_b_active_delta,
+        flux.counter_delta(
+            sequenced.energy_imported_phase_c_active, sequenced.time_b, make_interval(mins => sequenced.bucket_minutes),
+            CASE WHEN sequenced.lag_time_b >= sequenced.before_time_b OR sequenced.before_time_b IS NULL
+                THEN sequenced.lag_energy_imported_phase_c_active ELSE sequenced.before_energy_imported_phase_c_active END,
+            CASE WHEN sequenced.lead_time_b <= sequenced.after_time_b OR sequenced.after_time_b IS NULL
+                THEN sequenced.lead_energy_imported_phase_c_active ELSE sequenced.after_energy_imported_phase_c_active END
+        ) AS energy_imported_phase_c_active_delta,
+        flux.counter_delta(
+            sequenced.energy_exported_phase_c_active, sequenced.time_b, make_interval(mins => sequenced.bucket_minutes),
+            CASE WHEN sequenced.lag_time_b >= sequenced.before_time_b OR sequenced.before_time_b IS NULL
+                THEN sequenced.lag_energy_exported_phase_c_active ELSE sequenced.before_energy_exported_phase_c_active END,
+            CASE WHEN sequenced.lead_time_b <= sequenced.after_time_b OR sequenced.after_time_b IS NULL
+                THEN sequenced.lead_energy_exported_phase_c_active ELSE sequenced.after_energy_exported_phase_c_active END
+        ) AS energy_exported_phase_c_active_delta,
+        flux.counter_delta(
+            sequenced.energy_imported_reactive, sequenced.time_b, make_interval(mins => sequenced.bucket_minutes),
+            CASE WHEN sequenced.lag_time_b >= sequenced.before_time_b OR sequenced.before_time_b IS NULL
+                THEN sequenced.lag_energy_imported_reactive ELSE sequenced.before_energy_imported_reactive END,
+            CASE WHEN sequenced.lead_time_b <= sequenced.after_time_b OR sequenced.after_time_b IS NULL
+                THEN sequenced.lead_energy_imported_reactive ELSE sequenced.after_energy_imported_reactive END
+        ) AS energy_imported_reactive_delta,
+        flux.counter_delta(
+            sequenced.energy_exported_reactive, sequenced.time_b, make_interval(mins => sequenced.bucket_minutes),
+            CASE WHEN sequenced.lag_time_b >= sequenced.before_time_b OR sequenced.before_time_b IS NULL
+                THEN sequenced.lag_energy_exported_reactive ELSE sequenced.before_energy_exported_reactive END,
+            CASE WHEN sequenced.lead_time_b <= sequenced.after_time_b OR sequenced.after_time_b IS NULL
+                THEN sequenced.lead_energy_exported_reactive ELSE sequenced.after_energy_exported_reactive END
+        ) AS energy_exported_reactive_delta,
+        flux.counter_delta(
+            sequenced.energy_imported_apparent, sequenced.time_b, make_interval(mins => sequenced.bucket_minutes),
+            CASE WHEN sequenced.lag_time_b >= sequenced.before_time_b OR sequenced.before_time_b IS NULL
+                THEN sequenced.lag_energy_imported_apparent ELSE sequenced.before_energy_imported_apparent END,
+            CASE WHEN sequenced.lead_time_b <= sequenced.after_time_b OR sequenced.after_time_b IS NULL
+                THEN sequenced.lead_energy_imported_apparent ELSE sequenced.after_energy_imported_apparent END
+        ) AS energy_imported_apparent_delta,
+        flux.counter_delta(
+            sequenced.energy_exported_apparent, sequenced.time_b, make_interval(mins => sequenced.bucket_minutes),
+            CASE WHEN sequenced.lag_time_b >= sequenced.before_time_b OR sequenced.before_time_b IS NULL
+                THEN sequenced.lag_energy_exported_apparent ELSE sequenced.before_energy_exported_apparent END,
+            CASE WHEN sequenced.lead_time_b <= sequenced.after_time_b OR sequenced.after_time_b IS NULL
+                THEN sequenced.lead_energy_exported_apparent ELSE sequenced.after_energy_exported_apparent END
+        ) AS energy_exported_apparent_delta
+        FROM sequenced
+    ),
     emptied AS (
-        -- 0002 joined on device_id and time_b only, which the primary key (bucket_minutes, device_id,
-        -- time_b) cannot serve: every refresh scanned the whole rollup table. Naming both widths lets
-        -- each touched period be two primary-key range scans.
+        -- Both widths named, so that each touched period is two range scans of the primary key
+        -- (bucket_minutes, device_id, time_b) rather than a scan of the whole rollup table.
         DELETE FROM flux.meter_reading_rollups AS rollups
         USING touched CROSS JOIN (VALUES (5::smallint), (30::smallint)) AS widths (bucket_minutes)
-        WHERE rollups.bucket_minutes = widths.bucket_minutes
+        WHERE prune_emptied
+            AND rollups.bucket_minutes = widths.bucket_minutes
             AND rollups.device_id = touched.device_id
             AND rollups.time_b >= touched.period_start
             AND rollups.time_b < touched.period_start + interval '30 minutes'
@@ -470,9 +642,9 @@ BEGIN
                     AND computed.time_b = rollups.time_b
             )
     )
-    INSERT INTO flux.meter_reading_rollups (bucket_minutes, device_id, time_b, reading_count, frequency_avg, voltage_line_average_avg, current_phase_a_avg, current_phase_b_avg, current_phase_c_avg, current_phase_average_avg, power_phase_a_active_avg, power_phase_b_active_avg, power_phase_c_active_avg, power_total_active_avg, power_total_reactive_avg, power_total_apparent_avg, power_factor_total_avg, energy_imported_active, energy_exported_active, energy_imported_phase_a_active, energy_exported_phase_a_active, energy_imported_phase_b_active, energy_exported_phase_b_active, energy_imported_phase_c_active, energy_exported_phase_c_active, energy_imported_reactive, energy_exported_reactive, energy_imported_apparent, energy_exported_apparent)
-    SELECT bucket_minutes, device_id, time_b, reading_count, frequency_avg, voltage_line_average_avg, current_phase_a_avg, current_phase_b_avg, current_phase_c_avg, current_phase_average_avg, power_phase_a_active_avg, power_phase_b_active_avg, power_phase_c_active_avg, power_total_active_avg, power_total_reactive_avg, power_total_apparent_avg, power_factor_total_avg, energy_imported_active, energy_exported_active, energy_imported_phase_a_active, energy_exported_phase_a_active, energy_imported_phase_b_active, energy_exported_phase_b_active, energy_imported_phase_c_active, energy_exported_phase_c_active, energy_imported_reactive, energy_exported_reactive, energy_imported_apparent, energy_exported_apparent
-    FROM computed
+    INSERT INTO flux.meter_reading_rollups (bucket_minutes, device_id, time_b, reading_count, frequency_avg, voltage_line_average_avg, current_phase_a_avg, current_phase_b_avg, current_phase_c_avg, current_phase_average_avg, power_phase_a_active_avg, power_phase_b_active_avg, power_phase_c_active_avg, power_total_active_avg, power_total_reactive_avg, power_total_apparent_avg, power_factor_total_avg, energy_imported_active, energy_exported_active, energy_imported_phase_a_active, energy_exported_phase_a_active, energy_imported_phase_b_active, energy_exported_phase_b_active, energy_imported_phase_c_active, energy_exported_phase_c_active, energy_imported_reactive, energy_exported_reactive, energy_imported_apparent, energy_exported_apparent, energy_imported_active_delta, energy_exported_active_delta, energy_imported_phase_a_active_delta, energy_exported_phase_a_active_delta, energy_imported_phase_b_active_delta, energy_exported_phase_b_active_delta, energy_imported_phase_c_active_delta, energy_exported_phase_c_active_delta, energy_imported_reactive_delta, energy_exported_reactive_delta, energy_imported_apparent_delta, energy_exported_apparent_delta)
+    SELECT bucket_minutes, device_id, time_b, reading_count, frequency_avg, voltage_line_average_avg, current_phase_a_avg, current_phase_b_avg, current_phase_c_avg, current_phase_average_avg, power_phase_a_active_avg, power_phase_b_active_avg, power_phase_c_active_avg, power_total_active_avg, power_total_reactive_avg, power_total_apparent_avg, power_factor_total_avg, energy_imported_active, energy_exported_active, energy_imported_phase_a_active, energy_exported_phase_a_active, energy_imported_phase_b_active, energy_exported_phase_b_active, energy_imported_phase_c_active, energy_exported_phase_c_active, energy_imported_reactive, energy_exported_reactive, energy_imported_apparent, energy_exported_apparent, energy_imported_active_delta, energy_exported_active_delta, energy_imported_phase_a_active_delta, energy_exported_phase_a_active_delta, energy_imported_phase_b_active_delta, energy_exported_phase_b_active_delta, energy_imported_phase_c_active_delta, energy_exported_phase_c_active_delta, energy_imported_reactive_delta, energy_exported_reactive_delta, energy_imported_apparent_delta, energy_exported_apparent_delta
+    FROM with_deltas
     ON CONFLICT (bucket_minutes, device_id, time_b) DO UPDATE SET
         reading_count = EXCLUDED.reading_count,
         frequency_avg = EXCLUDED.frequency_avg,
@@ -500,6 +672,125 @@ BEGIN
         energy_exported_reactive = EXCLUDED.energy_exported_reactive,
         energy_imported_apparent = EXCLUDED.energy_imported_apparent,
         energy_exported_apparent = EXCLUDED.energy_exported_apparent,
+        energy_imported_active_delta = EXCLUDED.energy_imported_active_delta,
+        energy_exported_active_delta = EXCLUDED.energy_exported_active_delta,
+        energy_imported_phase_a_active_delta = EXCLUDED.energy_imported_phase_a_active_delta,
+        energy_exported_phase_a_active_delta = EXCLUDED.energy_exported_phase_a_active_delta,
+        energy_imported_phase_b_active_delta = EXCLUDED.energy_imported_phase_b_active_delta,
+        energy_exported_phase_b_active_delta = EXCLUDED.energy_exported_phase_b_active_delta,
+        energy_imported_phase_c_active_delta = EXCLUDED.energy_imported_phase_c_active_delta,
+        energy_exported_phase_c_active_delta = EXCLUDED.energy_exported_phase_c_active_delta,
+        energy_imported_reactive_delta = EXCLUDED.energy_imported_reactive_delta,
+        energy_exported_reactive_delta = EXCLUDED.energy_exported_reactive_delta,
+        energy_imported_apparent_delta = EXCLUDED.energy_imported_apparent_delta,
+        energy_exported_apparent_delta = EXCLUDED.energy_exported_apparent_delta,
         refreshed_at = now();
+
+    -- The buckets outside the touched periods whose neighbour was one of the touched periods' buckets: each
+    -- touched period's nearest stored bucket of either width on either side, recomputed from the rollups as
+    -- they are now (a new statement sees the one above). Those inside another touched period were computed
+    -- above, unless buckets may have been removed (prune_emptied): then every touched period's buckets are
+    -- checked as well. Only changed deltas are written, so a refresh that moved no edge writes nothing here.
+    WITH touched AS (
+        SELECT DISTINCT pair.device_id, pair.period_start
+        FROM unnest(touched_devices, touched_periods) AS pair (device_id, period_start)
+    ),
+    candidates AS (
+        SELECT DISTINCT widths.bucket_minutes, touched.device_id, candidate.time_b
+        FROM touched
+        CROSS JOIN (VALUES (5::smallint), (30::smallint)) AS widths (bucket_minutes)
+        CROSS JOIN LATERAL (
+            (SELECT rollups.time_b FROM flux.meter_reading_rollups AS rollups
+             WHERE rollups.bucket_minutes = widths.bucket_minutes AND rollups.device_id = touched.device_id
+                 AND rollups.time_b < touched.period_start
+             ORDER BY rollups.time_b DESC LIMIT 1)
+            UNION ALL
+            (SELECT rollups.time_b FROM flux.meter_reading_rollups AS rollups
+             WHERE rollups.bucket_minutes = widths.bucket_minutes AND rollups.device_id = touched.device_id
+                 AND rollups.time_b >= touched.period_start + interval '30 minutes'
+             ORDER BY rollups.time_b LIMIT 1)
+            UNION ALL
+            SELECT rollups.time_b FROM flux.meter_reading_rollups AS rollups
+            WHERE prune_emptied
+                AND rollups.bucket_minutes = widths.bucket_minutes AND rollups.device_id = touched.device_id
+                AND rollups.time_b >= touched.period_start
+                AND rollups.time_b < touched.period_start + interval '30 minutes'
+        ) AS candidate
+        WHERE prune_emptied OR NOT EXISTS (
+            SELECT FROM touched AS other
+            WHERE other.device_id = touched.device_id
+                AND other.period_start = date_bin(interval '30 minutes', candidate.time_b, TIMESTAMPTZ '2000-01-01 00:00:00+00')
+        )
+    ),
+    recomputed AS (
+        SELECT
+            bucket.bucket_minutes,
+            bucket.device_id,
+            bucket.time_b,
+            flux.counter_delta(bucket.energy_imported_active, bucket.time_b, make_interval(mins => bucket.bucket_minutes),
+                previous.energy_imported_active, following.energy_imported_active) AS energy_imported_active_delta,
+            flux.counter_delta(bucket.energy_exported_active, bucket.time_b, make_interval(mins => bucket.bucket_minutes),
+                previous.energy_exported_active, following.energy_exported_active) AS energy_exported_active_delta,
+            flux.counter_delta(bucket.energy_imported_phase_a_active, bucket.time_b, make_interval(mins => bucket.bucket_minutes),
+                previous.energy_imported_phase_a_active, following.energy_imported_phase_a_active) AS energy_imported_phase_a_active_delta,
+            flux.counter_delta(bucket.energy_exported_phase_a_active, bucket.time_b, make_interval(mins => bucket.bucket_minutes),
+                previous.energy_exported_phase_a_active, following.energy_exported_phase_a_active) AS energy_exported_phase_a_active_delta,
+            flux.counter_delta(bucket.energy_imported_phase_b_active, bucket.time_b, make_interval(mins => bucket.bucket_minutes),
+                previous.energy_imported_phase_b_active, following.energy_imported_phase_b_active) AS energy_imported_phase_b_active_delta,
+            flux.counter_delta(bucket.energy_exported_phase_b_active, bucket.time_b, make_interval(mins => bucket.bucket_minutes),
+                previous.energy_exported_phase_b_active, following.energy_exported_phase_b_active) AS energy_exported_phase_b_active_delta,
+            flux.counter_delta(bucket.energy_imported_phase_c_active, bucket.time_b, make_interval(mins => bucket.bucket_minutes),
+                previous.energy_imported_phase_c_active, following.energy_imported_phase_c_active) AS energy_imported_phase_c_active_delta,
+            flux.counter_delta(bucket.energy_exported_phase_c_active, bucket.time_b, make_interval(mins => bucket.bucket_minutes),
+                previous.energy_exported_phase_c_active, following.energy_exported_phase_c_active) AS energy_exported_phase_c_active_delta,
+            flux.counter_delta(bucket.energy_imported_reactive, bucket.time_b, make_interval(mins => bucket.bucket_minutes),
+                previous.energy_imported_reactive, following.energy_imported_reactive) AS energy_imported_reactive_delta,
+            flux.counter_delta(bucket.energy_exported_reactive, bucket.time_b, make_interval(mins => bucket.bucket_minutes),
+                previous.energy_exported_reactive, following.energy_exported_reactive) AS energy_exported_reactive_delta,
+            flux.counter_delta(bucket.energy_imported_apparent, bucket.time_b, make_interval(mins => bucket.bucket_minutes),
+                previous.energy_imported_apparent, following.energy_imported_apparent) AS energy_imported_apparent_delta,
+            flux.counter_delta(bucket.energy_exported_apparent, bucket.time_b, make_interval(mins => bucket.bucket_minutes),
+                previous.energy_exported_apparent, following.energy_exported_apparent) AS energy_exported_apparent_delta
+        FROM candidates
+        JOIN flux.meter_reading_rollups AS bucket
+            ON bucket.bucket_minutes = candidates.bucket_minutes AND bucket.device_id = candidates.device_id
+                AND bucket.time_b = candidates.time_b
+        LEFT JOIN LATERAL (
+            SELECT previous.energy_imported_active, previous.energy_exported_active, previous.energy_imported_phase_a_active, previous.energy_exported_phase_a_active, previous.energy_imported_phase_b_active, previous.energy_exported_phase_b_active, previous.energy_imported_phase_c_active, previous.energy_exported_phase_c_active, previous.energy_imported_reactive, previous.energy_exported_reactive, previous.energy_imported_apparent, previous.energy_exported_apparent
+            FROM flux.meter_reading_rollups AS previous
+            WHERE previous.bucket_minutes = bucket.bucket_minutes AND previous.device_id = bucket.device_id
+                AND previous.time_b < bucket.time_b
+            ORDER BY previous.time_b DESC LIMIT 1
+        ) AS previous ON true
+        LEFT JOIN LATERAL (
+            SELECT following.energy_imported_active, following.energy_exported_active, following.energy_imported_phase_a_active, following.energy_exported_phase_a_active, following.energy_imported_phase_b_active, following.energy_exported_phase_b_active, following.energy_imported_phase_c_active, following.energy_exported_phase_c_active, following.energy_imported_reactive, following.energy_exported_reactive, following.energy_imported_apparent, following.energy_exported_apparent
+            FROM flux.meter_reading_rollups AS following
+            WHERE following.bucket_minutes = bucket.bucket_minutes AND following.device_id = bucket.device_id
+                AND following.time_b > bucket.time_b
+            ORDER BY following.time_b LIMIT 1
+        ) AS following ON true
+    )
+    UPDATE flux.meter_reading_rollups AS rollups SET
+        energy_imported_active_delta = recomputed.energy_imported_active_delta,
+        energy_exported_active_delta = recomputed.energy_exported_active_delta,
+        energy_imported_phase_a_active_delta = recomputed.energy_imported_phase_a_active_delta,
+        energy_exported_phase_a_active_delta = recomputed.energy_exported_phase_a_active_delta,
+        energy_imported_phase_b_active_delta = recomputed.energy_imported_phase_b_active_delta,
+        energy_exported_phase_b_active_delta = recomputed.energy_exported_phase_b_active_delta,
+        energy_imported_phase_c_active_delta = recomputed.energy_imported_phase_c_active_delta,
+        energy_exported_phase_c_active_delta = recomputed.energy_exported_phase_c_active_delta,
+        energy_imported_reactive_delta = recomputed.energy_imported_reactive_delta,
+        energy_exported_reactive_delta = recomputed.energy_exported_reactive_delta,
+        energy_imported_apparent_delta = recomputed.energy_imported_apparent_delta,
+        energy_exported_apparent_delta = recomputed.energy_exported_apparent_delta
+    FROM recomputed
+    WHERE rollups.bucket_minutes = recomputed.bucket_minutes AND rollups.device_id = recomputed.device_id
+        AND rollups.time_b = recomputed.time_b
+        AND (rollups.energy_imported_active_delta, rollups.energy_exported_active_delta, rollups.energy_imported_phase_a_active_delta, rollups.energy_exported_phase_a_active_delta, rollups.energy_imported_phase_b_active_delta, rollups.energy_exported_phase_b_active_delta, rollups.energy_imported_phase_c_active_delta, rollups.energy_exported_phase_c_active_delta, rollups.energy_imported_reactive_delta, rollups.energy_exported_reactive_delta, rollups.energy_imported_apparent_delta, rollups.energy_exported_apparent_delta)
+            IS DISTINCT FROM (recomputed.energy_imported_active_delta, recomputed.energy_exported_active_delta, recomputed.energy_imported_phase_a_active_delta, recomputed.energy_exported_phase_a_active_delta, recomputed.energy_imported_phase_b_active_delta, recomputed.energy_exported_phase_b_active_delta, recomputed.energy_imported_phase_c_active_delta, recomputed.energy_exported_phase_c_active_delta, recomputed.energy_imported_reactive_delta, recomputed.energy_exported_reactive_delta, recomputed.energy_imported_apparent_delta, recomputed.energy_exported_apparent_delta);
 END
 $$;
+
+-- Functions are executable by PUBLIC by default; maintenance and trigger functions are not.
+REVOKE EXECUTE ON FUNCTION flux.refresh_meter_rollups(uuid[], timestamptz[], boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION flux.refresh_meter_rollups(uuid[], timestamptz[], boolean) TO service_role;

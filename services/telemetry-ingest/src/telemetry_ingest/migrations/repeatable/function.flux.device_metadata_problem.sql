@@ -1,0 +1,59 @@
+-- The first problem of a metadata document, as "<field>: <what is wrong>", in the contract's field order; NULL
+-- when it obeys the contract.
+CREATE OR REPLACE FUNCTION flux.device_metadata_problem(metadata jsonb)
+RETURNS text
+LANGUAGE plpgsql
+IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog
+AS $$
+DECLARE
+    modbus jsonb := metadata -> 'modbus';
+    problem text;
+    field text;
+    sign text;
+BEGIN
+    IF metadata IS NULL OR jsonb_typeof(metadata) = 'null' THEN
+        RETURN NULL;
+    END IF;
+    IF jsonb_typeof(metadata) <> 'object' THEN
+        RETURN format('metadata: must be a JSON object, not %s', jsonb_typeof(metadata));
+    END IF;
+    IF modbus IS NOT NULL AND jsonb_typeof(modbus) <> 'null' THEN
+        IF jsonb_typeof(modbus) <> 'object' THEN
+            RETURN 'metadata.modbus: must be a JSON object';
+        END IF;
+        IF NOT modbus ? 'host' THEN
+            RETURN 'metadata.modbus.host: required';
+        END IF;
+        FOR field, problem IN VALUES
+            ('host', flux.device_metadata_value_problem(modbus -> 'host', 'string', false)),
+            ('port', flux.device_metadata_value_problem(modbus -> 'port', 'integer', false, 1, false, 65535)),
+            ('unit_id', flux.device_metadata_value_problem(modbus -> 'unit_id', 'integer', false, 0, false, 255)),
+            ('profile', flux.device_metadata_value_problem(modbus -> 'profile', 'string', true))
+        LOOP
+            IF problem IS NOT NULL THEN
+                RETURN format('metadata.modbus.%s: %s', field, problem);
+            END IF;
+        END LOOP;
+    END IF;
+    FOR field, problem IN VALUES
+        ('max_power_kw', flux.device_metadata_value_problem(metadata -> 'max_power_kw', 'number', true, 0, true)),
+        ('capacity_kwh', flux.device_metadata_value_problem(metadata -> 'capacity_kwh', 'number', true, 0, true)),
+        ('backup_reserve_percentage',
+         flux.device_metadata_value_problem(metadata -> 'backup_reserve_percentage', 'number', true, 0, false, 100)),
+        ('state_of_health_percentage',
+         flux.device_metadata_value_problem(metadata -> 'state_of_health_percentage', 'number', true, 0, true, 100)),
+        ('site_meter', flux.device_metadata_value_problem(metadata -> 'site_meter', 'string', true)),
+        ('ac_power_sign', flux.device_metadata_value_problem(metadata -> 'ac_power_sign', 'integer', false))
+    LOOP
+        IF problem IS NOT NULL THEN
+            RETURN format('metadata.%s: %s', field, problem);
+        END IF;
+    END LOOP;
+    sign := metadata ->> 'ac_power_sign';
+    IF sign IS NOT NULL AND sign NOT IN ('1', '-1') THEN
+        RETURN 'metadata.ac_power_sign: must be 1 or -1';
+    END IF;
+    RETURN NULL;
+END
+$$;
