@@ -62,6 +62,9 @@ def test_accepted_keys(headers: dict[str, str], role: str) -> None:
         ({"apikey": token({"role": "anon", "nbf": NOW + 31})}, "PGRST303", "JWT not yet valid"),
         ({"apikey": token({"role": "anon", "iat": NOW + 31})}, "PGRST303", "JWT issued at future"),
         ({"apikey": token({"role": "anon", "exp": True})}, "PGRST303", "The JWT 'exp' claim must be a number"),
+        # JSON decoders take NaN: an exp of NaN compares false with every time, so it would never expire.
+        ({"apikey": token({"role": "anon", "exp": float("nan")})}, "PGRST303", "The JWT 'exp' claim must be a number"),
+        ({"apikey": token({"role": "anon", "exp": float("inf")})}, "PGRST303", "The JWT 'exp' claim must be a number"),
         (
             {"apikey": token({"role": "anon", "aud": 5})},
             "PGRST303",

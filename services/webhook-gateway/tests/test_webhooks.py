@@ -217,3 +217,13 @@ async def test_503_with_retry_after_when_the_broker_cannot_confirm(amqp_url: str
     assert response.json()["error"] == "broker_unavailable"
     assert elapsed < 5
     assert await gateway.published() == []
+
+
+async def test_a_content_length_of_non_ascii_digits_is_a_413_not_a_500(gateway: Gateway) -> None:
+    # httptools refuses such a header before the app sees it; the app must not rely on that (another server).
+    body = envelope(command())
+    headers = {**signed_headers(body), "content-length": "²".encode("latin-1")}
+    response = await gateway.client.post("/v1/webhooks", content=body, headers=headers)
+    assert response.status_code == 413, response.text
+    assert response.json()["error"] == "payload_too_large"
+    assert await gateway.published() == []

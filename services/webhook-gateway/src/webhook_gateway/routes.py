@@ -146,7 +146,8 @@ class WebhookEndpoint:
                 signature_text = raw_value.decode("latin-1")
         if (content_type or "").split(";")[0].strip().lower() != "application/json":
             return _error(415, "unsupported_media_type", "Content-Type must be application/json")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        # isdigit() alone also takes "²", which int() refuses: ASCII digits only.
+        if declared is not None and (not (declared.isascii() and declared.isdigit()) or int(declared) > limit):
             return _error(413, "payload_too_large", f"body must be at most {limit} bytes")
         raw = await self._body(receive, declared=declared is not None)
         if raw is None or len(raw) > limit:
