@@ -15,9 +15,9 @@ import pytest
 
 from gridloop_common.db import apply_migrations, load_migrations, open_pool
 from gridloop_common.observability import Health, serve_http
-from telemetry_ingest.auth import issue_key
-from telemetry_ingest.postgrest import load_catalogue
-from telemetry_ingest.routes import build_app
+from telemetry_ingest.api.auth import issue_key
+from telemetry_ingest.api.postgrest import load_catalogue
+from telemetry_ingest.api.routes import build_app
 from telemetry_ingest.settings import IngestSettings
 
 SECRET = "test-secret-of-the-flux-api-0123456789abcdef"

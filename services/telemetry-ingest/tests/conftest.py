@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 
 from gridloop_common.db import apply_migrations, load_migrations, open_pool
-from telemetry_ingest.postgrest import Catalogue, load_catalogue
+from telemetry_ingest.api.postgrest import Catalogue, load_catalogue
 
 OWNER = "telemetry-ingest"
 

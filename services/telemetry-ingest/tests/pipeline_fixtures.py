@@ -17,10 +17,11 @@ from gridloop_common.contracts import routing
 from gridloop_common.messaging import Broker, Consumer, Delivery, open_broker, queue_spec
 from gridloop_common.observability import serve_http
 from gridloop_common.settings import AmqpSettings
-from telemetry_ingest.auth import Authenticator, issue_key
-from telemetry_ingest.handlers import device_status_route, readings_handler
+from telemetry_ingest.api.auth import Authenticator, issue_key
+from telemetry_ingest.api.device_status import DeviceFreshness, device_status_route
+from telemetry_ingest.ingest.consumer import readings_handler
+from telemetry_ingest.ingest.repository import ReadingsRepository
 from telemetry_ingest.realtime import RealtimeHub, realtime_route
-from telemetry_ingest.repository import ReadingsRepository
 
 __all__ = [
     "JWT_SECRET",
@@ -47,7 +48,7 @@ async def broker_fixture(amqp_url: str) -> AsyncIterator[Broker]:
 
 @pytest.fixture(name="repository")
 def repository_fixture(pool: asyncpg.Pool) -> ReadingsRepository:
-    return ReadingsRepository(pool, poll_interval_s=5.0)
+    return ReadingsRepository(pool)
 
 
 @dataclass
@@ -142,12 +143,16 @@ async def realtime_hub_fixture(pool: asyncpg.Pool, database_url: str) -> AsyncIt
 
 
 @pytest.fixture(name="api_server")
-async def api_server_fixture(realtime_hub: RealtimeHub, repository: ReadingsRepository) -> AsyncIterator[str]:
+async def api_server_fixture(
+    pool: asyncpg.Pool, realtime_hub: RealtimeHub, repository: ReadingsRepository
+) -> AsyncIterator[str]:
     """The realtime and status routes served by uvicorn on 127.0.0.1; yields the base URL."""
     app = Starlette(
         routes=[
             realtime_route(realtime_hub, JWT_SECRET),
-            device_status_route(repository, authenticator=Authenticator(JWT_SECRET)),
+            device_status_route(
+                DeviceFreshness(pool, repository, poll_interval_s=5.0), authenticator=Authenticator(JWT_SECRET)
+            ),
         ]
     )
     async with serve_http(app, host="127.0.0.1", port=0) as server:

@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from gridloop_common.contracts import routing
-from telemetry_ingest.auth import issue_key
+from telemetry_ingest.api.auth import issue_key
 
 pytestmark = pytest.mark.connected
 

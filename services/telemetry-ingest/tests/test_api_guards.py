@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from gridloop_common.observability import Health
-from telemetry_ingest.postgrest import (
+from telemetry_ingest.api.postgrest import (
     Catalogue,
     Column,
     InsertQuery,
@@ -27,8 +27,8 @@ from telemetry_ingest.postgrest import (
     compile_query,
     parse_request,
 )
-from telemetry_ingest.postgrest.privileges import check_privileges
-from telemetry_ingest.routes import build_app
+from telemetry_ingest.api.postgrest.privileges import check_privileges
+from telemetry_ingest.api.routes import build_app
 from telemetry_ingest.settings import IngestSettings
 
 from .api_fixtures import SECRET, headers_for, key

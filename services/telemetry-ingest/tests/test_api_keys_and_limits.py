@@ -9,8 +9,8 @@ import jwt
 import pytest
 
 from gridloop_common.testing import FakeClock
-from telemetry_ingest.auth import AuthenticationError, Authenticator, Identity, issue_key
-from telemetry_ingest.rate_limits import TIERS, RateLimiter, Tier, bucket_key, rate_limited
+from telemetry_ingest.api.auth import AuthenticationError, Authenticator, Identity, issue_key
+from telemetry_ingest.api.rate_limits import TIERS, RateLimiter, Tier, bucket_key, rate_limited
 
 SECRET = "unit-test-secret-of-the-flux-api-0123456789"
 NOW = 1_800_000_000.0

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from telemetry_ingest.connection_share import ConnectionsBusy, ConnectionShare, client_key
+from telemetry_ingest.api.connection_share import ConnectionsBusy, ConnectionShare, client_key
 from telemetry_ingest.settings import IngestSettings
 
 

@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from gridloop_common.db import apply_migrations, load_migrations, open_pool
-from telemetry_ingest.rollups import RollupRefresher
+from telemetry_ingest.upkeep.rollups import RollupRefresher
 
 COLUMNS = (
     "bucket_minutes, time_b, reading_count, power_total_active_avg,"
@@ -234,7 +234,7 @@ async def test_the_markers_are_vacuumed_while_every_refresh_pass_fails(
         refresher = RollupRefresher(pool=pool, interval_s=0.01, vacuum_check_every=3)
         async with locker.acquire() as holder, holder.transaction():
             await holder.execute("LOCK TABLE flux.mg_meter_readings IN ACCESS EXCLUSIVE MODE")
-            with caplog.at_level(logging.INFO, logger="telemetry_ingest.rollups"):
+            with caplog.at_level(logging.INFO, logger="telemetry_ingest.upkeep.rollups"):
                 task = asyncio.create_task(refresher.run_forever())
                 try:
                     async with asyncio.timeout(30):

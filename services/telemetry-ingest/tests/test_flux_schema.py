@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from gridloop_common.db import apply_migrations, load_migrations
-from telemetry_ingest.postgrest import error_from_database
+from telemetry_ingest.api.postgrest import error_from_database
 
 pytestmark = pytest.mark.connected
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from telemetry_ingest.group_commit import GroupCommitter
+from telemetry_ingest.ingest.group_commit import GroupCommitter
 
 
 class _Store:

@@ -14,10 +14,10 @@ from starlette.applications import Starlette
 
 from gridloop_common.contracts import BessReading, routing
 from gridloop_common.messaging import DEAD_LETTER_REASON_HEADER
-from telemetry_ingest.auth import Authenticator, issue_key
-from telemetry_ingest.handlers import device_status_route
-from telemetry_ingest.repository import ReadingKind, ReadingsRepository
-from telemetry_ingest.rollups import RollupRefresher
+from telemetry_ingest.api.auth import Authenticator, issue_key
+from telemetry_ingest.api.device_status import DeviceFreshness, device_status_route
+from telemetry_ingest.ingest.repository import ReadingKind, ReadingsRepository
+from telemetry_ingest.upkeep.rollups import RollupRefresher
 
 from .pipeline_fixtures import (  # noqa: F401  (fixtures, found by pytest under their names)
     JWT_SECRET,
@@ -165,7 +165,8 @@ async def test_a_stale_device_shows_in_the_status_route_and_the_gauge(
         stale,
     )
 
-    app = Starlette(routes=[device_status_route(repository, authenticator=Authenticator(JWT_SECRET))])
+    freshness = DeviceFreshness(pool, repository, poll_interval_s=5.0)
+    app = Starlette(routes=[device_status_route(freshness, authenticator=Authenticator(JWT_SECRET))])
     service_key = issue_key(JWT_SECRET, "service_role")
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest") as client:
         response = await client.get("/status/devices", headers={"apikey": service_key})
@@ -186,7 +187,7 @@ async def test_a_stale_device_shows_in_the_status_route_and_the_gauge(
     by_device = {item["device"]: item for item in response.json()}
     assert by_device[str(fresh)]["stale"] is False
     assert by_device[str(fresh)]["name"] == f"fresh-{suffix}"
-    assert 0 <= by_device[str(fresh)]["age_s"] < repository.stale_after_s
+    assert 0 <= by_device[str(fresh)]["age_s"] < freshness.stale_after_s
     assert by_device[str(stale)]["stale"] is True
     assert datetime.fromisoformat(by_device[str(stale)]["last_reading_at"]) == stale_time
     assert by_device[str(stale)]["age_s"] >= 600
@@ -197,7 +198,7 @@ async def test_a_stale_device_shows_in_the_status_route_and_the_gauge(
         "age_s": None,
         "stale": True,
     }
-    stale_ids = {status.device for status in await repository.stale_devices()}
+    stale_ids = {status.device for status in await freshness.stale_devices()}
     assert {str(stale), str(silent)} <= stale_ids
     assert str(fresh) not in stale_ids
 

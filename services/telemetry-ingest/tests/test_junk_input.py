@@ -30,13 +30,13 @@ from websockets.sync.client import ClientConnection, connect
 
 from gridloop_common.db import apply_migrations, load_migrations, open_pool
 from gridloop_common.observability import Health, serve_http
-from telemetry_ingest.auth import Authenticator
-from telemetry_ingest.handlers import device_status_route
-from telemetry_ingest.postgrest import load_catalogue
+from telemetry_ingest.api.auth import Authenticator
+from telemetry_ingest.api.device_status import DeviceFreshness, device_status_route
+from telemetry_ingest.api.postgrest import load_catalogue
+from telemetry_ingest.api.routes import build_app
+from telemetry_ingest.ingest.repository import ReadingsRepository
 from telemetry_ingest.realtime import RealtimeHub, realtime_route
 from telemetry_ingest.realtime.protocol import close_reason
-from telemetry_ingest.repository import ReadingsRepository
-from telemetry_ingest.routes import build_app
 from telemetry_ingest.settings import IngestSettings
 
 from .api_fixtures import OWNER, SECRET, ControlledClock, ServedApi, key
@@ -94,7 +94,8 @@ class ServedIngest(ServedApi):
                     clock=self.clock,
                     extra_routes=[
                         device_status_route(
-                            ReadingsRepository(pool, poll_interval_s=5.0), authenticator=Authenticator(SECRET)
+                            DeviceFreshness(pool, ReadingsRepository(pool), poll_interval_s=5.0),
+                            authenticator=Authenticator(SECRET),
                         ),
                         realtime_route(hub, SECRET),
                     ],

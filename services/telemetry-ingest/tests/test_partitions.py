@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 from gridloop_common.db import apply_migrations, load_migrations, open_pool
-from telemetry_ingest.partitions import PartitionKeeper
+from telemetry_ingest.upkeep.partitions import PartitionKeeper
 
 
 async def test_partitions_are_created_ahead_and_upkeep_is_idempotent(database_url: str) -> None:

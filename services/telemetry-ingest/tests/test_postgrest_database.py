@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from telemetry_ingest.postgrest import (
+from telemetry_ingest.api.postgrest import (
     Catalogue,
     PostgrestError,
     PostgrestResponse,

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from telemetry_ingest.postgrest import (
+from telemetry_ingest.api.postgrest import (
     Catalogue,
     Column,
     CompiledQuery,

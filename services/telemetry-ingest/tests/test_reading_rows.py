@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, Field, ValidationError
 
-from telemetry_ingest.reading_rows import READING_MODELS, decoder, row_struct
-from telemetry_ingest.repository import ReadingKind, ReadingsRepository, table_columns
+from telemetry_ingest.ingest.reading_rows import READING_MODELS, decoder, row_struct
+from telemetry_ingest.ingest.repository import ReadingKind, ReadingsRepository, table_columns
 
 _DEVICE = "2b1f9f3e-5a0e-4a43-9c55-3a8a34c1b8a1"
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from telemetry_ingest.repository import ReadingKind, ReadingsRepository, table_columns
+from telemetry_ingest.ingest.repository import ReadingKind, ReadingsRepository, table_columns
 
 pytestmark = pytest.mark.connected
 

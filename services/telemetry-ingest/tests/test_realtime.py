@@ -18,7 +18,7 @@ from realtime import AsyncRealtimeClient, RealtimePostgresChangesListenEvent, Re
 from realtime.types import PostgresChangesPayload
 
 from gridloop_common.observability import configure_logging
-from telemetry_ingest.auth import issue_key
+from telemetry_ingest.api.auth import issue_key
 
 from .pipeline_fixtures import (  # noqa: F401  (fixtures, found by pytest under their names)
     JWT_SECRET,

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from telemetry_ingest.auth import Identity
+from telemetry_ingest.api.auth import Identity
 from telemetry_ingest.realtime import FilterError, parse_filter
 from telemetry_ingest.realtime.filters import parse_select
 from telemetry_ingest.realtime.protocol import Frame, FrameError, decode_binary, decode_text, encode

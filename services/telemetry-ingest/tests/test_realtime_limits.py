@@ -17,7 +17,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from telemetry_ingest.auth import issue_key
+from telemetry_ingest.api.auth import issue_key
 from telemetry_ingest.realtime import RealtimeLimits
 
 from .pipeline_fixtures import (  # noqa: F401  (fixtures, found by pytest under their names)

@@ -1,4 +1,4 @@
-"""Closed days of readings rewritten in (device_id, time) order (migration 0012, reorder.py)."""
+"""Closed days of readings rewritten in (device_id, time) order (migration 0012, upkeep/reorder.py)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import asyncpg
 import pytest
 
 from gridloop_common.testing import FakeClock
+from telemetry_ingest.ingest.repository import ReadingKind, ReadingsRepository, table_columns
 from telemetry_ingest.realtime import NOTIFY_CHANNEL
-from telemetry_ingest.reorder import DayReorderer
-from telemetry_ingest.repository import ReadingKind, ReadingsRepository, table_columns
-from telemetry_ingest.rollups import RollupRefresher
+from telemetry_ingest.upkeep.reorder import DayReorderer
+from telemetry_ingest.upkeep.rollups import RollupRefresher
 
 pytestmark = pytest.mark.connected
 

@@ -15,8 +15,8 @@ from postgrest import APIError, AsyncPostgrestClient, CountMethod, ReturnMethod
 from supabase import AsyncClientOptions, acreate_client
 
 from gridloop_common.observability import Health
-from telemetry_ingest.postgrest import Catalogue
-from telemetry_ingest.routes import build_app
+from telemetry_ingest.api.postgrest import Catalogue
+from telemetry_ingest.api.routes import build_app
 from telemetry_ingest.settings import IngestSettings
 
 from .api_fixtures import SECRET, ControlledClock, headers_for, key
@@ -611,7 +611,7 @@ async def test_an_unexpected_error_is_a_logged_500(catalogue: Catalogue, caplog:
         health=Health(service="test"),
     )
     transport = httpx.ASGITransport(app=app)
-    with caplog.at_level(logging.ERROR, logger="telemetry_ingest.routes"):
+    with caplog.at_level(logging.ERROR, logger="telemetry_ingest.api.routes"):
         async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
             response = await client.get("/rest/v1/market_data_types", headers=headers_for(SERVICE))
     assert response.status_code == 500

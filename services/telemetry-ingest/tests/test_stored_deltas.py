@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from telemetry_ingest.rollups import RollupRefresher
+from telemetry_ingest.upkeep.rollups import RollupRefresher
 
 pytestmark = pytest.mark.connected
 

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from gridloop_simulators.upstream import TELEMETRY_FIELDS, UpstreamSimulator
-from telemetry_ingest.upload import MAX_ITEM_ATTEMPTS, TelemetryUploader, UploadError
+from telemetry_ingest.upload.uploader import MAX_ITEM_ATTEMPTS, TelemetryUploader, UploadError
 
 from .upload_fixtures import (  # noqa: F401  (fixtures, found by pytest under their names)
     RecordingClock,

@@ -14,7 +14,7 @@ import pytest
 from gridloop_common.db import apply_migrations, load_migrations, open_pool
 from gridloop_common.testing import FakeClock
 from gridloop_simulators.upstream import UpstreamSimulator
-from telemetry_ingest.upload import TelemetryUploader
+from telemetry_ingest.upload.uploader import TelemetryUploader
 
 __all__ = [
     "TOKEN",

@@ -20,18 +20,19 @@ from gridloop_common.db import (
 )
 from gridloop_common.messaging import open_broker
 from gridloop_common.observability import Health, configure_logging, serve_http
-from telemetry_ingest import routes
-from telemetry_ingest.auth import Authenticator
-from telemetry_ingest.group_commit import GroupCommitter
-from telemetry_ingest.handlers import device_status_route, readings_handler
-from telemetry_ingest.partitions import PartitionKeeper
-from telemetry_ingest.postgrest import load_catalogue
+from telemetry_ingest.api import routes
+from telemetry_ingest.api.auth import Authenticator
+from telemetry_ingest.api.device_status import DeviceFreshness, device_status_route
+from telemetry_ingest.api.postgrest import load_catalogue
+from telemetry_ingest.ingest.consumer import readings_handler
+from telemetry_ingest.ingest.group_commit import GroupCommitter
+from telemetry_ingest.ingest.repository import ReadingsRepository
 from telemetry_ingest.realtime import RealtimeHub, RealtimeLimits, realtime_route
-from telemetry_ingest.reorder import DayReorderer
-from telemetry_ingest.repository import ReadingsRepository
-from telemetry_ingest.rollups import RollupRefresher
 from telemetry_ingest.settings import IngestSettings
-from telemetry_ingest.upload import TelemetryUploader
+from telemetry_ingest.upkeep.partitions import PartitionKeeper
+from telemetry_ingest.upkeep.reorder import DayReorderer
+from telemetry_ingest.upkeep.rollups import RollupRefresher
+from telemetry_ingest.upload.uploader import TelemetryUploader
 
 __all__ = ["SERVICE", "migrate", "realtime_limits", "reorder", "run"]
 
@@ -100,8 +101,9 @@ async def run(settings: IngestSettings, *, clock: Clock | None = None) -> None:
             open_broker(settings.consumer_amqp, client_name=SERVICE, startup_timeout_s=startup_timeout_s, clock=clock)
         )
         health.add_check("broker", broker.ready)
+        repository = ReadingsRepository(pool)
         # Stale = no reading for three agent poll intervals (the agent's default interval is 5 s).
-        repository = ReadingsRepository(pool, poll_interval_s=5.0, stale_after_intervals=3, clock=clock)
+        freshness = DeviceFreshness(pool, repository, poll_interval_s=5.0, stale_after_intervals=3, clock=clock)
         hub = await stack.enter_async_context(RealtimeHub(database_url))
         health.add_check("realtime", hub.ready)
         application = routes.build_app(
@@ -111,7 +113,7 @@ async def run(settings: IngestSettings, *, clock: Clock | None = None) -> None:
             health=health,
             extra_routes=[
                 device_status_route(
-                    repository, authenticator=Authenticator(settings.jwt_secret.get_secret_value(), clock=clock)
+                    freshness, authenticator=Authenticator(settings.jwt_secret.get_secret_value(), clock=clock)
                 ),
                 realtime_route(
                     hub, settings.jwt_secret.get_secret_value(), limits=realtime_limits(settings), clock=clock

@@ -17,7 +17,7 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
 from gridloop_common.clock import Clock, SystemClock
-from telemetry_ingest.auth import AuthenticationError, Authenticator, Identity
+from telemetry_ingest.api.auth import AuthenticationError, Authenticator, Identity
 from telemetry_ingest.realtime.filters import FilterError, parse_filter, parse_select
 from telemetry_ingest.realtime.hub import Binding, RealtimeHub, RealtimeUnavailable, RowChange
 from telemetry_ingest.realtime.protocol import (

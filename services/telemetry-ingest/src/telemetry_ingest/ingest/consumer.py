@@ -1,4 +1,4 @@
-"""The readings consumer handler (batch in, valid rows stored, bad rows dead-lettered) and the device status route."""
+"""The readings consumer handler (batch in, valid rows stored, bad rows dead-lettered)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,6 @@ from typing import Any, Final
 import asyncpg
 import msgspec
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from gridloop_common.clock import Clock, SystemClock
 from gridloop_common.contracts import routing
@@ -26,13 +23,11 @@ from gridloop_common.messaging import (
     PublishError,
     RetryableError,
 )
-from telemetry_ingest.auth import AuthenticationError, Authenticator
-from telemetry_ingest.group_commit import GroupCommitter
-from telemetry_ingest.postgrest import PostgrestError
-from telemetry_ingest.reading_rows import READING_MODELS, REAL_MAX, decoder
-from telemetry_ingest.repository import ReadingKind, ReadingRecord, ReadingsRepository, record_of
+from telemetry_ingest.ingest.group_commit import GroupCommitter
+from telemetry_ingest.ingest.reading_rows import READING_MODELS, REAL_MAX, decoder
+from telemetry_ingest.ingest.repository import ReadingKind, ReadingRecord, ReadingsRepository, record_of
 
-__all__ = ["device_status_route", "readings_handler"]
+__all__ = ["readings_handler"]
 
 logger = logging.getLogger(__name__)
 
@@ -152,33 +147,3 @@ async def _dead_letter(
         # The valid rows are committed; a retry re-inserts nothing and dead-letters again.
         raise RetryableError(f"could not dead-letter reading {index}: {error}") from error
     logger.warning("reading dead-lettered", extra={"index": index, "reason": reason, "message_id": message_id})
-
-
-def device_status_route(
-    repository: ReadingsRepository, *, authenticator: Authenticator, path: str = "/status/devices"
-) -> Route:
-    """``GET /status/devices``: a JSON list of {device, name, last_reading_at, age_s, stale}.
-
-    It names every device and when it last reported, so it takes the service_role key (`apikey` or
-    `Authorization: Bearer`, as the Flux API): no key or a bad one is 401, another role's key is 401 (anon)
-    or 403, as PostgREST answers a permission error.
-    """
-
-    async def device_status(request: Request) -> Response:
-        try:
-            identity = authenticator.authenticate(request.headers, request.query_params.get("apikey"))
-        except AuthenticationError as error:
-            return JSONResponse(error.body(), status_code=401, headers={"WWW-Authenticate": error.challenge})
-        if identity.role != "service_role":
-            refused = PostgrestError(
-                401 if identity.anonymous else 403,
-                "42501",
-                "permission denied for the device status",
-                hint="Send the service_role key.",
-            )
-            headers = {"WWW-Authenticate": "Bearer"} if refused.status == 401 else None
-            return JSONResponse(refused.body(), status_code=refused.status, headers=headers)
-        statuses = await repository.device_status()
-        return JSONResponse([status.as_json() for status in statuses])
-
-    return Route(path, device_status, methods=["GET"])

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from telemetry_ingest.postgrest.catalogue import Catalogue, Privileges
-from telemetry_ingest.postgrest.errors import PostgrestError, status_for_sqlstate
-from telemetry_ingest.postgrest.query import (
+from telemetry_ingest.api.postgrest.catalogue import Catalogue, Privileges
+from telemetry_ingest.api.postgrest.errors import PostgrestError, status_for_sqlstate
+from telemetry_ingest.api.postgrest.query import (
     Condition,
     Filter,
     InsertQuery,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from telemetry_ingest.postgrest.errors import PostgrestError
+from telemetry_ingest.api.postgrest.errors import PostgrestError
 
 __all__ = ["CSV_CONTENT_TYPE", "Media", "negotiate", "negotiate_nulls"]
 

@@ -32,7 +32,7 @@ import msgspec
 from pydantic import AwareDatetime, BaseModel
 
 from gridloop_common.contracts import BessReading, MeterReading
-from telemetry_ingest.repository import ReadingKind, ReadingRecord, table_columns
+from telemetry_ingest.ingest.repository import ReadingKind, ReadingRecord, table_columns
 
 __all__ = ["READING_MODELS", "REAL_MAX", "ReadingDecoder", "decoder", "row_struct"]
 

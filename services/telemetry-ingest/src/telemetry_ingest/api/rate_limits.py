@@ -11,8 +11,8 @@ from jwt.exceptions import DecodeError
 from jwt.utils import base64url_decode
 
 from gridloop_common.clock import Clock, SystemClock
-from telemetry_ingest.auth import Identity
-from telemetry_ingest.postgrest import PostgrestError
+from telemetry_ingest.api.auth import Identity
+from telemetry_ingest.api.postgrest import PostgrestError
 
 __all__ = ["TIERS", "Decision", "RateLimiter", "Tier", "bucket_key", "rate_limited"]
 

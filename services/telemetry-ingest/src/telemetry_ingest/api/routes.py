@@ -20,10 +20,10 @@ from starlette.routing import BaseRoute, Route
 
 from gridloop_common.clock import Clock
 from gridloop_common.observability import Health, health_routes
-from telemetry_ingest.auth import AuthenticationError, Authenticator, Identity
-from telemetry_ingest.connection_share import ConnectionsBusy, ConnectionShare, client_key
-from telemetry_ingest.openapi import OPENAPI_CONTENT_TYPE, build_openapi
-from telemetry_ingest.postgrest import (
+from telemetry_ingest.api.auth import AuthenticationError, Authenticator, Identity
+from telemetry_ingest.api.connection_share import ConnectionsBusy, ConnectionShare, client_key
+from telemetry_ingest.api.openapi import OPENAPI_CONTENT_TYPE, build_openapi
+from telemetry_ingest.api.postgrest import (
     JSON_CONTENT_TYPE,
     Catalogue,
     CompiledQuery,
@@ -38,10 +38,10 @@ from telemetry_ingest.postgrest import (
     parse_request,
     parse_rpc,
 )
-from telemetry_ingest.postgrest.errors import parse_error
-from telemetry_ingest.postgrest.privileges import check_method, check_privileges, filter_count
-from telemetry_ingest.postgrest.query import DeleteQuery, InsertQuery, ReadQuery, UpdateQuery
-from telemetry_ingest.rate_limits import RateLimiter, bucket_key, rate_limited
+from telemetry_ingest.api.postgrest.errors import parse_error
+from telemetry_ingest.api.postgrest.privileges import check_method, check_privileges, filter_count
+from telemetry_ingest.api.postgrest.query import DeleteQuery, InsertQuery, ReadQuery, UpdateQuery
+from telemetry_ingest.api.rate_limits import RateLimiter, bucket_key, rate_limited
 from telemetry_ingest.settings import IngestSettings, RoleLimits
 
 __all__ = ["DEFAULT_MAX_ROWS", "RPC_FUNCTIONS", "build_app"]

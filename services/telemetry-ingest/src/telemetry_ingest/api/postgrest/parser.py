@@ -9,8 +9,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal, cast
 from urllib.parse import parse_qsl
 
-from telemetry_ingest.postgrest.catalogue import Catalogue, Relation
-from telemetry_ingest.postgrest.errors import (
+from telemetry_ingest.api.postgrest.catalogue import Catalogue, Relation
+from telemetry_ingest.api.postgrest.errors import (
     PostgrestError,
     ambiguous_or_missing_filter,
     bad_json,
@@ -20,8 +20,8 @@ from telemetry_ingest.postgrest.errors import (
     unknown_column,
     unknown_relationship,
 )
-from telemetry_ingest.postgrest.media import Media, negotiate_nulls
-from telemetry_ingest.postgrest.query import (
+from telemetry_ingest.api.postgrest.media import Media, negotiate_nulls
+from telemetry_ingest.api.postgrest.query import (
     CAST_TYPES,
     OPERATORS,
     Argument,

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from telemetry_ingest.postgrest.catalogue import Catalogue, Relation, quote_identifier, quote_literal
-from telemetry_ingest.postgrest.query import (
+from telemetry_ingest.api.postgrest.catalogue import Catalogue, Relation, quote_identifier, quote_literal
+from telemetry_ingest.api.postgrest.query import (
     CAST_TYPES,
     OPERATORS,
     Argument,

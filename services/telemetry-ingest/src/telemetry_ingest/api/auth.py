@@ -12,7 +12,7 @@ from typing import Any
 import jwt
 
 from gridloop_common.clock import Clock, SystemClock
-from telemetry_ingest.postgrest import PostgrestError
+from telemetry_ingest.api.postgrest import PostgrestError
 
 __all__ = [
     "CLOCK_SKEW_SECONDS",

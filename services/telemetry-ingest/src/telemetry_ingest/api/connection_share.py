@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from telemetry_ingest.postgrest import PostgrestError
+from telemetry_ingest.api.postgrest import PostgrestError
 
 __all__ = ["ConnectionShare", "ConnectionsBusy", "client_key"]
 

@@ -6,9 +6,9 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from telemetry_ingest.postgrest.errors import PostgrestError, range_not_satisfiable
-from telemetry_ingest.postgrest.media import CSV_CONTENT_TYPE
-from telemetry_ingest.postgrest.query import InsertQuery, Query, ReadQuery
+from telemetry_ingest.api.postgrest.errors import PostgrestError, range_not_satisfiable
+from telemetry_ingest.api.postgrest.media import CSV_CONTENT_TYPE
+from telemetry_ingest.api.postgrest.query import InsertQuery, Query, ReadQuery
 
 __all__ = ["JSON_CONTENT_TYPE", "PostgrestResponse", "build_response", "error_response"]
 

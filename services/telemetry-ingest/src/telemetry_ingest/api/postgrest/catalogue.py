@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from telemetry_ingest.postgrest.errors import PostgrestError, unknown_function, unknown_table
+from telemetry_ingest.api.postgrest.errors import PostgrestError, unknown_function, unknown_table
 
 __all__ = [
     "API_ROLES",

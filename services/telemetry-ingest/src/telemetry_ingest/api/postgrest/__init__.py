@@ -1,6 +1,6 @@
 """PostgREST semantics for the Flux API: parse a request, compile it to SQL, shape the response."""
 
-from telemetry_ingest.postgrest.catalogue import (
+from telemetry_ingest.api.postgrest.catalogue import (
     Catalogue,
     Column,
     Function,
@@ -10,11 +10,11 @@ from telemetry_ingest.postgrest.catalogue import (
     load_catalogue,
     quote_identifier,
 )
-from telemetry_ingest.postgrest.compiler import CompiledQuery, compile_query
-from telemetry_ingest.postgrest.errors import PostgrestError, error_from_database, status_for_sqlstate
-from telemetry_ingest.postgrest.media import CSV_CONTENT_TYPE, Media, negotiate
-from telemetry_ingest.postgrest.parser import QueryString, parse_request, parse_rpc
-from telemetry_ingest.postgrest.query import (
+from telemetry_ingest.api.postgrest.compiler import CompiledQuery, compile_query
+from telemetry_ingest.api.postgrest.errors import PostgrestError, error_from_database, status_for_sqlstate
+from telemetry_ingest.api.postgrest.media import CSV_CONTENT_TYPE, Media, negotiate
+from telemetry_ingest.api.postgrest.parser import QueryString, parse_request, parse_rpc
+from telemetry_ingest.api.postgrest.query import (
     Argument,
     Condition,
     DeleteQuery,
@@ -28,7 +28,7 @@ from telemetry_ingest.postgrest.query import (
     SelectItem,
     UpdateQuery,
 )
-from telemetry_ingest.postgrest.response import (
+from telemetry_ingest.api.postgrest.response import (
     JSON_CONTENT_TYPE,
     PostgrestResponse,
     build_response,

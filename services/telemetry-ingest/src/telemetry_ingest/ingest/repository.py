@@ -1,24 +1,21 @@
-"""Readings storage (COPY, with an idempotent insert for redeliveries) and per-device freshness."""
+"""Readings storage (COPY, with an idempotent insert for redeliveries) and the newest reading per device."""
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from operator import attrgetter
 from typing import Any, Final
-from uuid import UUID
 
 import asyncpg
 from prometheus_client import Gauge
 
-from gridloop_common.clock import Clock, SystemClock
 from gridloop_common.contracts import BessReading, MeterReading
 
 __all__ = [
     "DEVICE_LAST_READING",
-    "DeviceStatus",
     "ReadingKind",
     "ReadingRecord",
     "ReadingsRepository",
@@ -97,50 +94,19 @@ def table_columns(kind: ReadingKind) -> tuple[str, ...]:
     return _TABLES[kind].columns
 
 
-@dataclass(frozen=True)
-class DeviceStatus:
-    """How fresh one device's telemetry is."""
-
-    device: str  # the device id (uuid), also the gauge's label
-    name: str | None  # registry name, None for a device that is not registered
-    last_reading_at: datetime | None
-    age_s: float | None
-    stale: bool
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "device": self.device,
-            "name": self.name,
-            "last_reading_at": self.last_reading_at.isoformat() if self.last_reading_at else None,
-            "age_s": None if self.age_s is None else round(self.age_s, 3),
-            "stale": self.stale,
-        }
-
-
 class ReadingsRepository:
-    """Writes reading batches idempotently and knows when each device last reported.
+    """Writes reading batches idempotently and remembers the newest reading it wrote for each device."""
 
-    ``stale_after_s`` defaults to three of the agent's poll intervals: one lost cycle is noise, three
-    in a row mean the device (or its agent) is gone.
-    """
-
-    def __init__(
-        self,
-        pool: asyncpg.Pool,
-        *,
-        poll_interval_s: float = 5.0,
-        stale_after_intervals: float = 3.0,
-        clock: Clock | None = None,
-    ) -> None:
-        if poll_interval_s <= 0 or stale_after_intervals <= 0:
-            raise ValueError("poll_interval_s and stale_after_intervals must be positive")
+    def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
-        self.stale_after_s = poll_interval_s * stale_after_intervals
-        self._clock: Clock = clock or SystemClock()
         # Newest reading time per device seen by this replica; the database is asked as well, since
         # other replicas consume the same queue. Keyed by the id's canonical text (see _note_records).
         self._last_reading: dict[str, float] = {}
         self._gauges: dict[str, Gauge] = {}
+
+    def last_readings(self) -> dict[str, float]:
+        """The newest reading time (Unix seconds) this replica stored per device, keyed by the id's canonical text."""
+        return dict(self._last_reading)
 
     @staticmethod
     def records(kind: ReadingKind, readings: Sequence[BessReading] | Sequence[MeterReading]) -> list[ReadingRecord]:
@@ -215,47 +181,3 @@ class ReadingsRepository:
                 if gauge is None:
                     gauge = self._gauges[key] = DEVICE_LAST_READING.labels(key)
                 gauge.set(moment_s)
-
-    async def device_status(self) -> list[DeviceStatus]:
-        """Freshness of every active registered device and of every device this replica has seen."""
-        rows = await self._pool.fetch(
-            """
-            SELECT registry.id, registry.name, greatest(
-                (SELECT max(bess.time) FROM flux.mg_bess_readings AS bess WHERE bess.device_id = registry.id),
-                (SELECT max(meter.time) FROM flux.mg_meter_readings AS meter WHERE meter.device_id = registry.id)
-            ) AS last_reading_at
-            FROM flux.mg_device_registry AS registry
-            WHERE registry.active
-            """
-        )
-        now = self._clock.now().timestamp()
-        names: dict[UUID, str | None] = {UUID(key): None for key in self._last_reading}
-        latest: dict[UUID, float] = {UUID(key): moment for key, moment in self._last_reading.items()}
-        for row in rows:
-            names[row["id"]] = row["name"]
-            stored: datetime | None = row["last_reading_at"]
-            if stored is not None:
-                moment = stored.timestamp()
-                if moment > latest.get(row["id"], float("-inf")):
-                    latest[row["id"]] = moment
-                    # Readings stored by another replica (or before a restart) count for the gauge too.
-                    DEVICE_LAST_READING.labels(str(row["id"])).set(moment)
-        statuses = []
-        for device_id, name in names.items():
-            moment_or_none = latest.get(device_id)
-            age_s = None if moment_or_none is None else now - moment_or_none
-            statuses.append(
-                DeviceStatus(
-                    device=str(device_id),
-                    name=name,
-                    last_reading_at=None if moment_or_none is None else datetime.fromtimestamp(moment_or_none, tz=UTC),
-                    age_s=age_s,
-                    stale=age_s is None or age_s > self.stale_after_s,
-                )
-            )
-        statuses.sort(key=lambda status: (status.name is None, status.name or "", status.device))
-        return statuses
-
-    async def stale_devices(self) -> list[DeviceStatus]:
-        """Devices with no reading for more than ``stale_after_s`` (or none at all)."""
-        return [status for status in await self.device_status() if status.stale]

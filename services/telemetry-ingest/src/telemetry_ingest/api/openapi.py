@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from telemetry_ingest.postgrest import Catalogue, Column, Function, Relation
+from telemetry_ingest.api.postgrest import Catalogue, Column, Function, Relation
 
 __all__ = ["OPENAPI_CONTENT_TYPE", "build_openapi"]
 

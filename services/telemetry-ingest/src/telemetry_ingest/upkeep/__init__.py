@@ -1,0 +1,1 @@
+"""Background upkeep of the readings store: meter rollups, daily partitions, closed days reordered."""

@@ -1,0 +1,1 @@
+"""Telemetry uploaded to the upstream platform (opt-in)."""
