@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from device_agent.control import DeviceLimits
-from device_agent.controller import BatteryController
+from device_agent.control_loop import BatteryController
+from device_agent.intent import DeviceLimits
 from device_agent.modbus.bus import DeviceAddress, ModbusBus
 from device_agent.repository import RegisteredDevice
 from gridloop_common.contracts import BatteryMode, DeviceAction, DeviceResyncRequest, PowerMode, routing

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from device_agent.control import DeviceLimits
-from device_agent.controller import BatteryController
+from device_agent.control_loop import BatteryController
+from device_agent.intent import DeviceLimits
 from device_agent.modbus import DeviceAddress, ModbusBus
 from device_agent.repository import RegisteredDevice
 from gridloop_common.contracts import DeviceAction, DeviceOutcome

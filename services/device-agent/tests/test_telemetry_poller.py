@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
-from device_agent.control import DeviceLimits
+from device_agent.intent import DeviceLimits
 from device_agent.modbus import DeviceAddress, ModbusBus
 from device_agent.repository import RegisteredDevice
 from device_agent.telemetry import TelemetryPoller, batch_message_id

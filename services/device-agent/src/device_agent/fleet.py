@@ -9,8 +9,8 @@ import logging
 import asyncpg
 from prometheus_client import Gauge
 
-from device_agent.controller import BatteryController
-from device_agent.meter import SiteMeter
+from device_agent.control_loop import BatteryController
+from device_agent.drivers.sunspec_meter import SiteMeter
 from device_agent.modbus.bus import ModbusBus
 from device_agent.repository import RegisteredDevice, UnusableDevice, load_devices
 from gridloop_common.clock import Clock, SystemClock

@@ -15,7 +15,7 @@ from typing import Final
 from prometheus_client import Counter, Histogram
 from pydantic import TypeAdapter, ValidationError
 
-from device_agent.device import BatterySnapshot, SunSpecBattery
+from device_agent.drivers.sunspec_battery import BatterySnapshot, SunSpecBattery
 from device_agent.modbus.bus import ModbusBus, Priority
 from device_agent.modbus.errors import DeviceError, InvalidResponse
 from device_agent.profiles.base import ModelBlock

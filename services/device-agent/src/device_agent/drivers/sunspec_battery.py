@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from device_agent.control import (
+from device_agent.intent import (
     ControlIntent,
     ControlLimits,
     DeviceLimits,

@@ -12,9 +12,9 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
-from device_agent.control import ControlIntent, ControlMode, IntentExpired, InvalidIntent, WritePlan
-from device_agent.device import SunSpecBattery
-from device_agent.meter import SiteMeter
+from device_agent.drivers.sunspec_battery import SunSpecBattery
+from device_agent.drivers.sunspec_meter import SiteMeter
+from device_agent.intent import IntentExpired, InvalidIntent, UnsupportedAction, WritePlan, intent_for
 from device_agent.modbus.bus import ModbusBus
 from device_agent.modbus.errors import DeviceError, DeviceUnavailable
 from device_agent.repository import RegisteredDevice
@@ -30,47 +30,12 @@ from gridloop_common.contracts import (
 )
 from gridloop_common.messaging import Publisher, PublishError
 
-__all__ = ["BatteryController", "intent_for"]
+__all__ = ["BatteryController"]
 
 logger = logging.getLogger(__name__)
 
 FOLLOW_LOAD_PERIOD_S = 1.0
 AVAILABILITY_HEARTBEAT_S = 60.0
-
-
-class UnsupportedAction(Exception):
-    """The action cannot be expressed on this device."""
-
-
-def intent_for(action: DeviceAction, *, site_power_w: float | None = None) -> ControlIntent:
-    """Map a scheduler action onto the device-level control intent."""
-    reserve = float(action.backup_reserve_percentage) if action.backup_reserve_percentage is not None else None
-    if action.power_mode == PowerMode.FOLLOW_LOAD:
-        if action.mode != BatteryMode.DISCHARGE:
-            raise UnsupportedAction("FOLLOW_LOAD is a discharge mode; it cannot be combined with CHARGE")
-        return ControlIntent(
-            mode=ControlMode.FOLLOW_LOAD,
-            site_power_w=site_power_w,
-            enable_grid_import=action.enable_grid_import,
-            backup_reserve_pct=reserve,
-            valid_until=action.valid_until,
-        )
-    mode = {
-        BatteryMode.CHARGE: ControlMode.CHARGE,
-        BatteryMode.DISCHARGE: ControlMode.DISCHARGE,
-        BatteryMode.STANDBY: ControlMode.STANDBY,
-        BatteryMode.BACKUP: ControlMode.BACKUP,
-        BatteryMode.SELF_CONSUMPTION: ControlMode.SELF_CONSUMPTION,
-        # Without a tariff plan from the optimizer, SAVINGS behaves as self-consumption (the safe default).
-        BatteryMode.SAVINGS: ControlMode.SELF_CONSUMPTION,
-    }[action.mode]
-    return ControlIntent(
-        mode=mode,
-        setpoint_w=float(action.setpoint_w) if action.setpoint_w is not None else None,
-        enable_grid_import=action.enable_grid_import,
-        backup_reserve_pct=reserve,
-        valid_until=action.valid_until,
-    )
 
 
 @dataclass
