@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from device_agent.control import (
+from device_agent.intent import (
     ControlIntent,
     ControlLimits,
     ControlMode,

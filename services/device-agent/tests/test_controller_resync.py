@@ -14,8 +14,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from device_agent.control import DeviceLimits
-from device_agent.controller import BatteryController
+from device_agent.control_loop import ControlLoop
+from device_agent.coordinator import battery_device
+from device_agent.intent import DeviceLimits
 from device_agent.modbus.bus import DeviceAddress, ModbusBus
 from device_agent.repository import RegisteredDevice
 from gridloop_common.contracts import BatteryMode, DeviceAction, DeviceResyncRequest, PowerMode, routing
@@ -69,7 +70,11 @@ async def test_the_controller_asks_for_the_current_action_at_start_and_when_the_
     )
     await simulator.start()
     async with ModbusBus(timeout_s=0.5) as bus:
-        controller = BatteryController(device=device, bus=bus, publisher=broker.publisher, revert_timeout_s=10)
+        controller = ControlLoop(
+            battery=battery_device(device, bus=bus, revert_timeout_s=10),
+            publisher=broker.publisher,
+            revert_timeout_s=10,
+        )
         task = asyncio.create_task(controller.run_forever())
         try:
             started = await _next_request(broker, queue_name, timeout_s=10)

@@ -92,8 +92,8 @@ async def test_devices_with_a_bad_power_limit_are_not_driven_and_are_reported_na
         )
         await fleet.refresh()
 
-        assert fleet.controller(zero) is None and fleet.controller(true) is None
-        assert zero not in {device.name for device in fleet.registered_devices()}  # not polled either
+        assert fleet.control_loop(zero) is None and fleet.control_loop(true) is None
+        assert zero not in {device.name for device in fleet.coordinators()}  # not polled either
         reports = [
             DeviceAvailability.model_validate_json(body) for body in await _next_bodies(broker, availability_queue, 2)
         ]

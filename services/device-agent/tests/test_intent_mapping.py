@@ -6,8 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from device_agent.control import ControlMode
-from device_agent.controller import UnsupportedAction, intent_for
+from device_agent.intent import ControlMode, UnsupportedAction, intent_for
 from gridloop_common.contracts import BatteryMode, DeviceAction, PowerMode
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from device_agent.control import DeviceLimits
-from device_agent.controller import BatteryController
+from device_agent.control_loop import ControlLoop
+from device_agent.coordinator import battery_device
+from device_agent.intent import DeviceLimits
 from device_agent.modbus import DeviceAddress, ModbusBus
 from device_agent.repository import RegisteredDevice
 from gridloop_common.contracts import DeviceAction, DeviceOutcome
@@ -26,14 +27,16 @@ SAVINGS_NOTE = "SAVINGS follows self-consumption until the optimizer provides a 
 
 
 @pytest.fixture
-async def controller(amqp_url: str) -> AsyncIterator[BatteryController]:
+async def controller(amqp_url: str) -> AsyncIterator[ControlLoop]:
     async with (
         BatterySimulator(port=0, capacity_wh=10_000, max_power_w=5_000, initial_soc_pct=60, realtime=False) as battery,
         ModbusBus(timeout_s=1.0) as bus,
         open_broker(AmqpSettings(), client_name="outcome-test", url=amqp_url) as broker,
     ):
-        controller = BatteryController(
-            device=_device(battery.port), bus=bus, publisher=broker.publisher, revert_timeout_s=60
+        controller = ControlLoop(
+            battery=battery_device(_device(battery.port), bus=bus, revert_timeout_s=60),
+            publisher=broker.publisher,
+            revert_timeout_s=60,
         )
         task = asyncio.create_task(controller.run_forever())
         try:
@@ -56,7 +59,7 @@ def _device(port: int) -> RegisteredDevice:
     )
 
 
-async def _outcome(controller: BatteryController, **fields: Any) -> DeviceOutcome:
+async def _outcome(controller: ControlLoop, **fields: Any) -> DeviceOutcome:
     action = DeviceAction.model_validate(
         {"device_name": "battery-outcome", "issued_at": datetime.now(tz=UTC), "command_id": uuid.uuid4(), **fields}
     )
@@ -65,12 +68,12 @@ async def _outcome(controller: BatteryController, **fields: Any) -> DeviceOutcom
     return outcome
 
 
-async def test_savings_says_it_runs_as_self_consumption(controller: BatteryController) -> None:
+async def test_savings_says_it_runs_as_self_consumption(controller: ControlLoop) -> None:
     outcome = await _outcome(controller, mode="SAVINGS")
     assert outcome.reason == SAVINGS_NOTE
 
 
-async def test_deprecated_settings_are_named_as_ignored(controller: BatteryController) -> None:
+async def test_deprecated_settings_are_named_as_ignored(controller: ControlLoop) -> None:
     outcome = await _outcome(
         controller,
         mode="SAVINGS",
@@ -87,6 +90,6 @@ async def test_deprecated_settings_are_named_as_ignored(controller: BatteryContr
     assert discharge.reason == "enable_grid_export ignored (deprecated upstream)"
 
 
-async def test_an_action_carried_out_as_asked_has_no_reason(controller: BatteryController) -> None:
+async def test_an_action_carried_out_as_asked_has_no_reason(controller: ControlLoop) -> None:
     outcome = await _outcome(controller, mode="SELF_CONSUMPTION")
     assert outcome.reason is None

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from device_agent.control import ControlIntent, ControlMode, DeviceLimits, IntentExpired
-from device_agent.device import SunSpecBattery
+from device_agent.drivers.sunspec_battery import SunSpecBattery
+from device_agent.intent import ControlIntent, ControlMode, DeviceLimits, IntentExpired
 from device_agent.modbus import (
     DeviceAddress,
     DeviceUnavailable,

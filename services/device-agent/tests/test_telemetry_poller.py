@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
-from device_agent.control import DeviceLimits
+from device_agent.coordinator import BatteryDevice, MeterDevice, device_for
+from device_agent.intent import DeviceLimits
 from device_agent.modbus import DeviceAddress, ModbusBus
 from device_agent.repository import RegisteredDevice
 from device_agent.telemetry import TelemetryPoller, batch_message_id
@@ -71,6 +72,12 @@ def _device(name: str, device_type: str, port: int) -> RegisteredDevice:
         site_meter=None,
         ac_power_sign=1,
     )
+
+
+def _coordinators(devices: list[RegisteredDevice], bus: ModbusBus) -> list[BatteryDevice | MeterDevice]:
+    """The device objects the fleet would hand the poller."""
+    found = [device_for(device, bus=bus) for device in devices]
+    return [coordinator for coordinator in found if coordinator is not None]
 
 
 class BlackHole:
@@ -133,8 +140,9 @@ async def test_readings_carry_the_devices_values_in_flux_units_and_signs(
             _device("bess-discharging", "bess", discharging.port),
             _device("site-meter", "meter", meter.port),
         ]
+        coordinators = _coordinators(devices, bus)
         poller = TelemetryPoller(
-            bus=bus, publisher=broker.publisher, devices=lambda: devices, interval_s=5.0, batch_size=10
+            publisher=broker.publisher, devices=lambda: coordinators, interval_s=5.0, batch_size=10
         )
         report = await poller.poll_once(CYCLE_TIME)
 
@@ -184,10 +192,10 @@ async def test_a_dead_device_does_not_delay_the_others_and_is_logged_once_down_a
         async with hung:
             devices = [_device("healthy", "bess", healthy.port), _device("hung", "bess", hung.port)]
             dead_port = hung.port
+            coordinators = _coordinators(devices, bus)
             poller = TelemetryPoller(
-                bus=bus,
                 publisher=broker.publisher,
-                devices=lambda: devices,
+                devices=lambda: coordinators,
                 interval_s=5.0,
                 device_timeout_s=1.5,
                 flush_after_s=0.05,

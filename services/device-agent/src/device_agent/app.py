@@ -84,12 +84,12 @@ async def run(settings: DeviceAgentSettings, *, clock: Clock | None = None) -> N
             name="registry-listen",
         )
         stack.callback(listener_task.cancel)
-        # Telemetry: every registered battery and meter, polled on the interval grid from the fleet's
-        # registry view; it starts after the first registry load and shares the bus at poll priority.
+        # Telemetry: every registered battery and meter, polled on the interval grid through the fleet's
+        # device coordinators (the objects the control loops use); it starts after the first registry load
+        # and shares the bus at poll priority.
         poller = TelemetryPoller(
-            bus=bus,
             publisher=broker.publisher,
-            devices=fleet.registered_devices,
+            devices=fleet.coordinators,
             interval_s=settings.agent_poll_interval_s,
             clock=clock,
         )

@@ -1,4 +1,8 @@
-"""The set of devices this agent drives, kept in step with the registry."""
+"""The set of devices this agent drives and polls, kept in step with the registry.
+
+One DeviceCoordinator per registered device (batteries and meters), shared by the control loops and the
+telemetry poller; one ControlLoop task per battery.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,8 @@ import logging
 import asyncpg
 from prometheus_client import Gauge
 
-from device_agent.controller import BatteryController
-from device_agent.meter import SiteMeter
+from device_agent.control_loop import ControlLoop
+from device_agent.coordinator import BatteryDevice, MeterDevice, battery_device, meter_device
 from device_agent.modbus.bus import ModbusBus
 from device_agent.repository import RegisteredDevice, UnusableDevice, load_devices
 from gridloop_common.clock import Clock, SystemClock
@@ -34,7 +38,7 @@ DEVICE_WAIT_RECHECK_S = 1.0
 
 
 class Fleet:
-    """Starts a controller task per registered battery; picks up added devices and retires removed ones."""
+    """A coordinator per registered device and a control loop task per battery; follows the registry's changes."""
 
     def __init__(
         self,
@@ -52,7 +56,9 @@ class Fleet:
         self._publisher = publisher
         self._revert_timeout_s = revert_timeout_s
         self._refresh_interval_s = refresh_interval_s
-        self._controllers: dict[str, BatteryController] = {}
+        self._batteries: dict[str, BatteryDevice] = {}
+        self._meters: dict[str, MeterDevice] = {}
+        self._controllers: dict[str, ControlLoop] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._known: dict[str, RegisteredDevice] = {}
         self._unusable: dict[str, UnusableDevice] = {}
@@ -62,19 +68,20 @@ class Fleet:
         self._refresh_lock = asyncio.Lock()
         self._missing_retry_s = REGISTRY_MISSING_FIRST_RETRY_S
 
-    def controller(self, device_name: str) -> BatteryController | None:
+    def control_loop(self, device_name: str) -> ControlLoop | None:
         return self._controllers.get(device_name)
 
     @property
     def devices(self) -> list[str]:
         return sorted(self._controllers)
 
-    def registered_devices(self) -> list[RegisteredDevice]:
-        """Every active device with a Modbus address (batteries and meters) as of the last registry refresh.
+    def coordinators(self) -> list[BatteryDevice | MeterDevice]:
+        """The coordinator of every active battery and meter as of the last registry refresh.
 
-        The telemetry poller reads its device list from here, so it follows the same registry refresh.
+        The telemetry poller reads its devices from here: the same objects the control loops use.
         """
-        return list(self._known.values())
+        devices: list[BatteryDevice | MeterDevice] = [*self._batteries.values(), *self._meters.values()]
+        return sorted(devices, key=lambda device: device.name)
 
     def unusable_reason(self, device_name: str) -> str | None:
         """Why an active device is not driven (its metadata breaks the contract), or None."""
@@ -85,7 +92,7 @@ class Fleet:
         """A change notice (LISTEN on the registry's channel): re-read the registry now, not at the period's end."""
         self._registry_changed.set()
 
-    async def wait_for_controller(self, device_name: str, *, timeout_s: float) -> BatteryController | None:
+    async def wait_for_control_loop(self, device_name: str, *, timeout_s: float) -> ControlLoop | None:
         """The device's controller, re-reading the registry until it names the device or ``timeout_s`` is up.
 
         For an action that overtook its device's registration: it waits for the registry instead of being
@@ -96,7 +103,7 @@ class Fleet:
         deadline = loop.time() + timeout_s
         while True:
             await self.refresh()
-            controller = self.controller(device_name)
+            controller = self.control_loop(device_name)
             remaining = deadline - loop.time()
             if controller is not None or remaining <= 0:
                 return controller
@@ -104,7 +111,7 @@ class Fleet:
                 await asyncio.wait_for(self._registry_changed.wait(), min(remaining, DEVICE_WAIT_RECHECK_S))
 
     async def refresh(self) -> None:
-        """Re-read the registry and reconcile the controllers with it."""
+        """Re-read the registry and reconcile the coordinators and control loops with it."""
         async with self._refresh_lock:
             await self._refresh_unlocked()
 
@@ -115,21 +122,27 @@ class Fleet:
             return
         devices = read.devices
         by_name = {device.name: device for device in devices}
-        for name in list(self._controllers):
+        for name in list(self._known):
             if by_name.get(name) != self._known.get(name):
-                self._tasks.pop(name).cancel()
-                del self._controllers[name]
-                logger.info("device retired", extra={"device": name})
+                self._batteries.pop(name, None)
+                self._meters.pop(name, None)
+                if name in self._controllers:
+                    self._tasks.pop(name).cancel()
+                    del self._controllers[name]
+                    logger.info("device retired", extra={"device": name})
+        for device in devices:
+            if device.device_type == DeviceType.METER and device.name not in self._meters:
+                self._meters[device.name] = meter_device(device, bus=self._bus)
         for device in devices:
             if device.device_type != DeviceType.BESS or device.name in self._controllers:
                 continue
-            meter = by_name.get(device.site_meter) if device.site_meter else None
-            controller = BatteryController(
-                device=device,
-                bus=self._bus,
+            battery = battery_device(device, bus=self._bus, revert_timeout_s=self._revert_timeout_s, clock=self._clock)
+            self._batteries[device.name] = battery
+            controller = ControlLoop(
+                battery=battery,
                 publisher=self._publisher,
                 revert_timeout_s=self._revert_timeout_s,
-                site_meter=SiteMeter(bus=self._bus, address=meter.address) if meter else None,
+                site_meter=self._site_meter(device, by_name),
                 clock=self._clock,
             )
             self._controllers[device.name] = controller
@@ -139,6 +152,14 @@ class Fleet:
         self._known = by_name
         await self._report_unusable(read.unusable)
         self.loaded.set()
+
+    def _site_meter(self, device: RegisteredDevice, by_name: dict[str, RegisteredDevice]) -> MeterDevice | None:
+        """The coordinator of the meter ``device`` follows for FOLLOW_LOAD (``metadata.site_meter``), if any."""
+        named = by_name.get(device.site_meter) if device.site_meter else None
+        if named is None:
+            return None
+        # A site meter registered as another type (a battery's own AC model) is read through a meter driver of its own.
+        return self._meters.get(named.name) or meter_device(named, bus=self._bus)
 
     async def _report_unusable(self, unusable: list[UnusableDevice]) -> None:
         """Log and publish (as unavailable, with the reason) each device newly refused for its metadata."""

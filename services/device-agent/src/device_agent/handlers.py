@@ -37,14 +37,14 @@ def device_action_handler(fleet: Fleet, publisher: Publisher, clock: Clock) -> C
 
     async def handle(action: DeviceAction, delivery: Delivery) -> None:
         await asyncio.wait_for(fleet.loaded.wait(), 30)
-        controller = fleet.controller(action.device_name)
+        controller = fleet.control_loop(action.device_name)
         if controller is None and fleet.unusable_reason(action.device_name) is None:
             # Registered a moment ago (the action overtook the registry's change notice)? Wait for it.
             wait_s = unknown_device_wait_s(action.issued_at, action.valid_until, now=clock.now())
             logger.info(
                 "action waits for its device's registration", extra={"device": action.device_name, "wait_s": wait_s}
             )
-            controller = await fleet.wait_for_controller(action.device_name, timeout_s=wait_s)
+            controller = await fleet.wait_for_control_loop(action.device_name, timeout_s=wait_s)
         if controller is None:
             outcome: DeviceOutcome | None = DeviceOutcome(
                 action_id=action.action_id,

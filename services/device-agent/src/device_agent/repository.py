@@ -7,7 +7,7 @@ from uuid import UUID
 
 import asyncpg
 
-from device_agent.control import DeviceLimits
+from device_agent.intent import DeviceLimits
 from device_agent.modbus.bus import DeviceAddress
 from gridloop_common.contracts import DeviceMetadata, InvalidDeviceMetadata
 

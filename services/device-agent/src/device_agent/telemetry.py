@@ -1,4 +1,8 @@
-"""TelemetryPoller: one coordinated read of every registered battery and meter per interval, published in batches."""
+"""TelemetryPoller: one read of every registered battery and meter per interval, published in batches.
+
+It reads through each device's DeviceCoordinator (the fleet's, shared with the control loops), so a
+device is discovered once and an outage either side sees is the device's, not the poller's alone.
+"""
 
 from __future__ import annotations
 
@@ -15,21 +19,16 @@ from typing import Final
 from prometheus_client import Counter, Histogram
 from pydantic import TypeAdapter, ValidationError
 
-from device_agent.device import BatterySnapshot, SunSpecBattery
-from device_agent.modbus.bus import ModbusBus, Priority
+from device_agent.coordinator import BatteryDevice, MeterDevice, is_battery, is_meter
+from device_agent.drivers.sunspec_battery import BatterySnapshot
+from device_agent.drivers.sunspec_meter import MeterSnapshot
+from device_agent.modbus.bus import Priority
 from device_agent.modbus.errors import DeviceError, InvalidResponse
 from device_agent.profiles.base import ModelBlock
-from device_agent.profiles.sunspec import (
-    METER_WYE,
-    STORAGE_CONTROL_CHARGE,
-    STORAGE_CONTROL_DISCHARGE,
-    SunSpecMap,
-    discover,
-    read_model,
-)
+from device_agent.profiles.sunspec import METER_WYE, STORAGE_CONTROL_CHARGE, STORAGE_CONTROL_DISCHARGE
 from device_agent.repository import RegisteredDevice
 from gridloop_common.clock import Clock, SystemClock
-from gridloop_common.contracts import BessReading, CommandSource, DeviceType, MeterReading, routing
+from gridloop_common.contracts import BessReading, CommandSource, MeterReading, routing
 from gridloop_common.messaging import Publisher, PublishError
 
 __all__ = [
@@ -168,44 +167,35 @@ def meter_reading(device: RegisteredDevice, block: ModelBlock, cycle_time: datet
     )
 
 
-class _MeterSource:
-    """A model 203 meter: discovered once, rediscovered after the map stops matching."""
-
-    def __init__(self, *, bus: ModbusBus, device: RegisteredDevice) -> None:
-        self._bus = bus
-        self._device = device
-        self._map: SunSpecMap | None = None
-
-    async def read(self, cycle_time: datetime) -> MeterReading:
-        if self._map is None:
-            self._map = await discover(self._bus, self._device.address, priority=Priority.POLL)
-        try:
-            block = await read_model(
-                self._bus, self._device.address, self._map.require(METER_WYE.model_id), priority=Priority.POLL
-            )
-        except InvalidResponse:
-            self._map = None
-            raise
-        return meter_reading(self._device, block, cycle_time)
+async def _read_meter(meter: MeterDevice, cycle_time: datetime) -> MeterReading:
+    snapshot: MeterSnapshot = await meter.refresh(priority=Priority.POLL)
+    snapshot.sunspec.require(METER_WYE.model_id)  # telemetry maps model 203 only
+    return meter_reading(meter.device, snapshot.block, cycle_time)
 
 
-class _BatterySource:
-    """A SunSpec battery read at poll priority, so control writes on the same line go first."""
-
-    def __init__(self, *, bus: ModbusBus, device: RegisteredDevice, clock: Clock) -> None:
-        self._device = device
-        self._battery = SunSpecBattery(bus=bus, address=device.address, ac_power_sign=device.ac_power_sign, clock=clock)
-
-    async def read(self, cycle_time: datetime) -> BessReading:
-        snapshot = await self._battery.read_snapshot(priority=Priority.POLL)
-        return bess_reading(self._device, snapshot, cycle_time)
+async def _read_battery(battery: BatteryDevice, cycle_time: datetime) -> BessReading:
+    # At poll priority, so control writes on the same line go first.
+    snapshot: BatterySnapshot = await battery.refresh(priority=Priority.POLL)
+    return bess_reading(battery.device, snapshot, cycle_time)
 
 
 @dataclass
 class _PolledDevice:
-    device: RegisteredDevice
-    source: _MeterSource | _BatterySource
-    available: bool | None = None  # None until the first read, so the first failure is logged too
+    coordinator: BatteryDevice | MeterDevice
+    # Whether the last telemetry read gave a reading (None until the first, so the first failure is logged too);
+    # a telemetry notion, wider than the device's availability: an implausible reading counts as a failure here.
+    available: bool | None = None
+
+    @property
+    def device(self) -> RegisteredDevice:
+        return self.coordinator.device
+
+    async def read(self, cycle_time: datetime) -> Reading:
+        if is_battery(self.coordinator):
+            return await _read_battery(self.coordinator, cycle_time)
+        if is_meter(self.coordinator):
+            return await _read_meter(self.coordinator, cycle_time)
+        raise TypeError(f"{self.device.name}: no telemetry mapping for {type(self.coordinator.driver).__name__}")
 
 
 @dataclass
@@ -232,9 +222,8 @@ class TelemetryPoller:
     def __init__(
         self,
         *,
-        bus: ModbusBus,
         publisher: Publisher,
-        devices: Callable[[], Sequence[RegisteredDevice]],
+        devices: Callable[[], Sequence[BatteryDevice | MeterDevice]],
         interval_s: float,
         device_timeout_s: float | None = None,
         batch_size: int = 200,
@@ -245,7 +234,6 @@ class TelemetryPoller:
             raise ValueError("interval_s must be positive")
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        self._bus = bus
         self._publisher = publisher
         self._devices = devices
         self._interval_s = interval_s
@@ -307,28 +295,21 @@ class TelemetryPoller:
         return report
 
     def _reconcile(self) -> list[_PolledDevice]:
-        """Follow the registry: keep state of unchanged devices, rebuild changed ones, drop removed ones."""
+        """Follow the fleet: keep state of unchanged devices, start afresh for changed ones, drop removed ones."""
         current: dict[uuid.UUID, _PolledDevice] = {}
-        for device in self._devices():
-            if device.device_type not in (DeviceType.BESS, DeviceType.METER):
+        for coordinator in self._devices():
+            known = self._polled.get(coordinator.device.device_id)
+            if known is not None and known.coordinator is coordinator:
+                current[coordinator.device.device_id] = known
                 continue
-            known = self._polled.get(device.device_id)
-            if known is not None and known.device == device:
-                current[device.device_id] = known
-                continue
-            source: _MeterSource | _BatterySource = (
-                _BatterySource(bus=self._bus, device=device, clock=self._clock)
-                if device.device_type == DeviceType.BESS
-                else _MeterSource(bus=self._bus, device=device)
-            )
-            current[device.device_id] = _PolledDevice(device=device, source=source)
+            current[coordinator.device.device_id] = _PolledDevice(coordinator=coordinator)
         self._polled = current
         return list(current.values())
 
     async def _read(self, state: _PolledDevice, cycle_time: datetime) -> Reading | None:
         try:
             async with asyncio.timeout(self._device_timeout_s):
-                reading = await state.source.read(cycle_time)
+                reading = await state.read(cycle_time)
         except TimeoutError:
             self._mark(state, False, f"no complete reading within {self._device_timeout_s:g} s")
             return None

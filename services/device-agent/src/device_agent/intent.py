@@ -1,4 +1,4 @@
-"""Battery control intents turned into bounded SunSpec model 124 register writes (pure, no I/O)."""
+"""Control intents, pure (no I/O): a scheduler action → a control intent → bounded SunSpec model 124 writes."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from device_agent.profiles.sunspec import (
     STORAGE_CONTROL_CHARGE,
     STORAGE_CONTROL_DISCHARGE,
 )
-from gridloop_common.contracts import DeviceMetadata
+from gridloop_common.contracts import BatteryMode, DeviceAction, DeviceMetadata, PowerMode
 
 __all__ = [
     "Clamp",
@@ -27,8 +27,10 @@ __all__ = [
     "InvalidIntent",
     "RegisterWrite",
     "ReserveChoice",
+    "UnsupportedAction",
     "WritePlan",
     "follow_load_setpoint",
+    "intent_for",
     "plan_writes",
     "reserve_for",
     "revert_timeout_for",
@@ -345,3 +347,38 @@ def _write(name: str, value: float, scale_factor: int) -> RegisterWrite:
 def _raw_write(name: str, raw: int, value: float) -> RegisterWrite:
     definition = STORAGE.point(name)
     return RegisterWrite(name, definition.offset, value, tuple(encode(definition.type, raw)))
+
+
+class UnsupportedAction(Exception):
+    """The action cannot be expressed on this device."""
+
+
+def intent_for(action: DeviceAction, *, site_power_w: float | None = None) -> ControlIntent:
+    """Map a scheduler action onto the device-level control intent."""
+    reserve = float(action.backup_reserve_percentage) if action.backup_reserve_percentage is not None else None
+    if action.power_mode == PowerMode.FOLLOW_LOAD:
+        if action.mode != BatteryMode.DISCHARGE:
+            raise UnsupportedAction("FOLLOW_LOAD is a discharge mode; it cannot be combined with CHARGE")
+        return ControlIntent(
+            mode=ControlMode.FOLLOW_LOAD,
+            site_power_w=site_power_w,
+            enable_grid_import=action.enable_grid_import,
+            backup_reserve_pct=reserve,
+            valid_until=action.valid_until,
+        )
+    mode = {
+        BatteryMode.CHARGE: ControlMode.CHARGE,
+        BatteryMode.DISCHARGE: ControlMode.DISCHARGE,
+        BatteryMode.STANDBY: ControlMode.STANDBY,
+        BatteryMode.BACKUP: ControlMode.BACKUP,
+        BatteryMode.SELF_CONSUMPTION: ControlMode.SELF_CONSUMPTION,
+        # Without a tariff plan from the optimizer, SAVINGS behaves as self-consumption (the safe default).
+        BatteryMode.SAVINGS: ControlMode.SELF_CONSUMPTION,
+    }[action.mode]
+    return ControlIntent(
+        mode=mode,
+        setpoint_w=float(action.setpoint_w) if action.setpoint_w is not None else None,
+        enable_grid_import=action.enable_grid_import,
+        backup_reserve_pct=reserve,
+        valid_until=action.valid_until,
+    )

@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from device_agent.control import (
+from device_agent.intent import (
     ControlIntent,
     ControlLimits,
     DeviceLimits,
@@ -132,14 +132,14 @@ class SunSpecBattery:
         """The model map found by the last discovery, if any."""
         return self._map
 
-    async def discover(self) -> DeviceIdentity:
+    async def discover(self, *, priority: Priority = Priority.POLL) -> DeviceIdentity:
         """Walk the SunSpec chain and check the models a controllable battery needs are present."""
-        found = await discover(self._bus, self.address)
+        found = await discover(self._bus, self.address, priority=priority)
         for model_id in (COMMON.model_id, STORAGE.model_id, BATTERY.model_id):
             found.require(model_id)
         if found.find(DER_AC_MEASUREMENT.model_id) is None and found.find(INVERTER_THREE_PHASE.model_id) is None:
             raise DiscoveryError(f"{self.address}: no AC measurement model (701 or 103)")
-        common = await read_model(self._bus, self.address, found.require(COMMON.model_id))
+        common = await read_model(self._bus, self.address, found.require(COMMON.model_id), priority=priority)
         self._map = found
         return DeviceIdentity(
             manufacturer=common.text("Mn"),
@@ -262,6 +262,10 @@ class SunSpecBattery:
         self._active = _ActiveControl(active.plan, self._clock.monotonic(), timeout_s)
         return True
 
+    async def keep_alive(self, *, now: datetime | None = None) -> bool:
+        """The driver interface's name for refreshing the revert timer."""
+        return await self.refresh_revert_timer(now=now)
+
     async def _write_verified(self, start: int, registers: list[int], names: list[str]) -> None:
         await self._bus.write_registers(self.address, start, registers, priority=Priority.CONTROL)
         read_back = await self._bus.read_holding_registers(
@@ -273,7 +277,7 @@ class SunSpecBattery:
 
     async def _read(self, model_id: int, priority: Priority) -> ModelBlock:
         if self._map is None:
-            await self.discover()
+            await self.discover(priority=priority)
         sunspec = self._require_map()
         try:
             return await read_model(self._bus, self.address, sunspec.require(model_id), priority=priority)

@@ -1,8 +1,9 @@
-"""One battery under control: apply actions, keep the revert timer fresh, follow load, report outcomes.
+"""The control loop of one battery: apply actions, keep the revert timer fresh, follow load, report outcomes.
 
-Each battery has its own task, so one dead or slow device never stalls another. Actions arrive in a
-single-slot mailbox (the newest wins); writes use the bus's control priority, so they never queue
-behind telemetry polls.
+It talks to the battery only through the battery's DeviceCoordinator (shared with the telemetry poller),
+so discovery and availability are the device's, not the loop's. Each battery has its own task, so one dead
+or slow device never stalls another. Actions arrive in a single-slot mailbox (the newest wins); writes use
+the bus's control priority, so they never queue behind telemetry polls.
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
-from device_agent.control import ControlIntent, ControlMode, IntentExpired, InvalidIntent, WritePlan
-from device_agent.device import SunSpecBattery
-from device_agent.meter import SiteMeter
-from device_agent.modbus.bus import ModbusBus
+from device_agent.coordinator import BatteryDevice, MeterDevice
+from device_agent.drivers.sunspec_meter import site_power_w
+from device_agent.intent import IntentExpired, InvalidIntent, UnsupportedAction, WritePlan, intent_for
+from device_agent.modbus.bus import Priority
 from device_agent.modbus.errors import DeviceError, DeviceUnavailable
-from device_agent.repository import RegisteredDevice
 from gridloop_common.clock import Clock, SystemClock
 from gridloop_common.contracts import (
     BatteryMode,
@@ -30,47 +30,12 @@ from gridloop_common.contracts import (
 )
 from gridloop_common.messaging import Publisher, PublishError
 
-__all__ = ["BatteryController", "intent_for"]
+__all__ = ["ControlLoop"]
 
 logger = logging.getLogger(__name__)
 
 FOLLOW_LOAD_PERIOD_S = 1.0
 AVAILABILITY_HEARTBEAT_S = 60.0
-
-
-class UnsupportedAction(Exception):
-    """The action cannot be expressed on this device."""
-
-
-def intent_for(action: DeviceAction, *, site_power_w: float | None = None) -> ControlIntent:
-    """Map a scheduler action onto the device-level control intent."""
-    reserve = float(action.backup_reserve_percentage) if action.backup_reserve_percentage is not None else None
-    if action.power_mode == PowerMode.FOLLOW_LOAD:
-        if action.mode != BatteryMode.DISCHARGE:
-            raise UnsupportedAction("FOLLOW_LOAD is a discharge mode; it cannot be combined with CHARGE")
-        return ControlIntent(
-            mode=ControlMode.FOLLOW_LOAD,
-            site_power_w=site_power_w,
-            enable_grid_import=action.enable_grid_import,
-            backup_reserve_pct=reserve,
-            valid_until=action.valid_until,
-        )
-    mode = {
-        BatteryMode.CHARGE: ControlMode.CHARGE,
-        BatteryMode.DISCHARGE: ControlMode.DISCHARGE,
-        BatteryMode.STANDBY: ControlMode.STANDBY,
-        BatteryMode.BACKUP: ControlMode.BACKUP,
-        BatteryMode.SELF_CONSUMPTION: ControlMode.SELF_CONSUMPTION,
-        # Without a tariff plan from the optimizer, SAVINGS behaves as self-consumption (the safe default).
-        BatteryMode.SAVINGS: ControlMode.SELF_CONSUMPTION,
-    }[action.mode]
-    return ControlIntent(
-        mode=mode,
-        setpoint_w=float(action.setpoint_w) if action.setpoint_w is not None else None,
-        enable_grid_import=action.enable_grid_import,
-        backup_reserve_pct=reserve,
-        valid_until=action.valid_until,
-    )
 
 
 @dataclass
@@ -79,28 +44,21 @@ class _Request:
     done: asyncio.Future[DeviceOutcome | None]
 
 
-class BatteryController:
-    """Drives one SunSpec battery; ``submit`` hands it an action and returns the outcome."""
+class ControlLoop:
+    """Drives one battery through its coordinator; ``submit`` hands it an action and returns the outcome."""
 
     def __init__(
         self,
         *,
-        device: RegisteredDevice,
-        bus: ModbusBus,
+        battery: BatteryDevice,
         publisher: Publisher,
         revert_timeout_s: int,
-        site_meter: SiteMeter | None = None,
+        site_meter: MeterDevice | None = None,
         clock: Clock | None = None,
     ) -> None:
-        self.device = device
+        self.device = battery.device
+        self._battery = battery
         self._clock: Clock = clock or SystemClock()
-        self._battery = SunSpecBattery(
-            bus=bus,
-            address=device.address,
-            revert_timeout_s=revert_timeout_s,
-            ac_power_sign=device.ac_power_sign,
-            clock=self._clock,
-        )
         self._publisher = publisher
         self._revert_timeout_s = revert_timeout_s
         self._site_meter = site_meter
@@ -108,16 +66,17 @@ class BatteryController:
         self._wake = asyncio.Event()
         self._desired: DeviceAction | None = None  # what should hold on the device now
         self._plan: WritePlan | None = None
-        self._online: bool | None = None
-        self._offline_reason: str | None = None
-        self._discovered = False
+        self._published_online: bool | None = None  # the availability last published
         self._last_availability_sent = 0.0
         self._resync_reason: str | None = None  # set while the scheduler must be asked for the current action
-        self._taken_before = False
+        self._taken_discovery = 0  # the coordinator's discovery count when this loop last took the device
+        # An availability change seen by anyone (the poller too) wakes the loop to publish it and, when the
+        # device is back, to take it again.
+        battery.add_listener(self._wake.set)
 
     @property
     def online(self) -> bool | None:
-        return self._online
+        return self._battery.available
 
     async def submit(self, action: DeviceAction, *, timeout_s: float = 15.0) -> DeviceOutcome | None:
         """Queue ``action`` (replacing any not yet applied) and wait for its outcome (None: superseded)."""
@@ -143,7 +102,8 @@ class BatteryController:
 
     async def run_forever(self) -> None:
         while True:
-            await self._ensure_discovered()
+            await self._take()
+            await self._publish_availability_change()
             if self._resync_reason is not None:
                 await self._request_resync()
             request, self._mailbox = self._mailbox, None
@@ -162,7 +122,7 @@ class BatteryController:
                 await asyncio.wait_for(self._wake.wait(), self._sleep_s())
 
     def _sleep_s(self) -> float:
-        if not self._discovered:
+        if not self._battery.discovered:
             return 5.0
         if self._resync_reason is not None:
             return 1.0  # the request could not be published: try again soon
@@ -171,25 +131,18 @@ class BatteryController:
         # Refresh the revert timer well inside it: at a third, so two misses still leave a margin.
         return max(1.0, self._revert_timeout_s / 3)
 
-    async def _ensure_discovered(self) -> None:
-        if self._discovered:
+    async def _take(self) -> None:
+        """Discover the battery unless that is done, and take it under control when it was (re)discovered."""
+        if not self._battery.discovered:
+            with contextlib.suppress(DeviceError):  # the coordinator recorded why: the device is unavailable
+                await self._battery.ensure_discovered()
+        if not self._battery.discovered or self._battery.discoveries == self._taken_discovery:
             return
-        try:
-            identity = await self._battery.discover()
-        except DeviceError as error:
-            await self._set_availability(False, f"{type(error).__name__}: {error}")
-            return
-        self._discovered = True
-        logger.info(
-            "battery discovered",
-            extra={"device": self.device.name, "model": identity.model, "serial": identity.serial_number},
-        )
-        await self._set_availability(True, None)
         # Taken under control (this process starts, or the device is back): the scheduler answers with the
         # device's current action. What this agent last held is not trusted: a new process holds nothing, and
         # an action from before an outage may have been replaced, ended or failed meanwhile.
-        self._resync_reason = "device reachable again" if self._taken_before else "agent started"
-        self._taken_before = True
+        self._resync_reason = "device reachable again" if self._taken_discovery else "agent started"
+        self._taken_discovery = self._battery.discoveries
         # Nor is its revert timer refreshed meanwhile: that would keep an outdated control alive on the device.
         self._desired = None
 
@@ -216,21 +169,21 @@ class BatteryController:
         try:
             site_power = await self._site_power() if action.power_mode == PowerMode.FOLLOW_LOAD else None
             intent = intent_for(action, site_power_w=site_power)
-            if not self._discovered:
-                raise DeviceUnavailable(self._offline_reason or "not reachable")
-            self._plan = await self._battery.apply(intent, self.device.limits, now=now)
+            if not self._battery.discovered:
+                raise DeviceUnavailable(self._battery.unavailable_reason or "not reachable")
+            self._plan = await self._battery.use(lambda battery: battery.apply(intent, self.device.limits, now=now))
         except IntentExpired as error:
             self._desired = None
             return self._outcome(action, applied=False, reason=f"action expired before it could be applied: {error}")
         except (InvalidIntent, UnsupportedAction) as error:
             return self._outcome(action, applied=False, reason=f"unsupported on {self.device.name}: {error}")
         except DeviceUnavailable as error:
-            self._discovered = False
-            await self._set_availability(False, str(error))
+            self._battery.mark_unavailable(str(error))
+            await self._publish_availability_change()
             return self._outcome(action, applied=False, reason=f"device {self.device.name} is offline: {error}")
         except DeviceError as error:
             return self._outcome(action, applied=False, reason=f"device {self.device.name} refused: {error}")
-        await self._set_availability(True, None)
+        await self._publish_availability_change()
         clamped = "; ".join(clamp.reason for clamp in self._plan.clamps) or None
         notes = "; ".join(self._plan.notes) or None
         caveats = "; ".join(action.caveats()) or None
@@ -253,19 +206,21 @@ class BatteryController:
                 await self._apply(release)
             elif desired.power_mode == PowerMode.FOLLOW_LOAD:
                 intent = intent_for(desired, site_power_w=await self._site_power())
-                self._plan = await self._battery.apply(intent, self.device.limits, now=now)
+                self._plan = await self._battery.use(lambda battery: battery.apply(intent, self.device.limits, now=now))
             elif self._plan is not None and self._plan.revert_timeout_s > 0:
-                await self._battery.refresh_revert_timer(now=now)
+                await self._battery.use(lambda battery: battery.keep_alive(now=now))
         except DeviceUnavailable as error:
-            self._discovered = False
-            await self._set_availability(False, str(error))
+            # The battery, or the site meter it follows: either way control cannot hold, so it is not available.
+            self._battery.mark_unavailable(str(error))
+            await self._publish_availability_change()
         except DeviceError as error:
             logger.warning("control upkeep failed", extra={"device": self.device.name, "error": str(error)})
 
     async def _site_power(self) -> float:
         if self._site_meter is None:
             raise UnsupportedAction(f"no site meter configured for {self.device.name}")
-        return await self._site_meter.site_power_w()
+        # Read at control priority: the loop's period is 1 s and must not queue behind telemetry polls.
+        return site_power_w(await self._site_meter.refresh(priority=Priority.CONTROL))
 
     def _outcome(
         self, action: DeviceAction, *, applied: bool, reason: str | None, applied_setpoint_w: int | None = None
@@ -280,24 +235,21 @@ class BatteryController:
             observed_at=self._clock.now(),
         )
 
-    async def _set_availability(self, online: bool, reason: str | None) -> None:
-        if online == self._online:
-            return
-        self._online, self._offline_reason = online, reason
-        if online:
-            logger.info("device available", extra={"device": self.device.name})
-        else:
-            logger.warning("device unavailable", extra={"device": self.device.name, "reason": reason})
-        await self._send_availability()
+    async def _publish_availability_change(self) -> None:
+        """Publish the battery's availability when it differs from what was published last."""
+        if self._battery.available is not None and self._battery.available != self._published_online:
+            await self._send_availability()
 
     async def _send_availability(self) -> None:
-        if self._online is None:
+        online, reason = self._battery.available, self._battery.unavailable_reason
+        if online is None:
             return
         self._last_availability_sent = self._clock.monotonic()
+        self._published_online = online
         report = DeviceAvailability(
             device_name=self.device.name,
-            online=self._online,
-            reason=self._offline_reason,
+            online=online,
+            reason=reason,
             observed_at=self._clock.now(),
         )
         try:

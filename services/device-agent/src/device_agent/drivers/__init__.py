@@ -1,0 +1,1 @@
+"""Device drivers: one per device type, each speaking its device's protocol behind the `Driver` interface."""
