@@ -23,11 +23,14 @@ from gridloop_common.messaging import Broker, PublishError, QueueSpec, declare_q
 from gridloop_common.settings import AmqpSettings
 from gridloop_common.testing import FakeClock
 from gridloop_simulators.upstream import UpstreamSimulator
-from scheduler import planning
+from scheduler import lifecycle, planning
 from scheduler.acknowledgements import AckSender
 from scheduler.commands import CommandReceiver
 from scheduler.dispatch import Dispatcher
-from scheduler.repository import CommandLook, CommandRepository, UpstreamRecord, VersionWrite
+from scheduler.handlers import record_outcome
+from scheduler.lifecycle import CommandLook
+from scheduler.planning import ControlSource
+from scheduler.repository import CommandRepository, UpstreamRecord
 
 
 def _now() -> datetime:
@@ -276,13 +279,10 @@ async def test_a_decision_on_what_has_changed_since_is_not_written(pool: asyncpg
         _newer(command, seconds=-30), event_type="command.created", correlation_id=None
     )
 
-    written = await repository.apply_version(
-        command,
-        VersionWrite(state="scheduled", history=[("scheduled", "from an out-of-date look")], ack_status="OK"),
-        seen=seen_before,
-        event_type="command.created",
-        correlation_id=None,
+    _, plan, _ = lifecycle.plan_version(
+        command, seen_before, event_type="command.created", correlation_id=None, now=now
     )
+    written = await repository.store(plan)
 
     assert written == "changed"
     assert await _history(pool, command.id) == ["received", "scheduled"]
@@ -432,9 +432,9 @@ async def test_outcomes_are_recorded_once_and_a_failure_fails_the_command(pool: 
         observed_at=now,
     )
 
-    assert await repository.record_outcome(applied) is True
-    assert await repository.record_outcome(applied) is False
-    assert await repository.record_outcome(failed) is True
+    assert await record_outcome(repository, applied) is True
+    assert await record_outcome(repository, applied) is False
+    assert await record_outcome(repository, failed) is True
 
     row = await pool.fetchrow(
         "SELECT state, state_reason, last_outcome FROM scheduler.commands WHERE command_id = $1", command.id
@@ -600,13 +600,13 @@ async def test_a_cancellation_is_acknowledged_once_the_agent_confirms_the_releas
             reason="device battery is offline: timed out",
             observed_at=clock.now(),
         )
-        await repository.record_outcome(failed)
+        await record_outcome(repository, failed)
         assert await _deliver_acks(pool, at=later, upstream=upstream) == ["OK"]
 
         released = DeviceOutcome(
             action_id=stop.action_id, device_name=stop.device_name, applied=True, observed_at=clock.now()
         )
-        await repository.record_outcome(released)
+        await record_outcome(repository, released)
         assert await _deliver_acks(pool, at=later, upstream=upstream) == ["OK", "OK"]
     history = await _history(pool, command_id)
     assert history[-4:] == ["awaiting release", "acknowledged", "released", "acknowledged"]
@@ -630,7 +630,7 @@ async def test_a_cancellation_made_while_the_agent_was_away_is_acknowledged_once
         written = DeviceOutcome(
             action_id=answer.action_id, device_name=answer.device_name, applied=True, observed_at=clock.now()
         )
-        await repository.record_outcome(written)
+        await record_outcome(repository, written)
 
         assert answer.mode == "SELF_CONSUMPTION"
         assert await _deliver_acks(pool, at=later, upstream=upstream) == ["OK", "OK"]
@@ -736,3 +736,49 @@ async def test_a_resync_request_is_answered_with_the_device_s_current_action(
     assert (await dispatcher.resync(request)).action_id == answer.action_id
     assert (await _history(pool, command.id))[-1] == "dispatched"
     assert await _timers(pool, command.id) == [("end", command.ends_at)]  # no timer fired or added
+
+
+async def test_a_source_is_a_value_an_upstream_command_outranks_a_newer_plan_which_resumes_after_it(
+    pool: asyncpg.Pool, broker: Broker
+) -> None:
+    now = _now()
+    device = await _add_battery(pool)
+    queue = await _action_queue(broker, [device])
+    repository = CommandRepository(pool)
+    clock = FakeClock(now)
+    dispatcher = Dispatcher(repository=repository, publisher=broker.publisher, clock=clock)
+    command = _command(device, now=now, battery={"setpoint_w": 1000}, ends_at=(now + timedelta(minutes=10)).isoformat())
+    # A control of a lower source, created after the command: by age alone it would win.
+    step = _command(device, now=now, battery={"setpoint_w": 2000}, created_at=(now + timedelta(seconds=1)).isoformat())
+    await CommandReceiver(repository=repository, clock=clock).receive(
+        command, event_type="command.created", correlation_id=None
+    )
+    stored = await repository.store(
+        lifecycle.LifecyclePlan(
+            command=lifecycle.command_row(
+                step,
+                state=lifecycle.CommandState.SCHEDULED,
+                reason=None,
+                correlation_id=None,
+                source=ControlSource.PLAN,
+            ),
+            replace_timers=(
+                step.id,
+                device,
+                ((lifecycle.TimerKind.START, now), (lifecycle.TimerKind.END, step.ends_at)),
+            ),
+        )
+    )
+    assert stored == "applied"
+
+    assert await dispatcher.fire_due() == 2
+    [during] = await _drain(broker, queue)
+    assert (during.command_id, during.setpoint_w) == (command.id, 1000)
+
+    clock.set(now + timedelta(minutes=10))
+    assert await dispatcher.fire_due() == 1  # the command's end
+    [after] = await _drain(broker, queue)
+    assert (after.command_id, after.setpoint_w) == (step.id, 2000)
+    states = dict(await pool.fetch("SELECT command_id, state FROM scheduler.commands WHERE device_id = $1", device))
+    assert states == {command.id: "completed", step.id: "active"}
+    assert await _acks(pool, step.id) == []  # only upstream commands are acknowledged upstream

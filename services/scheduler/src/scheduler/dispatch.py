@@ -6,9 +6,6 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections import defaultdict
-from dataclasses import dataclass
-from datetime import datetime
 
 import asyncpg
 
@@ -16,9 +13,10 @@ from gridloop_common.clock import Clock
 from gridloop_common.contracts import DeviceAction, DeviceResyncRequest, routing
 from gridloop_common.messaging import Publisher, PublishError
 from gridloop_common.observability import correlation_id
-from scheduler import planning
+from scheduler import lifecycle, planning
+from scheduler.lifecycle import DeviceDispatch
 from scheduler.metrics import ACTIONS_DISPATCHED
-from scheduler.repository import CommandRepository, DispatchFacts, DispatchRecord, TimerRow
+from scheduler.repository import CommandRepository
 
 __all__ = ["Dispatcher"]
 
@@ -79,8 +77,8 @@ class Dispatcher:
         """Fire every timer due now; returns how many fired.
 
         One pass costs a fixed number of round trips whatever the batch holds: claim the timers, lock their
-        devices, read the commands in force, publish every device's action at once (the broker confirms them
-        together), then record it all in one statement.
+        devices, read the commands on them, publish every device's action at once (the broker confirms them
+        together), then store the pass's plan (scheduler.lifecycle.plan_dispatch) in one statement.
         """
         now = self._clock.now()
         repository = self._repository
@@ -88,69 +86,46 @@ class Dispatcher:
             timers = await repository.claim_due_timers(connection, now=now, limit=self._batch_size)
             if not timers:
                 return 0
-            by_device: dict[str, list[TimerRow]] = defaultdict(list)
-            for timer in timers:
-                by_device[timer.device_id].append(timer)
-            device_ids = sorted(by_device)
+            device_ids = sorted({timer.device_id for timer in timers})
             await repository.lock_devices(connection, device_ids)
             facts = await repository.dispatch_facts(
                 connection,
                 device_ids=device_ids,
                 command_ids=[timer.command_id for timer in timers if timer.command_id is not None],
             )
-            plans = [self._plan(device_id, by_device[device_id], facts, now=now) for device_id in device_ids]
-            published = await asyncio.gather(*(self._publish(plan) for plan in plans), return_exceptions=True)
+            first_timers: dict[str, int] = {}
+            for timer in timers:
+                first_timers.setdefault(timer.device_id, timer.id)
+            dispatches, plan = lifecycle.plan_dispatch(
+                timers,
+                facts,
+                now=now,
+                action_ids={
+                    device_id: uuid.uuid5(_ACTION_NAMESPACE, f"timer:{timer_id}")
+                    for device_id, timer_id in first_timers.items()
+                },
+                release_known_by=planning.release_known_by(now, revert_timeout_s=self._revert_timeout_s),
+            )
+            published = await asyncio.gather(
+                *(self._publish(dispatch) for dispatch in dispatches), return_exceptions=True
+            )
             for error in published:
-                # Nothing is recorded: the timers stay due and fire again, with the same action ids.
+                # Nothing is stored: the timers stay due and fire again, with the same action ids.
                 if isinstance(error, BaseException):
                     raise error
-            # A cancelled command's stop went out: its OK waits until the release is known (P2 of issue 14).
-            held_acks = [
-                (timer.command_id, plan.action.action_id)
-                for plan in plans
-                for timer in plan.timers
-                if timer.kind == "stop"
-                and timer.command_id is not None
-                and facts.states.get(timer.command_id) == "canceled"
-            ]
-            release_by = planning.release_known_by(now, revert_timeout_s=self._revert_timeout_s)
-            await repository.record_dispatch(
-                connection,
-                DispatchRecord(
-                    fired=[(timer.id, plan.action.action_id) for plan in plans for timer in plan.timers],
-                    winners=[(plan.device_id, plan.action.command_id) for plan in plans],
-                    history=[
-                        (timer.command_id, "dispatched", f"{timer.kind}: {plan.device_id} -> {plan.described}")
-                        for plan in plans
-                        for timer in plan.timers
-                        if timer.command_id is not None
-                    ]
-                    + [
-                        (
-                            command_id,
-                            "awaiting release",
-                            "OK once the agent confirms the releasing write, at the latest"
-                            f" {release_by.isoformat()} (the device's revert timer)",
-                        )
-                        for command_id, _ in held_acks
-                    ],
-                    stopped_command_ids=[],
-                    held_acks=held_acks,
-                    release_known_by=release_by,
-                ),
-                now=now,
-            )
-        for plan in plans:
-            for timer in plan.timers:
+            await repository.store(plan, connection=connection)
+        for dispatch in dispatches:
+            for timer in dispatch.timers:
                 ACTIONS_DISPATCHED.labels(timer.kind).inc()
-            with correlation_id(plan.trace):
+            with correlation_id(dispatch.trace):
                 logger.info(
                     "device action dispatched",
                     extra={
-                        "device_id": plan.device_id,
-                        "action": plan.described,
-                        "command_id": str(plan.action.command_id) if plan.action.command_id else None,
-                        "timers": [timer.kind for timer in plan.timers],
+                        "device_id": dispatch.device_id,
+                        "action": dispatch.described,
+                        "command_id": str(dispatch.action.command_id) if dispatch.action.command_id else None,
+                        "source": str(dispatch.active.source) if dispatch.active else "default",
+                        "timers": [str(timer.kind) for timer in dispatch.timers],
                     },
                 )
         return len(timers)
@@ -159,82 +134,44 @@ class Dispatcher:
         """Publish the device's current action at once: the agent has just taken the device under control.
 
         The same steps as a timer pass for one device, without a timer: lock the device, resolve its commands
-        at this moment, publish, record (states settled, a history line for the command in force).
+        at this moment, publish, store (states settled, a history line for the command in force).
         """
         now = self._clock.now()
         device_id = request.device_name
         repository = self._repository
+        reason = request.reason or "agent took the device"
         async with repository.pool.acquire() as connection, connection.transaction():
             await repository.lock_devices(connection, [device_id])
             facts = await repository.dispatch_facts(connection, device_ids=[device_id], command_ids=[])
-            # A redelivered request is answered with the same action id.
-            action_id = uuid.uuid5(_ACTION_NAMESPACE, f"resync:{request.request_id}")
-            active, action = planning.current_action(device_id, facts.in_force[device_id], now=now, action_id=action_id)
-            plan = _DevicePlan(
-                device_id=device_id,
-                timers=[],
-                action=action,
-                trace=facts.correlation_ids.get(active.command_id) if active else None,
-            )
-            await self._publish(plan)
-            # The answer carries what followed any cancellation held on this device (a stop published while the
-            # agent was away may never be written): its confirmed write releases those OKs too.
-            await repository.hold_for_action(connection, device_id=device_id, action_id=action.action_id)
-            reason = request.reason or "agent took the device"
-            await repository.record_dispatch(
-                connection,
-                DispatchRecord(
-                    fired=[],
-                    winners=[(device_id, action.command_id)],
-                    history=[(active.command_id, "dispatched", f"resync ({reason}): {device_id} -> {plan.described}")]
-                    if active is not None
-                    else [],
-                    stopped_command_ids=[],
-                ),
+            dispatch, plan = lifecycle.plan_resync(
+                device_id,
+                facts,
                 now=now,
+                # A redelivered request is answered with the same action id.
+                action_id=uuid.uuid5(_ACTION_NAMESPACE, f"resync:{request.request_id}"),
+                reason=reason,
             )
+            await self._publish(dispatch)
+            await repository.store(plan, connection=connection)
+        action = dispatch.action
         ACTIONS_DISPATCHED.labels("resync").inc()
-        with correlation_id(plan.trace):
+        with correlation_id(dispatch.trace):
             logger.info(
                 "device action re-sent",
                 extra={
                     "device_id": device_id,
-                    "action": plan.described,
+                    "action": dispatch.described,
                     "command_id": str(action.command_id) if action.command_id else None,
                     "reason": reason,
                 },
             )
         return action
 
-    @staticmethod
-    def _plan(device_id: str, timers: list[TimerRow], facts: DispatchFacts, *, now: datetime) -> _DevicePlan:
-        action_id = uuid.uuid5(_ACTION_NAMESPACE, f"timer:{timers[0].id}")
-        active, action = planning.current_action(device_id, facts.in_force[device_id], now=now, action_id=action_id)
-        trace_command = active.command_id if active else timers[0].command_id
-        return _DevicePlan(
-            device_id=device_id,
-            timers=timers,
-            action=action,
-            trace=facts.correlation_ids.get(trace_command) if trace_command else None,
-        )
-
-    async def _publish(self, plan: _DevicePlan) -> None:
-        with correlation_id(plan.trace):
+    async def _publish(self, dispatch: DeviceDispatch) -> None:
+        with correlation_id(dispatch.trace):
             await self._publisher.publish(
                 exchange=routing.DEVICES_EXCHANGE,
-                routing_key=routing.device_action_key(plan.device_id),
-                body=plan.action,
-                message_id=str(plan.action.action_id),
+                routing_key=routing.device_action_key(dispatch.device_id),
+                body=dispatch.action,
+                message_id=str(dispatch.action.action_id),
             )
-
-
-@dataclass(frozen=True)
-class _DevicePlan:
-    device_id: str
-    timers: list[TimerRow]
-    action: DeviceAction
-    trace: str | None
-
-    @property
-    def described(self) -> str:
-        return f"{self.action.mode}" + (f" {self.action.setpoint_w} W" if self.action.setpoint_w else "")

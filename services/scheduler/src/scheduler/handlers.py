@@ -16,11 +16,13 @@ from gridloop_common.contracts import DeviceAvailability, DeviceOutcome, DeviceR
 from gridloop_common.contracts.documents import RefusedDocument, load_document
 from gridloop_common.contracts.routing import RoutingKeys
 from gridloop_common.messaging import Delivery, PoisonMessage, RetryableError
+from scheduler import lifecycle
 from scheduler.commands import CommandReceiver
 from scheduler.dispatch import Dispatcher
+from scheduler.lifecycle import StoreResult
 from scheduler.repository import CommandRepository, EventRepository, RegistryUnavailable, UpstreamRecord
 
-__all__ = ["device_report_handler", "rpc_server", "upstream_event_handler"]
+__all__ = ["device_report_handler", "record_outcome", "rpc_server", "upstream_event_handler"]
 
 logger = logging.getLogger(__name__)
 
@@ -152,10 +154,13 @@ async def _fail_command(commands: CommandRepository, command_id: uuid.UUID | Non
     """Queue a FAILED acknowledgement with ``reason`` for a command the scheduler refuses (when it has an id)."""
     if command_id is None:
         return
-    async with commands.pool.acquire() as connection, connection.transaction():
-        await commands.history(connection, command_id, "failed", reason)
-        await commands.enqueue_ack(connection, command_id=command_id, device_status="FAILED", reason=reason)
+    await commands.store(lifecycle.plan_refusal(command_id, reason))
     logger.warning("command refused", extra={"command_id": str(command_id), "reason": reason})
+
+
+async def record_outcome(commands: CommandRepository, outcome: DeviceOutcome) -> bool:
+    """Store an agent's outcome once (lifecycle.plan_outcome); False for a redelivery, which changes nothing."""
+    return await commands.store(lifecycle.plan_outcome(outcome)) is StoreResult.APPLIED
 
 
 def device_report_handler(commands: CommandRepository, dispatcher: Dispatcher) -> Callable[[Delivery], Awaitable[None]]:
@@ -170,7 +175,7 @@ def device_report_handler(commands: CommandRepository, dispatcher: Dispatcher) -
             await commands.record_availability(availability)
             return
         outcome = DeviceOutcome.model_validate_json(delivery.body)
-        if await commands.record_outcome(outcome):
+        if await record_outcome(commands, outcome):
             logger.info(
                 "device outcome",
                 extra={

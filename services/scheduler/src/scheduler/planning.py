@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from uuid import UUID
 
 from gridloop_common.contracts import (
@@ -26,6 +27,7 @@ __all__ = [
     "END_GRACE",
     "RELEASE_MARGIN",
     "ActiveCommand",
+    "ControlSource",
     "Decision",
     "DeviceFacts",
     "VersionVerdict",
@@ -106,7 +108,7 @@ class Decision:
     reason: str | None = None
 
 
-class VersionVerdict:
+class VersionVerdict(StrEnum):
     """How a received version relates to the stored one."""
 
     NEW = "new"
@@ -115,7 +117,7 @@ class VersionVerdict:
     STALE = "stale"
 
 
-def judge_version(*, stored_updated_at: datetime | None, received_updated_at: datetime) -> str:
+def judge_version(*, stored_updated_at: datetime | None, received_updated_at: datetime) -> VersionVerdict:
     """Compare a received command version with the one in force."""
     if stored_updated_at is None:
         return VersionVerdict.NEW
@@ -156,19 +158,50 @@ def decide(command: Command, device: DeviceFacts | None, *, now: datetime) -> De
     return Decision(True)
 
 
+class ControlSource(StrEnum):
+    """Who asks a device to do something, highest precedence first (docs/design.md §8).
+
+    A source is a value on each stored control, not a code path: the winner on a device is chosen by
+    precedence, then by creation time, whatever the source. The device's own limits and reserve are not a
+    source: the device-agent clamps every setpoint to them. Only upstream commands are acknowledged upstream.
+    """
+
+    SITE_CAP = "site_cap"
+    UPSTREAM_COMMAND = "upstream_command"
+    DIRECT_CONTROL = "direct_control"
+    PLAN = "plan"
+
+    @property
+    def precedence(self) -> int:
+        """Higher wins; below every source is the device's default (SELF_CONSUMPTION for a battery)."""
+        return len(_SOURCES_BY_PRECEDENCE) - _SOURCES_BY_PRECEDENCE.index(self)
+
+    @property
+    def acknowledged_upstream(self) -> bool:
+        return self is ControlSource.UPSTREAM_COMMAND
+
+
+_SOURCES_BY_PRECEDENCE = tuple(ControlSource)
+
+
 @dataclass(frozen=True)
 class ActiveCommand:
-    """A command in force on a device, as the winner resolution sees it."""
+    """A control in force on a device, as the winner resolution sees it."""
 
     command_id: UUID
     created_at: datetime
     starts_at: datetime
     ends_at: datetime | None
     command: Command
+    source: ControlSource = ControlSource.UPSTREAM_COMMAND
 
 
 def winner(candidates: list[ActiveCommand], *, now: datetime) -> ActiveCommand | None:
-    """The command that controls the device at ``now``: of those in their window, the newest created."""
+    """The control of the device at ``now``: of those in their window, the highest source, then the newest created.
+
+    When the winner's window ends, the next in line (a lower source, or an older command) takes over at the
+    pass its end timer triggers: a source below is never cancelled by one above, only outranked while it runs.
+    """
     in_window = [
         candidate
         for candidate in candidates
@@ -176,7 +209,10 @@ def winner(candidates: list[ActiveCommand], *, now: datetime) -> ActiveCommand |
     ]
     if not in_window:
         return None
-    return max(in_window, key=lambda candidate: (candidate.created_at, str(candidate.command_id)))
+    return max(
+        in_window,
+        key=lambda candidate: (candidate.source.precedence, candidate.created_at, str(candidate.command_id)),
+    )
 
 
 def current_action(

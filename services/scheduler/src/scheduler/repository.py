@@ -5,27 +5,33 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 
-from gridloop_common.contracts import Command, DeviceAvailability, DeviceOutcome
-from scheduler.planning import ActiveCommand, DeviceFacts
+from gridloop_common.contracts import Command, DeviceAvailability
+from scheduler.lifecycle import (
+    RUNNING,
+    CommandLook,
+    CommandState,
+    DispatchFacts,
+    DueTimer,
+    LifecyclePlan,
+    RunningCommand,
+    StoreResult,
+    TimerKind,
+)
+from scheduler.planning import ActiveCommand, ControlSource, DeviceFacts
 
 __all__ = [
     "AckRow",
-    "CommandLook",
     "CommandRepository",
-    "DispatchFacts",
-    "DispatchRecord",
     "EventRepository",
     "RegistryUnavailable",
-    "TimerRow",
     "UpstreamRecord",
-    "VersionWrite",
 ]
 
 
@@ -63,14 +69,6 @@ class UpstreamRecord:
 
 
 @dataclass(frozen=True)
-class TimerRow:
-    id: int
-    device_id: str
-    command_id: UUID | None
-    kind: str
-
-
-@dataclass(frozen=True)
 class AckRow:
     id: int
     command_id: UUID
@@ -78,54 +76,6 @@ class AckRow:
     device_status_reason: str | None
     idempotency_key: UUID
     attempts: int
-
-
-@dataclass(frozen=True)
-class CommandLook:
-    """What the scheduler sees before deciding on a received version."""
-
-    version_known: bool
-    stored_updated_at: datetime | None
-    stored_state: str | None
-    device: DeviceFacts | None
-
-    @property
-    def running(self) -> bool:
-        return self.stored_state in ("scheduled", "active")
-
-
-@dataclass(frozen=True)
-class VersionWrite:
-    """What receiving a version writes: the command's new state, its timers, history and acknowledgement."""
-
-    state: str | None  # None: the command row stays as it is (a stale version)
-    history: list[tuple[str, str]]  # (kind, detail), in order
-    state_reason: str | None = None
-    count_stale: bool = False
-    timers: list[tuple[str, datetime]] | None = None  # (kind, due_at); None leaves the command's timers alone
-    ack_status: str | None = None
-    ack_reason: str | None = None
-
-
-@dataclass(frozen=True)
-class DispatchFacts:
-    in_force: dict[str, list[ActiveCommand]]  # by device
-    correlation_ids: dict[UUID, str | None]
-    states: dict[UUID, str] = field(default_factory=dict)  # of the commands asked about and those in force
-
-
-@dataclass(frozen=True)
-class DispatchRecord:
-    """What one dispatcher pass writes once its actions are confirmed by the broker."""
-
-    fired: list[tuple[int, UUID]]  # (timer id, action id)
-    winners: list[tuple[str, UUID | None]]  # (device, command now active or None for the default)
-    history: list[tuple[UUID, str, str]]  # (command id, kind, detail)
-    stopped_command_ids: list[UUID]  # acknowledge these OK at once
-    # Cancellations whose stop was sent: (command id, action id). Their OK waits for the agent's confirmed
-    # write of that action, or until ``release_known_by`` (the device's revert timer has run out).
-    held_acks: list[tuple[UUID, UUID]] = field(default_factory=list)
-    release_known_by: datetime | None = None
 
 
 class CommandRepository:
@@ -200,71 +150,17 @@ class CommandRepository:
             device=device,
         )
 
-    async def apply_version(
-        self,
-        command: Command,
-        write: VersionWrite,
-        *,
-        seen: CommandLook,
-        event_type: str,
-        correlation_id: str | None,
-        connection: asyncpg.Connection | None = None,
-    ) -> str:
-        """Write one decided version atomically; returns 'applied', 'duplicate' or 'changed' (look again)."""
-        timers = write.timers or []
+    async def store(self, plan: LifecyclePlan, *, connection: asyncpg.Connection | None = None) -> StoreResult:
+        """Write one plan of scheduler.lifecycle in one statement (``scheduler.store_plan``); it decides nothing."""
         result: str = await (connection or self.pool).fetchval(
-            "SELECT scheduler.apply_command_version($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11, $12, $13,"
-            " $14, $15, $16, $17::text[], $18::timestamptz[], $19::text[], $20::text[], $21, $22)",
-            command.id,
-            command.updated_at,
-            event_type,
-            correlation_id,
-            command.model_dump(mode="json"),
-            seen.stored_updated_at,
-            seen.running,
-            command.device_id,
-            command.created_at,
-            command.starts_at,
-            command.ends_at,
-            str(command.status),
-            write.state,
-            write.state_reason,
-            write.count_stale,
-            write.timers is not None,
-            [kind for kind, _ in timers],
-            [due_at for _, due_at in timers],
-            [kind for kind, _ in write.history],
-            [detail for _, detail in write.history],
-            write.ack_status,
-            write.ack_reason,
+            "SELECT scheduler.store_plan($1::jsonb)", plan.document()
         )
-        return result
-
-    @staticmethod
-    async def history(connection: asyncpg.Connection, command_id: UUID, kind: str, detail: str) -> None:
-        await connection.execute(
-            "INSERT INTO scheduler.command_history (command_id, kind, detail) VALUES ($1, $2, $3)",
-            command_id,
-            kind,
-            detail,
-        )
-
-    @staticmethod
-    async def enqueue_ack(
-        connection: asyncpg.Connection, *, command_id: UUID, device_status: str, reason: str | None
-    ) -> None:
-        await connection.execute(
-            "INSERT INTO scheduler.ack_outbox (command_id, device_status, device_status_reason) VALUES ($1, $2, $3)",
-            command_id,
-            device_status,
-            reason,
-        )
-        await connection.execute("NOTIFY scheduler_acks")
+        return StoreResult(result)
 
     # -- timers ----------------------------------------------------------------------------------
 
     @staticmethod
-    async def claim_due_timers(connection: asyncpg.Connection, *, now: datetime, limit: int) -> list[TimerRow]:
+    async def claim_due_timers(connection: asyncpg.Connection, *, now: datetime, limit: int) -> list[DueTimer]:
         """Lock due timers for this transaction; other replicas skip them (FOR UPDATE SKIP LOCKED)."""
         rows = await connection.fetch(
             "SELECT id, device_id, command_id, kind FROM scheduler.timers"
@@ -272,7 +168,7 @@ class CommandRepository:
             now,
             limit,
         )
-        return [TimerRow(row["id"], row["device_id"], row["command_id"], row["kind"]) for row in rows]
+        return [DueTimer(row["id"], row["device_id"], row["command_id"], TimerKind(row["kind"])) for row in rows]
 
     @staticmethod
     async def lock_devices(connection: asyncpg.Connection, device_ids: list[str]) -> None:
@@ -287,26 +183,33 @@ class CommandRepository:
     async def dispatch_facts(
         connection: asyncpg.Connection, *, device_ids: list[str], command_ids: list[UUID]
     ) -> DispatchFacts:
-        """The commands in force on ``device_ids``, and the trace ids of those and of ``command_ids``."""
+        """The running commands on ``device_ids`` (those upstream still wants may win), and the trace ids and
+        states of those and of ``command_ids``."""
         rows = await connection.fetch(
             """
-            SELECT command_id, device_id, created_at, starts_at, ends_at, command, correlation_id, state,
-                   (device_id = ANY($1::text[]) AND state IN ('scheduled', 'active') AND upstream_status = 'OK')
-                       AS in_force
+            SELECT command_id, device_id, created_at, starts_at, ends_at, command, correlation_id, state, source,
+                   upstream_status, (device_id = ANY($1::text[]) AND state = ANY($3::text[])) AS running
             FROM scheduler.commands
-            WHERE (device_id = ANY($1::text[]) AND state IN ('scheduled', 'active') AND upstream_status = 'OK')
-               OR command_id = ANY($2::uuid[])
+            WHERE (device_id = ANY($1::text[]) AND state = ANY($3::text[])) OR command_id = ANY($2::uuid[])
             """,
             device_ids,
             command_ids,
+            sorted(RUNNING),
         )
         in_force: dict[str, list[ActiveCommand]] = {device_id: [] for device_id in device_ids}
+        running: dict[str, list[RunningCommand]] = {device_id: [] for device_id in device_ids}
         correlation_ids: dict[UUID, str | None] = {}
         states: dict[UUID, str] = {}
         for row in rows:
             correlation_ids[row["command_id"]] = row["correlation_id"]
             states[row["command_id"]] = row["state"]
-            if row["in_force"]:
+            if not row["running"]:
+                continue
+            running[row["device_id"]].append(
+                RunningCommand(row["command_id"], CommandState(row["state"]), row["ends_at"])
+            )
+            # What upstream no longer wants (cancelled, opted out) never wins, whatever its state says.
+            if row["upstream_status"] == "OK":
                 in_force[row["device_id"]].append(
                     ActiveCommand(
                         command_id=row["command_id"],
@@ -314,48 +217,10 @@ class CommandRepository:
                         starts_at=row["starts_at"],
                         ends_at=row["ends_at"],
                         command=Command.model_validate(row["command"]),
+                        source=ControlSource(row["source"]),
                     )
                 )
-        return DispatchFacts(in_force=in_force, correlation_ids=correlation_ids, states=states)
-
-    @staticmethod
-    async def record_dispatch(connection: asyncpg.Connection, record: DispatchRecord, *, now: datetime) -> None:
-        """Timers fired, states settled, history written, cancellation acks queued: one round trip."""
-        await connection.execute(
-            "SELECT scheduler.record_dispatch($1, $2::bigint[], $3::uuid[], $4::text[], $5::uuid[], $6::uuid[],"
-            " $7::text[], $8::text[], $9::uuid[])",
-            now,
-            [timer_id for timer_id, _ in record.fired],
-            [action_id for _, action_id in record.fired],
-            [device_id for device_id, _ in record.winners],
-            [command_id for _, command_id in record.winners],
-            [command_id for command_id, _, _ in record.history],
-            [kind for _, kind, _ in record.history],
-            [detail for _, _, detail in record.history],
-            record.stopped_command_ids,
-        )
-        if record.held_acks:
-            # Only passes that stop a cancelled command pay this second statement. Not notified: not due yet.
-            await connection.execute(
-                "INSERT INTO scheduler.ack_outbox (command_id, device_status, next_attempt_at, release_action_id)"
-                " SELECT held.command_id, 'OK', $3, held.action_id"
-                " FROM unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS held (command_id, action_id, position)"
-                " ORDER BY held.position",
-                [command_id for command_id, _ in record.held_acks],
-                [action_id for _, action_id in record.held_acks],
-                record.release_known_by,
-            )
-
-    @staticmethod
-    async def hold_for_action(connection: asyncpg.Connection, *, device_id: str, action_id: UUID) -> None:
-        """Make the OKs held for ``device_id``'s cancellations wait on ``action_id``'s confirmed write instead."""
-        await connection.execute(
-            "UPDATE scheduler.ack_outbox o SET release_action_id = $2 FROM scheduler.commands c"
-            " WHERE c.command_id = o.command_id AND c.device_id = $1"
-            " AND o.release_action_id IS NOT NULL AND o.delivered_at IS NULL",
-            device_id,
-            action_id,
-        )
+        return DispatchFacts(in_force=in_force, running=running, correlation_ids=correlation_ids, states=states)
 
     # -- acknowledgements ------------------------------------------------------------------------
 
@@ -433,33 +298,6 @@ class CommandRepository:
         return int(await self.pool.fetchval("SELECT count(*) FROM scheduler.ack_outbox WHERE delivered_at IS NULL"))
 
     # -- agent reports ---------------------------------------------------------------------------
-
-    async def record_outcome(self, outcome: DeviceOutcome) -> bool:
-        """Store an outcome once; on a failure of a command in force, mark it failed and ack FAILED.
-
-        An applied outcome also releases the OK of a cancellation that waited for this action's write.
-        """
-        detail = (
-            f"applied on {outcome.device_name}"
-            + (f" at {outcome.applied_setpoint_w} W" if outcome.applied_setpoint_w is not None else "")
-            if outcome.applied
-            else f"failed on {outcome.device_name}: {outcome.reason}"
-        )
-        # The same statement releases a cancellation's OK held for this action's confirmed write (0004).
-        recorded: bool = await self.pool.fetchval(
-            "SELECT scheduler.record_outcome($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9)"
-            " FROM scheduler.release_held_acks($1, $4)",
-            outcome.action_id,
-            outcome.command_id,
-            outcome.device_name,
-            outcome.applied,
-            outcome.reason,
-            outcome.applied_setpoint_w,
-            outcome.observed_at,
-            outcome.model_dump(mode="json"),
-            detail,
-        )
-        return recorded
 
     async def record_availability(self, availability: DeviceAvailability) -> None:
         await self.pool.execute(

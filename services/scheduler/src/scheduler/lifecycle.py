@@ -1,0 +1,614 @@
+"""The command lifecycle in one place: its states, and for every event what to write.
+
+Each event the scheduler handles (a received version, a timer pass, a resync request, an agent outcome, a
+refusal before a command could be read) has one pure function here that takes what was read and the time,
+and returns a ``LifecyclePlan``: the rows to store, the state transitions, the history lines and the
+acknowledgements to queue. ``CommandRepository.store`` writes a plan in one statement and decides nothing.
+Every acknowledgement the scheduler sends upstream is queued by a function of this module (``_acknowledge``).
+
+The README's state diagram is ``TRANSITIONS``; a test holds them equal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+from uuid import UUID
+
+from gridloop_common.contracts import Command, CommandStatus, DeviceAction, DeviceOutcome
+from scheduler import planning
+from scheduler.planning import ActiveCommand, ControlSource, DeviceFacts
+
+__all__ = [
+    "RUNNING",
+    "TRANSITIONS",
+    "Ack",
+    "AckStatus",
+    "CommandLook",
+    "CommandState",
+    "DeviceDispatch",
+    "DispatchFacts",
+    "DueTimer",
+    "Guard",
+    "HistoryEntry",
+    "HistoryKind",
+    "LifecyclePlan",
+    "ReceiveResult",
+    "RunningCommand",
+    "StoreResult",
+    "TimerKind",
+    "Transition",
+    "command_row",
+    "plan_dispatch",
+    "plan_outcome",
+    "plan_refusal",
+    "plan_resync",
+    "plan_version",
+]
+
+
+class CommandState(StrEnum):
+    SCHEDULED = "scheduled"
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    CANCELED = "canceled"
+    FAILED = "failed"
+
+
+# A command in one of these states may still drive its device: it has timers to fire or is in force.
+RUNNING = frozenset({CommandState.SCHEDULED, CommandState.ACTIVE})
+
+
+class ReceiveResult(StrEnum):
+    """What receiving one command version did (the ``result`` label of gridloop_scheduler_commands_total)."""
+
+    NEW = "new"
+    UPDATED = "updated"
+    DUPLICATE = "duplicate"
+    STALE = "stale"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+class StoreResult(StrEnum):
+    """What storing a plan did: written, already stored (a redelivery), or decided on what has changed since."""
+
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    CHANGED = "changed"
+
+
+class AckStatus(StrEnum):
+    OK = "OK"
+    FAILED = "FAILED"
+
+
+class TimerKind(StrEnum):
+    START = "start"
+    END = "end"
+    STOP = "stop"
+
+
+class HistoryKind(StrEnum):
+    RECEIVED = "received"
+    STALE = "stale"
+    SCHEDULED = "scheduled"
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    CANCELED = "canceled"
+    FAILED = "failed"
+    DISPATCHED = "dispatched"
+    OUTCOME = "outcome"
+    AWAITING_RELEASE = "awaiting release"
+    RELEASED = "released"
+    ACKNOWLEDGED = "acknowledged"
+
+
+# Every state change the lifecycle makes: (from, to, why). None is "no stored command yet". The scheduler
+# README draws exactly these (tests/test_lifecycle_plans.py compares them).
+TRANSITIONS: frozenset[tuple[CommandState | None, CommandState, str]] = frozenset(
+    {(None, CommandState.SCHEDULED, "accepted")}
+    | {(None, CommandState.FAILED, "refused")}
+    | {(None, CommandState.CANCELED, "canceled upstream")}
+    | {(state, CommandState.SCHEDULED, "newer version accepted") for state in CommandState}
+    | {(state, CommandState.FAILED, "newer version refused") for state in CommandState}
+    | {(state, CommandState.CANCELED, "canceled upstream") for state in CommandState}
+    | {(CommandState.SCHEDULED, CommandState.ACTIVE, "wins its device at a timer pass")}
+    | {(CommandState.ACTIVE, CommandState.SCHEDULED, "outranked at a timer pass")}
+    | {(state, CommandState.COMPLETED, "window over at a timer pass") for state in RUNNING}
+    | {(state, CommandState.FAILED, "device outcome failed") for state in RUNNING}
+)
+
+
+# -- what the decisions read ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CommandLook:
+    """What the scheduler sees before deciding on a received version."""
+
+    version_known: bool
+    stored_updated_at: datetime | None
+    stored_state: str | None
+    device: DeviceFacts | None
+
+    @property
+    def running(self) -> bool:
+        return self.stored_state in RUNNING
+
+
+@dataclass(frozen=True)
+class DueTimer:
+    id: int
+    device_id: str
+    command_id: UUID | None
+    kind: TimerKind
+
+
+@dataclass(frozen=True)
+class RunningCommand:
+    """A command in a running state on a device, whatever its upstream status."""
+
+    command_id: UUID
+    state: CommandState
+    ends_at: datetime | None
+
+
+@dataclass(frozen=True)
+class DispatchFacts:
+    """What a timer pass or a resync reads about its devices, under their locks."""
+
+    in_force: dict[str, list[ActiveCommand]]  # by device: the controls that may win
+    running: dict[str, list[RunningCommand]]  # by device: every command whose state a pass may settle
+    correlation_ids: dict[UUID, str | None]
+    states: dict[UUID, str] = field(default_factory=dict)  # of the commands asked about and those running
+
+
+# -- what the decisions return --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Guard:
+    """Store the plan only if the stored command is still as it was seen (else: ``StoreResult.CHANGED``)."""
+
+    command_id: UUID
+    seen_updated_at: datetime | None
+    seen_running: bool
+
+
+@dataclass(frozen=True)
+class Ack:
+    """An acknowledgement to PATCH upstream. ``due_at`` None: at once. ``release_action_id``: held until the
+    agent confirms that action's write (or ``due_at``, when the device has surely released itself)."""
+
+    command_id: UUID
+    status: AckStatus
+    reason: str | None = None
+    due_at: datetime | None = None
+    release_action_id: UUID | None = None
+
+
+@dataclass(frozen=True)
+class Transition:
+    """Move a command to ``to_state`` if it is still in one of ``from_states``, with what follows from it."""
+
+    command_id: UUID
+    from_states: frozenset[CommandState]
+    to_state: CommandState
+    reason: str | None = None  # the new state_reason; None keeps the stored one
+    history: str | None = None  # the history line's detail (its kind is the new state); None writes none
+    ack: Ack | None = None  # queued only if the transition happens
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    command_id: UUID
+    kind: HistoryKind
+    detail: str
+
+
+@dataclass(frozen=True)
+class LifecyclePlan:
+    """Everything one event writes, in the order ``CommandRepository.store`` applies it.
+
+    A plan with a ``version`` or an ``outcome`` stores it once: if it is already stored the rest is not
+    written (``StoreResult.DUPLICATE``), so a redelivered message changes nothing.
+    """
+
+    guard: Guard | None = None
+    version: dict[str, Any] | None = None  # a scheduler.command_versions row
+    outcome: dict[str, Any] | None = None  # a scheduler.device_outcomes row
+    hold_acks: tuple[str, UUID] | None = None  # (device, action): held OKs of the device now wait on this action
+    release_acks_of: UUID | None = None  # the action whose confirmed write frees the OKs held for it
+    stale_command_id: UUID | None = None
+    command: dict[str, Any] | None = None  # a scheduler.commands row, inserted or replacing the stored one
+    last_outcome: tuple[UUID, dict[str, Any]] | None = None
+    replace_timers: tuple[UUID, str, tuple[tuple[TimerKind, datetime], ...]] | None = None  # (command, device, timers)
+    fired: tuple[tuple[int, UUID, datetime], ...] = ()  # (timer, action, fired_at)
+    transitions: tuple[Transition, ...] = ()
+    history: tuple[HistoryEntry, ...] = ()
+    acks: tuple[Ack, ...] = ()
+
+    def document(self) -> dict[str, Any]:
+        """The plan as the JSON object ``scheduler.store_plan`` reads (absent keys: nothing to do)."""
+        document: dict[str, Any] = {}
+        if self.guard is not None:
+            document["guard"] = {
+                "command_id": str(self.guard.command_id),
+                "seen_updated_at": _timestamp(self.guard.seen_updated_at),
+                "seen_running": self.guard.seen_running,
+                "running_states": sorted(RUNNING),
+            }
+        for key in ("version", "outcome", "command"):
+            row = getattr(self, key)
+            if row is not None:
+                document[key] = row
+        if self.hold_acks is not None:
+            document["hold_acks"] = {"device_id": self.hold_acks[0], "action_id": str(self.hold_acks[1])}
+        if self.release_acks_of is not None:
+            document["release"] = {
+                "action_id": str(self.release_acks_of),
+                "detail": f"the agent confirmed the releasing write (action {self.release_acks_of})",
+            }
+        if self.stale_command_id is not None:
+            document["stale_command_id"] = str(self.stale_command_id)
+        if self.last_outcome is not None:
+            document["last_outcome"] = {"command_id": str(self.last_outcome[0]), "outcome": self.last_outcome[1]}
+        if self.replace_timers is not None:
+            command_id, device_id, timers = self.replace_timers
+            document["replace_timers"] = {
+                "command_id": str(command_id),
+                "timers": [
+                    {"device_id": device_id, "command_id": str(command_id), "kind": kind, "due_at": _timestamp(due)}
+                    for kind, due in timers
+                ],
+            }
+        if self.fired:
+            document["fired"] = [
+                {"id": timer_id, "action_id": str(action_id), "fired_at": _timestamp(at)}
+                for timer_id, action_id, at in self.fired
+            ]
+        if self.transitions:
+            document["transitions"] = [_transition_document(transition) for transition in self.transitions]
+        if self.history:
+            document["history"] = [
+                {"command_id": str(entry.command_id), "kind": entry.kind, "detail": entry.detail}
+                for entry in self.history
+            ]
+        if self.acks:
+            document["acks"] = [_ack_document(ack) for ack in self.acks]
+        return document
+
+
+@dataclass(frozen=True)
+class DeviceDispatch:
+    """What one device gets from a timer pass or a resync: its action, and the timers it answers."""
+
+    device_id: str
+    timers: tuple[DueTimer, ...]
+    action: DeviceAction
+    active: ActiveCommand | None
+    trace: str | None
+
+    @property
+    def described(self) -> str:
+        return f"{self.action.mode}" + (f" {self.action.setpoint_w} W" if self.action.setpoint_w else "")
+
+
+# -- the decisions --------------------------------------------------------------------------------------
+
+
+def plan_version(
+    command: Command, seen: CommandLook, *, event_type: str, correlation_id: str | None, now: datetime
+) -> tuple[ReceiveResult, LifecyclePlan, str | None]:
+    """Receiving ``command`` given what was seen: the result, what to write, and a refusal's reason."""
+    guard = Guard(command.id, seen.stored_updated_at, seen.running)
+    version = {
+        "command_id": str(command.id),
+        "updated_at": _timestamp(command.updated_at),
+        "event_type": event_type,
+        "correlation_id": correlation_id,
+        "command": command.model_dump(mode="json"),
+    }
+    verdict = planning.judge_version(stored_updated_at=seen.stored_updated_at, received_updated_at=command.updated_at)
+    if verdict == planning.VersionVerdict.STALE:
+        assert seen.stored_updated_at is not None
+        detail = f"version {command.updated_at.isoformat()} ignored: {seen.stored_updated_at.isoformat()} is in force"
+        return (
+            ReceiveResult.STALE,
+            LifecyclePlan(
+                guard=guard,
+                version=version,
+                stale_command_id=command.id,
+                history=(HistoryEntry(command.id, HistoryKind.STALE, detail),),
+            ),
+            None,
+        )
+    received = HistoryEntry(
+        command.id,
+        HistoryKind.RECEIVED,
+        f"{event_type} version {command.updated_at.isoformat()} status={command.status}"
+        f" mode={command.battery_commands.mode}",
+    )
+
+    def stored(state: CommandState, reason: str | None, timers: Iterable[tuple[TimerKind, datetime]]) -> LifecyclePlan:
+        return LifecyclePlan(
+            guard=guard,
+            version=version,
+            command=command_row(command, state=state, reason=reason, correlation_id=correlation_id),
+            replace_timers=(command.id, command.device_id, tuple(timers)),
+        )
+
+    if command.status in (CommandStatus.CANCELED, CommandStatus.OPT_OUT):
+        # The stop timer returns the device to what is below; the pass that sends it queues the cancellation's OK.
+        plan = stored(CommandState.CANCELED, f"{command.status} by upstream", [(TimerKind.STOP, now)])
+        history = (
+            received,
+            HistoryEntry(command.id, HistoryKind.CANCELED, f"{command.status}: stopping on the device"),
+        )
+        return ReceiveResult.CANCELED, _with(plan, history=history), None
+    decision = planning.decide(command, seen.device, now=now)
+    if not decision.accepted:
+        reason = decision.reason or "refused"
+        # A version that fails after an earlier one was accepted must also leave the device.
+        plan = stored(CommandState.FAILED, decision.reason, [(TimerKind.STOP, now)] if seen.running else [])
+        history = (received, HistoryEntry(command.id, HistoryKind.FAILED, reason))
+        return (
+            ReceiveResult.FAILED,
+            _with(plan, history=history, acks=(_acknowledge(command.id, AckStatus.FAILED, decision.reason),)),
+            decision.reason,
+        )
+    scheduled = f"start at {max(command.starts_at, now).isoformat()}" + (
+        f", end at {command.ends_at.isoformat()}" if command.ends_at else ", no end (until replaced)"
+    )
+    caveats = "; ".join(command.battery_commands.caveats()) or None
+    # A late arrival starts at once, for what remains of its window.
+    timers = [(TimerKind.START, max(command.starts_at, now))]
+    if command.ends_at is not None:
+        timers.append((TimerKind.END, command.ends_at))
+    plan = stored(CommandState.SCHEDULED, None, timers)
+    history = (
+        received,
+        HistoryEntry(command.id, HistoryKind.SCHEDULED, f"{scheduled}; {caveats}" if caveats else scheduled),
+    )
+    result = ReceiveResult.NEW if verdict == planning.VersionVerdict.NEW else ReceiveResult.UPDATED
+    return result, _with(plan, history=history, acks=(_acknowledge(command.id, AckStatus.OK, caveats),)), None
+
+
+def plan_dispatch(
+    timers: list[DueTimer],
+    facts: DispatchFacts,
+    *,
+    now: datetime,
+    action_ids: dict[str, UUID],
+    release_known_by: datetime,
+) -> tuple[list[DeviceDispatch], LifecyclePlan]:
+    """One timer pass: each device's action, and what the pass writes once the actions are confirmed.
+
+    ``action_ids`` gives each device's action id (derived from its first timer, so a re-fire after a crash
+    carries the same id). A cancelled command's stop went out: its OK is held until the agent confirms the
+    write, or until ``release_known_by``, when the device's revert timer has surely run out.
+    """
+    by_device: dict[str, list[DueTimer]] = {}
+    for timer in timers:
+        by_device.setdefault(timer.device_id, []).append(timer)
+    dispatches = []
+    for device_id in sorted(by_device):
+        device_timers = by_device[device_id]
+        active, action = planning.current_action(
+            device_id, facts.in_force[device_id], now=now, action_id=action_ids[device_id]
+        )
+        trace_command = active.command_id if active else device_timers[0].command_id
+        trace = facts.correlation_ids.get(trace_command) if trace_command else None
+        dispatches.append(DeviceDispatch(device_id, tuple(device_timers), action, active, trace))
+    held = [
+        (timer.command_id, dispatch.action.action_id)
+        for dispatch in dispatches
+        for timer in dispatch.timers
+        if timer.kind == TimerKind.STOP
+        and timer.command_id is not None
+        and facts.states.get(timer.command_id) == CommandState.CANCELED
+    ]
+    history = [
+        HistoryEntry(
+            timer.command_id, HistoryKind.DISPATCHED, f"{timer.kind}: {dispatch.device_id} -> {dispatch.described}"
+        )
+        for dispatch in dispatches
+        for timer in dispatch.timers
+        if timer.command_id is not None
+    ] + [
+        HistoryEntry(
+            command_id,
+            HistoryKind.AWAITING_RELEASE,
+            f"OK once the agent confirms the releasing write, at the latest {release_known_by.isoformat()}"
+            " (the device's revert timer)",
+        )
+        for command_id, _ in held
+    ]
+    plan = LifecyclePlan(
+        fired=tuple((timer.id, dispatch.action.action_id, now) for dispatch in dispatches for timer in dispatch.timers),
+        transitions=_settle(dispatches, facts, now=now),
+        history=tuple(history),
+        acks=tuple(
+            _acknowledge(command_id, AckStatus.OK, None, due_at=release_known_by, release_action_id=action_id)
+            for command_id, action_id in held
+        ),
+    )
+    return dispatches, plan
+
+
+def plan_resync(
+    device_id: str, facts: DispatchFacts, *, now: datetime, action_id: UUID, reason: str
+) -> tuple[DeviceDispatch, LifecyclePlan]:
+    """Answer an agent that has just taken ``device_id``: its current action, as a timer pass would resolve it.
+
+    The answer carries what followed any cancellation held on this device (a stop published while the agent
+    was away may never be written): its confirmed write releases those OKs too.
+    """
+    active, action = planning.current_action(device_id, facts.in_force[device_id], now=now, action_id=action_id)
+    dispatch = DeviceDispatch(
+        device_id, (), action, active, facts.correlation_ids.get(active.command_id) if active else None
+    )
+    history = (
+        (
+            HistoryEntry(
+                active.command_id, HistoryKind.DISPATCHED, f"resync ({reason}): {device_id} -> {dispatch.described}"
+            ),
+        )
+        if active is not None
+        else ()
+    )
+    plan = LifecyclePlan(
+        hold_acks=(device_id, action.action_id), transitions=_settle([dispatch], facts, now=now), history=history
+    )
+    return dispatch, plan
+
+
+def plan_outcome(outcome: DeviceOutcome) -> LifecyclePlan:
+    """An agent's outcome, stored once. A failed write fails its command if it is still running (FAILED ack);
+    an applied one frees the OKs of cancellations held for this action's write."""
+    row = {
+        "action_id": str(outcome.action_id),
+        "command_id": str(outcome.command_id) if outcome.command_id else None,
+        "device_id": outcome.device_name,
+        "applied": outcome.applied,
+        "reason": outcome.reason,
+        "applied_setpoint_w": outcome.applied_setpoint_w,
+        "observed_at": _timestamp(outcome.observed_at),
+    }
+    release = outcome.action_id if outcome.applied else None
+    if outcome.command_id is None:
+        return LifecyclePlan(outcome=row, release_acks_of=release)
+    detail = (
+        f"applied on {outcome.device_name}"
+        + (f" at {outcome.applied_setpoint_w} W" if outcome.applied_setpoint_w is not None else "")
+        if outcome.applied
+        else f"failed on {outcome.device_name}: {outcome.reason}"
+    )
+    failure = (
+        ()
+        if outcome.applied
+        else (
+            Transition(
+                outcome.command_id,
+                RUNNING,
+                CommandState.FAILED,
+                reason=outcome.reason,
+                ack=_acknowledge(outcome.command_id, AckStatus.FAILED, outcome.reason),
+            ),
+        )
+    )
+    return LifecyclePlan(
+        outcome=row,
+        release_acks_of=release,
+        history=(HistoryEntry(outcome.command_id, HistoryKind.OUTCOME, detail),),
+        last_outcome=(outcome.command_id, outcome.model_dump(mode="json")),
+        transitions=failure,
+    )
+
+
+def plan_refusal(command_id: UUID, reason: str) -> LifecyclePlan:
+    """A command refused before it could be read whole (bad JSON, an invalid command, an unstorable value)."""
+    return LifecyclePlan(
+        history=(HistoryEntry(command_id, HistoryKind.FAILED, reason),),
+        acks=(_acknowledge(command_id, AckStatus.FAILED, reason),),
+    )
+
+
+# -- helpers --------------------------------------------------------------------------------------------
+
+
+def _acknowledge(
+    command_id: UUID,
+    status: AckStatus,
+    reason: str | None,
+    *,
+    due_at: datetime | None = None,
+    release_action_id: UUID | None = None,
+) -> Ack:
+    """The one place an acknowledgement upstream is made."""
+    return Ack(command_id, status, reason, due_at, release_action_id)
+
+
+def _settle(dispatches: list[DeviceDispatch], facts: DispatchFacts, *, now: datetime) -> tuple[Transition, ...]:
+    """After a device's action is resolved, every running command on it is active (the winner), completed
+    (its window is over) or scheduled."""
+    transitions = []
+    for dispatch in dispatches:
+        winner_id = dispatch.action.command_id
+        for running in sorted(facts.running.get(dispatch.device_id, []), key=lambda command: command.command_id):
+            if running.command_id == winner_id:
+                wanted = CommandState.ACTIVE
+            elif running.ends_at is not None and running.ends_at <= now:
+                wanted = CommandState.COMPLETED
+            else:
+                wanted = CommandState.SCHEDULED
+            if wanted != running.state:
+                transitions.append(
+                    Transition(
+                        running.command_id,
+                        frozenset({running.state}),
+                        wanted,
+                        history=f"now {wanted} on {dispatch.device_id}",
+                    )
+                )
+    return tuple(transitions)
+
+
+def command_row(
+    command: Command,
+    *,
+    state: CommandState,
+    reason: str | None,
+    correlation_id: str | None,
+    source: ControlSource = ControlSource.UPSTREAM_COMMAND,
+) -> dict[str, Any]:
+    """The scheduler.commands row of a control from ``source``."""
+    return {
+        "command_id": str(command.id),
+        "device_id": command.device_id,
+        "created_at": _timestamp(command.created_at),
+        "updated_at": _timestamp(command.updated_at),
+        "starts_at": _timestamp(command.starts_at),
+        "ends_at": _timestamp(command.ends_at),
+        "upstream_status": str(command.status),
+        "state": state,
+        "state_reason": reason,
+        "command": command.model_dump(mode="json"),
+        "correlation_id": correlation_id,
+        "source": source,
+    }
+
+
+def _with(plan: LifecyclePlan, *, history: tuple[HistoryEntry, ...], acks: tuple[Ack, ...] = ()) -> LifecyclePlan:
+    return replace(plan, history=history, acks=acks)
+
+
+def _transition_document(transition: Transition) -> dict[str, Any]:
+    ack = transition.ack
+    return {
+        "command_id": str(transition.command_id),
+        "from_states": sorted(transition.from_states),
+        "to_state": transition.to_state,
+        "reason": transition.reason,
+        "history_detail": transition.history,
+        "ack_status": ack.status if ack else None,
+        "ack_reason": ack.reason if ack else None,
+    }
+
+
+def _ack_document(ack: Ack) -> dict[str, Any]:
+    return {
+        "command_id": str(ack.command_id),
+        "device_status": ack.status,
+        "device_status_reason": ack.reason,
+        "next_attempt_at": _timestamp(ack.due_at),
+        "release_action_id": str(ack.release_action_id) if ack.release_action_id else None,
+    }
+
+
+def _timestamp(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None

@@ -1,0 +1,269 @@
+"""The lifecycle's decisions as plans, without a database: states, transitions, acknowledgements, precedence."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gridloop_common.contracts import Command, DeviceOutcome
+from scheduler import lifecycle, planning
+from scheduler.lifecycle import (
+    RUNNING,
+    TRANSITIONS,
+    AckStatus,
+    CommandLook,
+    CommandState,
+    DispatchFacts,
+    DueTimer,
+    ReceiveResult,
+    RunningCommand,
+    TimerKind,
+)
+from scheduler.planning import ActiveCommand, ControlSource
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+README = Path(__file__).parents[1] / "README.md"
+
+
+def _command(**changes: Any) -> Command:
+    battery = {"mode": "DISCHARGE", "power_mode": "SETPOINT", "setpoint_w": 3000}
+    battery.update(changes.pop("battery", {}))
+    base: dict[str, Any] = {
+        "id": str(uuid.uuid4()),
+        "event_id": None,
+        "device_id": "battery-1",
+        "starts_at": (NOW + timedelta(minutes=10)).isoformat(),
+        "ends_at": (NOW + timedelta(hours=1)).isoformat(),
+        "duration_s": 3000,
+        "is_preparatory_action": False,
+        "battery_commands": battery,
+        "status": "OK",
+        "device_status": "PENDING",
+        "created_at": NOW.isoformat(),
+        "updated_at": NOW.isoformat(),
+    }
+    base.update(changes)
+    return Command.model_validate(base)
+
+
+def _device(**changes: Any) -> planning.DeviceFacts:
+    values: dict[str, Any] = {
+        "name": "battery-1",
+        "device_type": "bess",
+        "active": True,
+        "metadata": {"max_power_kw": 5},
+        "online": True,
+        "offline_reason": None,
+        "observed_at": NOW,
+    }
+    values.update(changes)
+    return planning.DeviceFacts.from_registry(**values)
+
+
+def _look(state: CommandState | None, *, device: planning.DeviceFacts | None) -> CommandLook:
+    return CommandLook(
+        version_known=False,
+        stored_updated_at=None if state is None else NOW - timedelta(minutes=1),
+        stored_state=state,
+        device=device,
+    )
+
+
+def _diagram() -> set[tuple[str | None, str, str]]:
+    block = re.search(r"```mermaid\n(.*?)```", README.read_text(encoding="utf-8"), re.DOTALL)
+    assert block is not None, "the scheduler README has no state diagram"
+    edges = set()
+    for line in block.group(1).splitlines():
+        edge = re.fullmatch(r"\s*(\[\*\]|\w+) --> (\w+) : (.+?)\s*", line)
+        if edge:
+            source = None if edge.group(1) == "[*]" else edge.group(1)
+            edges.add((source, edge.group(2), edge.group(3)))
+    return edges
+
+
+def test_the_readme_state_diagram_is_the_lifecycle_s_transitions() -> None:
+    assert _diagram() == {(None if old is None else str(old), str(new), why) for old, new, why in TRANSITIONS}
+
+
+_PAIRS = {(old, new) for old, new, _ in TRANSITIONS}
+
+
+@given(
+    stored=st.sampled_from([None, *CommandState]),
+    status=st.sampled_from(["OK", "CANCELED", "OPT_OUT"]),
+    device_ok=st.booleans(),
+    minutes_newer=st.integers(min_value=-5, max_value=5),
+)
+def test_every_received_version_moves_the_command_along_the_diagram(
+    stored: CommandState | None, status: str, device_ok: bool, minutes_newer: int
+) -> None:
+    seen = _look(stored, device=_device() if device_ok else None)
+    command = _command(status=status, updated_at=(NOW + timedelta(minutes=minutes_newer)).isoformat())
+
+    result, plan, reason = lifecycle.plan_version(
+        command, seen, event_type="command.updated", correlation_id=None, now=NOW
+    )
+
+    if result is ReceiveResult.STALE:
+        assert plan.command is None and plan.acks == () and plan.stale_command_id == command.id
+        return
+    assert plan.command is not None
+    assert (stored, plan.command["state"]) in _PAIRS
+    statuses = [ack.status for ack in plan.acks]
+    if result is ReceiveResult.CANCELED:
+        # The OK of a cancellation waits for the pass that sends the stop.
+        assert statuses == [] and plan.replace_timers is not None
+        assert [kind for kind, _ in plan.replace_timers[2]] == [TimerKind.STOP]
+    elif result is ReceiveResult.FAILED:
+        assert statuses == [AckStatus.FAILED] and plan.acks[0].reason == reason
+        leaves_device = plan.replace_timers is not None and plan.replace_timers[2] != ()
+        assert leaves_device == (stored in RUNNING)
+    else:
+        assert result in (ReceiveResult.NEW, ReceiveResult.UPDATED) and statuses == [AckStatus.OK]
+
+
+def _facts(device: str, running: list[RunningCommand], in_force: list[ActiveCommand]) -> DispatchFacts:
+    return DispatchFacts(
+        in_force={device: in_force},
+        running={device: running},
+        correlation_ids={},
+        states={command.command_id: command.state for command in running},
+    )
+
+
+def _active(command: Command, *, source: ControlSource = ControlSource.UPSTREAM_COMMAND) -> ActiveCommand:
+    return ActiveCommand(command.id, command.created_at, command.starts_at, command.ends_at, command, source)
+
+
+def test_a_timer_pass_settles_every_running_command_of_its_device_along_the_diagram() -> None:
+    ended = _command(starts_at=(NOW - timedelta(hours=2)).isoformat(), ends_at=(NOW - timedelta(hours=1)).isoformat())
+    winning = _command(starts_at=(NOW - timedelta(minutes=1)).isoformat())
+    outranked = _command(
+        starts_at=(NOW - timedelta(minutes=2)).isoformat(), created_at=(NOW - timedelta(days=1)).isoformat()
+    )
+    later = _command()
+    running = [
+        RunningCommand(ended.id, CommandState.ACTIVE, ended.ends_at),
+        RunningCommand(winning.id, CommandState.SCHEDULED, winning.ends_at),
+        RunningCommand(outranked.id, CommandState.ACTIVE, outranked.ends_at),
+        RunningCommand(later.id, CommandState.SCHEDULED, later.ends_at),
+    ]
+    facts = _facts("battery-1", running, [_active(command) for command in (ended, winning, outranked, later)])
+    timer = DueTimer(7, "battery-1", winning.id, TimerKind.START)
+    action_id = uuid.uuid4()
+
+    [dispatch], plan = lifecycle.plan_dispatch(
+        [timer], facts, now=NOW, action_ids={"battery-1": action_id}, release_known_by=NOW + timedelta(seconds=63)
+    )
+
+    assert dispatch.action.command_id == winning.id and dispatch.action.action_id == action_id
+    moved = {transition.command_id: (transition.from_states, transition.to_state) for transition in plan.transitions}
+    assert moved == {
+        ended.id: (frozenset({CommandState.ACTIVE}), CommandState.COMPLETED),
+        winning.id: (frozenset({CommandState.SCHEDULED}), CommandState.ACTIVE),
+        outranked.id: (frozenset({CommandState.ACTIVE}), CommandState.SCHEDULED),
+    }
+    for transition in plan.transitions:
+        assert all((old, transition.to_state) in _PAIRS for old in transition.from_states)
+    assert plan.fired == ((7, action_id, NOW),) and plan.acks == ()
+
+
+def test_the_stop_of_a_cancelled_command_queues_its_ok_held_for_the_release() -> None:
+    cancelled = _command(status="CANCELED")
+    facts = _facts("battery-1", [], [])
+    facts.states[cancelled.id] = CommandState.CANCELED
+    action_id = uuid.uuid4()
+    release_by = NOW + timedelta(seconds=63)
+
+    [dispatch], plan = lifecycle.plan_dispatch(
+        [DueTimer(1, "battery-1", cancelled.id, TimerKind.STOP)],
+        facts,
+        now=NOW,
+        action_ids={"battery-1": action_id},
+        release_known_by=release_by,
+    )
+
+    assert dispatch.action.command_id is None  # back to the default
+    [ack] = plan.acks
+    assert (ack.command_id, ack.status, ack.due_at, ack.release_action_id) == (
+        cancelled.id,
+        AckStatus.OK,
+        release_by,
+        action_id,
+    )
+    assert [entry.kind for entry in plan.history] == ["dispatched", "awaiting release"]
+
+
+def test_a_failed_outcome_fails_a_running_command_with_its_failed_ack_and_an_applied_one_releases() -> None:
+    command_id = uuid.uuid4()
+    failed = DeviceOutcome(
+        action_id=uuid.uuid4(), command_id=command_id, device_name="b", applied=False, reason="no", observed_at=NOW
+    )
+    applied = DeviceOutcome(
+        action_id=uuid.uuid4(), command_id=command_id, device_name="b", applied=True, observed_at=NOW
+    )
+
+    [transition] = lifecycle.plan_outcome(failed).transitions
+    assert transition.from_states == RUNNING and transition.to_state is CommandState.FAILED
+    assert all((old, CommandState.FAILED) in _PAIRS for old in transition.from_states)
+    assert transition.ack is not None and (transition.ack.status, transition.ack.reason) == (AckStatus.FAILED, "no")
+    assert lifecycle.plan_outcome(failed).release_acks_of is None
+    assert lifecycle.plan_outcome(applied).transitions == ()
+    assert lifecycle.plan_outcome(applied).release_acks_of == applied.action_id
+
+
+def test_a_refusal_before_the_command_could_be_read_is_a_failed_line_and_a_failed_ack() -> None:
+    command_id = uuid.uuid4()
+    plan = lifecycle.plan_refusal(command_id, "invalid command: starts_at: missing")
+    assert [(entry.kind, entry.detail) for entry in plan.history] == [("failed", "invalid command: starts_at: missing")]
+    assert [(ack.status, ack.reason) for ack in plan.acks] == [
+        (AckStatus.FAILED, "invalid command: starts_at: missing")
+    ]
+    assert plan.document().keys() == {"history", "acks"}
+
+
+@pytest.mark.parametrize(
+    ("sources", "winner_index"),
+    [
+        ((ControlSource.PLAN, ControlSource.UPSTREAM_COMMAND), 1),
+        ((ControlSource.UPSTREAM_COMMAND, ControlSource.PLAN), 0),
+        ((ControlSource.DIRECT_CONTROL, ControlSource.UPSTREAM_COMMAND), 1),
+        ((ControlSource.SITE_CAP, ControlSource.UPSTREAM_COMMAND), 0),
+        ((ControlSource.PLAN, ControlSource.DIRECT_CONTROL), 1),
+    ],
+)
+def test_the_higher_source_wins_whatever_its_age_and_the_lower_resumes_when_it_ends(
+    sources: tuple[ControlSource, ControlSource], winner_index: int
+) -> None:
+    # The first control is created later, so age alone would make it win.
+    first = _command(
+        starts_at=NOW.isoformat(),
+        ends_at=(NOW + timedelta(hours=2)).isoformat(),
+        created_at=(NOW + timedelta(seconds=1)).isoformat(),
+    )
+    second = _command(starts_at=NOW.isoformat(), ends_at=(NOW + timedelta(hours=1)).isoformat())
+    candidates = [_active(first, source=sources[0]), _active(second, source=sources[1])]
+
+    during = planning.winner(candidates, now=NOW + timedelta(minutes=30))
+    assert during is candidates[winner_index]
+    after_second = planning.winner(candidates, now=NOW + timedelta(minutes=90))
+    assert after_second is candidates[0]  # the second's window is over: the first takes over, whatever its source
+    assert planning.winner(candidates, now=NOW + timedelta(hours=3)) is None  # then the default
+
+
+def test_sources_are_ordered_as_the_design_states() -> None:
+    ordered = sorted(ControlSource, key=lambda source: source.precedence, reverse=True)
+    assert ordered == [
+        ControlSource.SITE_CAP,
+        ControlSource.UPSTREAM_COMMAND,
+        ControlSource.DIRECT_CONTROL,
+        ControlSource.PLAN,
+    ]
+    assert [source for source in ControlSource if source.acknowledged_upstream] == [ControlSource.UPSTREAM_COMMAND]
