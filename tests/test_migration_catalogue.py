@@ -78,7 +78,7 @@ async def test_running_every_repeatable_file_again_changes_nothing(migrated: asy
             async with connection.transaction():
                 await connection.execute(migration.sql)
     after = {row["object"]: row["definition"] for row in await migrated.fetch(_CATALOGUE, list(SCHEMAS))}
-    assert len(before) > 25
+    assert len(before) >= len(_repeatables())  # every file defines at least one object: the comparison is not vacuous
     assert after == before
 
 

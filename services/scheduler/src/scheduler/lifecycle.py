@@ -220,9 +220,11 @@ class LifecyclePlan:
 
     guard: Guard | None = None
     version: dict[str, Any] | None = None  # a scheduler.command_versions row
+    # The action whose confirmed write frees the OKs held for it: applied even when the outcome below is a
+    # duplicate, since the agent reports a failed attempt and a successful retry of one action with one id.
+    release_acks_of: UUID | None = None
     outcome: dict[str, Any] | None = None  # a scheduler.device_outcomes row
     hold_acks: tuple[str, UUID] | None = None  # (device, action): held OKs of the device now wait on this action
-    release_acks_of: UUID | None = None  # the action whose confirmed write frees the OKs held for it
     stale_command_id: UUID | None = None
     command: dict[str, Any] | None = None  # a scheduler.commands row, inserted or replacing the stored one
     last_outcome: tuple[UUID, dict[str, Any]] | None = None
@@ -306,12 +308,13 @@ def plan_version(
 ) -> tuple[ReceiveResult, LifecyclePlan, str | None]:
     """Receiving ``command`` given what was seen: the result, what to write, and a refusal's reason."""
     guard = Guard(command.id, seen.stored_updated_at, seen.running)
+    body = command.model_dump(mode="json")
     version = {
         "command_id": str(command.id),
         "updated_at": _timestamp(command.updated_at),
         "event_type": event_type,
         "correlation_id": correlation_id,
-        "command": command.model_dump(mode="json"),
+        "command": body,
     }
     verdict = planning.judge_version(stored_updated_at=seen.stored_updated_at, received_updated_at=command.updated_at)
     if verdict == planning.VersionVerdict.STALE:
@@ -338,7 +341,7 @@ def plan_version(
         return LifecyclePlan(
             guard=guard,
             version=version,
-            command=command_row(command, state=state, reason=reason, correlation_id=correlation_id),
+            command=command_row(command, state=state, reason=reason, correlation_id=correlation_id, body=body),
             replace_timers=(command.id, command.device_id, tuple(timers)),
         )
 
@@ -565,8 +568,9 @@ def command_row(
     reason: str | None,
     correlation_id: str | None,
     source: ControlSource = ControlSource.UPSTREAM_COMMAND,
+    body: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The scheduler.commands row of a control from ``source``."""
+    """The scheduler.commands row of a control from ``source`` (``body``: the command's JSON, when made already)."""
     return {
         "command_id": str(command.id),
         "device_id": command.device_id,
@@ -577,7 +581,7 @@ def command_row(
         "upstream_status": str(command.status),
         "state": state,
         "state_reason": reason,
-        "command": command.model_dump(mode="json"),
+        "command": body if body is not None else command.model_dump(mode="json"),
         "correlation_id": correlation_id,
         "source": source,
     }

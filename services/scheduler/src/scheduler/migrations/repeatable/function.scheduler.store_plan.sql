@@ -37,6 +37,21 @@ BEGIN
         END IF;
     END IF;
 
+    IF p_plan ? 'release' THEN
+        -- Before the outcome is stored once: the agent may report an action failed, then applied on a retry,
+        -- with the same action id. As due as when they were queued: a retried ack keeps its backoff.
+        WITH freed AS (
+            UPDATE scheduler.ack_outbox
+            SET release_action_id = NULL,
+                next_attempt_at = CASE WHEN attempts = 0 THEN created_at ELSE next_attempt_at END
+            WHERE release_action_id = (p_plan->'release'->>'action_id')::uuid AND delivered_at IS NULL
+            RETURNING command_id
+        )
+        INSERT INTO scheduler.command_history (command_id, kind, detail)
+        SELECT command_id, 'released', p_plan->'release'->>'detail' FROM freed;
+        GET DIAGNOSTICS released = ROW_COUNT;
+    END IF;
+
     IF p_plan ? 'outcome' THEN
         INSERT INTO scheduler.device_outcomes (action_id, command_id, device_id, applied, reason, applied_setpoint_w,
             observed_at)
@@ -53,20 +68,6 @@ BEGIN
         FROM scheduler.commands c
         WHERE c.command_id = o.command_id AND c.device_id = p_plan->'hold_acks'->>'device_id'
           AND o.release_action_id IS NOT NULL AND o.delivered_at IS NULL;
-    END IF;
-
-    IF p_plan ? 'release' THEN
-        -- As due as when they were queued: a retried ack keeps its backoff.
-        WITH freed AS (
-            UPDATE scheduler.ack_outbox
-            SET release_action_id = NULL,
-                next_attempt_at = CASE WHEN attempts = 0 THEN created_at ELSE next_attempt_at END
-            WHERE release_action_id = (p_plan->'release'->>'action_id')::uuid AND delivered_at IS NULL
-            RETURNING command_id
-        )
-        INSERT INTO scheduler.command_history (command_id, kind, detail)
-        SELECT command_id, 'released', p_plan->'release'->>'detail' FROM freed;
-        GET DIAGNOSTICS released = ROW_COUNT;
     END IF;
 
     IF p_plan ? 'stale_command_id' THEN
@@ -112,9 +113,10 @@ BEGIN
     IF p_plan ? 'transitions' THEN
         -- Each moves only from the state the plan saw, and brings its history line and acknowledgement with it.
         WITH wanted AS (
-            SELECT * FROM jsonb_to_recordset(p_plan->'transitions') WITH ORDINALITY AS t(command_id uuid,
+            SELECT * FROM ROWS FROM (jsonb_to_recordset(p_plan->'transitions') AS (command_id uuid,
                 from_states text[], to_state text, reason text, history_detail text, ack_status text,
-                ack_reason text, position bigint)
+                ack_reason text)) WITH ORDINALITY AS t(command_id, from_states, to_state, reason, history_detail,
+                ack_status, ack_reason, position)
         ), moved AS (
             UPDATE scheduler.commands c
             SET state = wanted.to_state, state_reason = coalesce(wanted.reason, c.state_reason), changed_at = now()
@@ -134,8 +136,8 @@ BEGIN
     IF p_plan ? 'history' THEN
         INSERT INTO scheduler.command_history (command_id, kind, detail)
         SELECT entry.command_id, entry.kind, entry.detail
-        FROM jsonb_to_recordset(p_plan->'history') WITH ORDINALITY AS entry(command_id uuid, kind text, detail text,
-            position bigint)
+        FROM ROWS FROM (jsonb_to_recordset(p_plan->'history') AS (command_id uuid, kind text, detail text))
+            WITH ORDINALITY AS entry(command_id, kind, detail, position)
         ORDER BY entry.position;
     END IF;
 
@@ -144,8 +146,10 @@ BEGIN
             release_action_id)
         SELECT ack.command_id, ack.device_status, ack.device_status_reason, coalesce(ack.next_attempt_at, now()),
             ack.release_action_id
-        FROM jsonb_to_recordset(p_plan->'acks') WITH ORDINALITY AS ack(command_id uuid, device_status text,
-            device_status_reason text, next_attempt_at timestamptz, release_action_id uuid, position bigint)
+        FROM ROWS FROM (jsonb_to_recordset(p_plan->'acks') AS (command_id uuid, device_status text,
+            device_status_reason text, next_attempt_at timestamptz, release_action_id uuid))
+            WITH ORDINALITY AS ack(command_id, device_status, device_status_reason, next_attempt_at,
+                release_action_id, position)
         ORDER BY ack.position;
         -- A held acknowledgement is not due yet: waking the sender for it would find nothing.
         acks_due := acks_due OR EXISTS (
