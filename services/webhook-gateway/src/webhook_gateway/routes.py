@@ -4,7 +4,7 @@
 the hot path, and Starlette's routing, middleware, Request and Response layers cost about as much CPU
 as the webhook's own work. Everything else (health, metrics, 404s, 405 for other methods on
 /v1/webhooks, the operator endpoints of ``operator_endpoints`` and their ``GET /openapi.json``) goes to
-Starlette. The webhook's answers are the same as Starlette would give: same status codes, same JSON
+Starlette. The webhook answers as it did when Starlette served it: same status codes, same JSON
 bodies, same headers (Content-Type, Content-Length, Retry-After on 503, X-Correlation-Id). The envelope is
 validated by ``fast_path`` first; both are listed in docs/architecture.md, "Fast paths".
 """

@@ -18,10 +18,12 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    ValidationError,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from gridloop_common.contracts.routing import OperatorRpc
 
@@ -240,7 +242,14 @@ class MpcRequest(BaseModel):
         if self.start is not None and self.stop is not None:
             return self
         start = self.start or next_step_boundary(now, self.interval)
-        stop = self.stop or start + MPC_DEFAULT_HORIZON
+        try:
+            stop = self.stop or start + MPC_DEFAULT_HORIZON
+        except OverflowError:
+            # A start in the last two hours of year 9999: its default stop is not a date.
+            error = PydanticCustomError("stop_out_of_range", "two hours after start is past the last date")
+            raise ValidationError.from_exception_data(
+                type(self).__name__, [InitErrorDetails(type=error, loc=("stop",), input=None)]
+            ) from None
         return MpcRequest.model_validate({**self.model_dump(), "start": start, "stop": stop})
 
 
