@@ -139,7 +139,7 @@ class DayAheadCoordinationRequest(BaseModel):
         default=None,
         min_length=_DAY_AHEAD_STEPS,
         max_length=_DAY_AHEAD_STEPS,
-        description="One price (currency/kWh) per 10-minute step over 24 hours; None: the gateway's default.",
+        description="One price (currency/kWh) per 10-minute step over 24 hours; None: the tariff in force.",
     )
     date: AwareDatetime | None = Field(default=None, description="Start of the day; None: now.")
 
