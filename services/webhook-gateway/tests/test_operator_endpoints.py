@@ -127,11 +127,13 @@ async def test_mpc_start_and_stop_default_to_the_next_step_boundary_and_two_hour
 ) -> None:
     clock = FakeClock(datetime(2026, 6, 1, 18, 7, 30, tzinfo=UTC))
     body = {name: value for name, value in VALID_BODIES["/calculate_mpc"].items() if name not in ("start", "stop")}
+    # Issued at the gateway's time, which is in the past: a key issued now would be from its future.
+    headers = {"Authorization": f"Bearer {issue_key(JWT_SECRET, 'grid_operator', clock=clock)}"}
     async with serving(gateway_settings(amqp_url), url=amqp_url, clock=clock) as (client, _):
-        quarter = await client.post("/calculate_mpc", json={**body, "interval": 15}, headers=OPERATOR)
+        quarter = await client.post("/calculate_mpc", json={**body, "interval": 15}, headers=headers)
         clock.advance(3600)
-        ten = await client.post("/calculate_mpc", json=body, headers=OPERATOR)
-        stop_only = await client.post("/calculate_mpc", json={**body, "stop": "2026-06-01T19:00:00Z"}, headers=OPERATOR)
+        ten = await client.post("/calculate_mpc", json=body, headers=headers)
+        stop_only = await client.post("/calculate_mpc", json={**body, "stop": "2026-06-01T19:00:00Z"}, headers=headers)
 
     assert quarter.status_code == 200, quarter.text
     sent = quarter.json()["request"]
