@@ -59,9 +59,17 @@ def _schemas(*models: type[BaseModel]) -> dict[str, Any]:
     return collected
 
 
+# Answered by the HTTP server itself (gridloop_common.observability), before any endpoint, as plain text.
+_HEADERS_TOO_LARGE: Final = {
+    "description": "The request line and headers (query string included) are over GRIDLOOP_HTTP_MAX_HEADER_BYTES.",
+    "content": {"text/plain": {"schema": {"type": "string"}}},
+}
+
+
 def _error_responses(*statuses: str) -> dict[str, Any]:
     reference = {"application/json": {"schema": {"$ref": _REF_TEMPLATE.format(model="Error")}}}
-    return {status: {"description": _ERRORS[status], "content": reference} for status in statuses}
+    found: dict[str, Any] = {status: {"description": _ERRORS[status], "content": reference} for status in statuses}
+    return {**found, "431": _HEADERS_TOO_LARGE}
 
 
 def document() -> dict[str, Any]:
