@@ -47,7 +47,7 @@ __all__ = ["ENDPOINTS", "NOT_BUILT", "NotBuilt", "OperatorApi", "OperatorEndpoin
 
 logger = logging.getLogger(__name__)
 
-OPERATOR_REQUESTS = Counter(
+OPERATOR_ANSWERS = Counter(
     "gridloop_operator_requests_total",
     "Requests to the operator endpoints, by path and answer status.",
     ["path", "status"],
@@ -196,7 +196,7 @@ class OperatorApi:
             else:
                 response = await serve()
             response.headers["X-Correlation-Id"] = trace
-            OPERATOR_REQUESTS.labels(path, str(response.status_code)).inc()
+            OPERATOR_ANSWERS.labels(path, str(response.status_code)).inc()
             OPERATOR_SECONDS.labels(path).observe(time.perf_counter() - started)
             logger.info("operator request answered", extra={"path": path, "status": response.status_code})
         return response
