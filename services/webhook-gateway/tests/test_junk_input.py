@@ -1,8 +1,10 @@
 """Hypothesis-generated junk on every route of the gateway, served by uvicorn on the real broker: never a 5xx.
 
 Signed junk (the signature is right, so the body reaches the JSON and envelope checks), unsigned junk
-with junk headers, and junk methods and paths beside /v1/webhooks, /healthz, /readyz and /metrics. Each
-answer must be below 500, and nothing may be logged at ERROR or with a traceback while the junk runs.
+with junk headers, junk bodies with a valid operator key on every operator endpoint (a stand-in optimizer
+answers what passes), and junk methods and paths beside /v1/webhooks, /healthz, /readyz, /metrics and the
+operator paths. Each answer must be below 500 (501 for an endpoint not built yet is the one exception),
+and nothing may be logged at ERROR or with a traceback while the junk runs.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gridloop_common.messaging import open_broker
-from gridloop_common.observability import Health, serve_http
-from webhook_gateway.routes import build_app
+from gridloop_common.observability import serve_http
+from webhook_gateway.operator_endpoints import ENDPOINTS, NOT_BUILT
 from webhook_gateway.signatures import sign
 
-from .conftest import SECRET, gateway_settings
+from .conftest import SECRET, Responder, gateway_application, gateway_settings, key
 
 pytestmark = pytest.mark.connected
 
@@ -74,17 +76,20 @@ class Served:
     errors: ErrorRecords
 
     async def check(self, response: httpx.Response) -> None:
-        assert response.status_code < 500, (response.status_code, response.text)
+        not_built = response.status_code == 501 and response.json()["error"] == "not_implemented"
+        assert response.status_code < 500 or not_built, (response.status_code, response.text)
         assert self.errors.take() == []
 
 
 @pytest.fixture
-async def served(amqp_url: str, error_records: ErrorRecords) -> AsyncIterator[Served]:
-    """The gateway's application served by uvicorn on 127.0.0.1, publishing to the test vhost."""
+async def served(amqp_url: str, error_records: ErrorRecords, responder: Responder) -> AsyncIterator[Served]:
+    """The gateway's application served by uvicorn on 127.0.0.1 on the test vhost, a stand-in optimizer behind it."""
     configured = gateway_settings(amqp_url)
     async with open_broker(configured.amqp, client_name="test-gateway-junk", url=amqp_url) as broker:
-        application = build_app(settings=configured, publisher=broker.publisher, health=Health(service="test"))
-        async with serve_http(application, host="127.0.0.1", port=0) as server:
+        async with (
+            gateway_application(configured, broker) as application,
+            serve_http(application, host="127.0.0.1", port=0) as server,
+        ):
             port = server.servers[0].sockets[0].getsockname()[1]
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30.0) as client:
                 yield Served(client=client, errors=error_records)
@@ -220,7 +225,20 @@ async def test_unsigned_junk_webhooks_get_no_server_error(
 
 
 _paths = st.sampled_from(
-    ["/v1/webhooks", "/v1/webhooks/", "/healthz", "/readyz", "/metrics", "/", "/v1/commands", "/v1/events", "//"]
+    [
+        "/v1/webhooks",
+        "/v1/webhooks/",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/",
+        "/v1/commands",
+        "/v1/events",
+        "//",
+        "/openapi.json",
+        *(endpoint.path for endpoint in ENDPOINTS),
+        *(each.path for each in NOT_BUILT),
+    ]
 ) | st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="#?"), max_size=40).map(
     lambda tail: "/" + tail
 )
@@ -246,3 +264,57 @@ async def test_junk_requests_on_every_path_get_no_server_error(
     content = body if method not in ("GET", "HEAD", "OPTIONS", "TRACE") else None
     response = await served.client.request(method, path, params=query, headers=headers, content=content)
     await served.check(response)
+
+
+# Operator-shaped junk: the contracts' field names with junk values, times of every shape among them.
+_operator_fields = st.sampled_from(sorted({name for each in ENDPOINTS for name in each.request.model_fields}))
+_times = (
+    st.sampled_from(
+        [
+            "2026-06-01T19:00:00-04:00",
+            "2026-06-01T19:00:00",
+            "2026-06-01",
+            "tomorrow",
+            "9999-12-31T23:59:59+14:00",
+            "9999-12-31T23:59:59-23:59",
+            "0001-01-01T00:00:00+14:00",
+            "2026-13-01T00:00:00Z",
+        ]
+    )
+    | st.integers()
+)
+_operator_values = json_values | _times | st.dictionaries(_times.map(str), json_values, max_size=4)
+operator_bodies = (
+    st.dictionaries(_operator_fields, _operator_values, max_size=10).map(_dump)
+    | json_values.map(_dump)
+    | st.binary(max_size=300)
+    | st.just(b"")
+)
+
+
+@given(
+    path=st.sampled_from([endpoint.path for endpoint in ENDPOINTS]),
+    body=operator_bodies,
+    content_type=content_types,
+    query=st.lists(st.tuples(st.sampled_from(["site", "run_id"]) | header_text, header_text), max_size=3),
+    role=st.sampled_from(["grid_operator", "service_role"]),
+)
+@example(
+    path="/calculate_mpc",
+    body=_dump(
+        {
+            "prices": {"2026-06-01T19:00:00Z": 1},
+            "power_limit": {"2026-06-01T19:00:00Z": 1},
+            "start": "9999-12-31T23:59:59+00:00",  # its default stop would be past the last date
+        }
+    ),
+    content_type="application/json",
+    query=[],
+    role="grid_operator",
+)
+@JUNK_SETTINGS
+async def test_junk_operator_bodies_with_a_valid_key_get_no_server_error(
+    served: Served, path: str, body: bytes, content_type: str, query: list[tuple[str, str]], role: str
+) -> None:
+    headers = {**key(role), "content-type": content_type}
+    await served.check(await served.client.post(path, content=body, params=query, headers=headers))

@@ -14,12 +14,10 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from gridloop_common.messaging import open_broker
-from gridloop_common.observability import Health
 from gridloop_common.testing import TcpProxy
-from webhook_gateway.routes import build_app
 from webhook_gateway.signatures import sign
 
-from .conftest import SECOND_SECRET, SECRET, Gateway, gateway_settings
+from .conftest import SECOND_SECRET, SECRET, Gateway, gateway_application, gateway_settings
 
 
 def command(**battery: Any) -> dict[str, Any]:
@@ -199,19 +197,21 @@ async def test_503_with_retry_after_when_the_broker_cannot_confirm(amqp_url: str
     settings = gateway_settings(amqp_url)
     async with TcpProxy(upstream_host="127.0.0.1", upstream_port=5672) as proxy:
         proxied = amqp_url.replace("127.0.0.1:5672", f"127.0.0.1:{proxy.port}")
-        async with open_broker(settings.amqp, client_name="test-gateway-cut", url=proxied) as broker:
-            application = build_app(settings=settings, publisher=broker.publisher, health=Health(service="test"))
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://g") as client:
-                proxy.refusing = True
-                proxy.cut()
-                async with asyncio.timeout(10):
-                    while broker.connection.connected.is_set():
-                        await asyncio.sleep(0.02)
-                body = envelope(command())
-                started = time.monotonic()
-                response = await client.post("/v1/webhooks", content=body, headers=signed_headers(body))
-                elapsed = time.monotonic() - started
-                proxy.refusing = False
+        async with (
+            open_broker(settings.amqp, client_name="test-gateway-cut", url=proxied) as broker,
+            gateway_application(settings, broker) as application,
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://g") as client,
+        ):
+            proxy.refusing = True
+            proxy.cut()
+            async with asyncio.timeout(10):
+                while broker.connection.connected.is_set():
+                    await asyncio.sleep(0.02)
+            body = envelope(command())
+            started = time.monotonic()
+            response = await client.post("/v1/webhooks", content=body, headers=signed_headers(body))
+            elapsed = time.monotonic() - started
+            proxy.refusing = False
     assert response.status_code == 503
     assert response.headers["retry-after"] == "5"
     assert response.json()["error"] == "broker_unavailable"

@@ -30,7 +30,12 @@ def test_keys_are_jwts_for_each_role() -> None:
     for line in result.stdout.splitlines():
         role, _, token = line.partition(": ")
         roles[role] = jwt.decode(token, SECRET, algorithms=["HS256"])["role"]
-    assert roles == {"anon": "anon", "authenticated": "authenticated", "service_role": "service_role"}
+    assert roles == {
+        "anon": "anon",
+        "authenticated": "authenticated",
+        "service_role": "service_role",
+        "grid_operator": "grid_operator",
+    }
 
 
 def test_json_log_lines_render_readably() -> None:

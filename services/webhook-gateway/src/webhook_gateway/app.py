@@ -1,4 +1,4 @@
-"""Composition root of the webhook gateway: broker, HTTP server and (optionally) the upstream poller."""
+"""Composition root of the webhook gateway: broker, RPC client, HTTP server and (optionally) the upstream poller."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import logging
 import httpx
 
 from gridloop_common.clock import Clock, SystemClock
-from gridloop_common.messaging import open_broker
+from gridloop_common.messaging import RpcClient, open_broker
 from gridloop_common.observability import Health, configure_logging, serve_http
 from webhook_gateway import routes
 from webhook_gateway.poller import CommandPoller
@@ -42,7 +42,12 @@ async def run(settings: GatewaySettings, *, clock: Clock | None = None) -> None:
             )
         )
         health.add_check("broker", broker.ready)
-        application = routes.build_app(settings=settings, publisher=broker.publisher, health=health, clock=clock)
+        rpc = await stack.enter_async_context(
+            RpcClient.open(channel=broker.channel, publisher=broker.publisher, client_name=SERVICE)
+        )
+        application = routes.build_app(
+            settings=settings, publisher=broker.publisher, rpc=rpc, health=health, clock=clock
+        )
         await stack.enter_async_context(
             serve_http(application, host=settings.gateway_host, port=settings.gateway_port, settings=settings.http)
         )

@@ -24,10 +24,10 @@ class UnknownEventType(Exception):
     """An event type this version does not know: accepted and ignored, so the sender does not retry."""
 
 
-def field_errors(error: ValidationError, *, prefix: str = "") -> list[dict[str, str]]:
-    """Pydantic errors as ``{"field": "a.b", "message": "..."}``, at most ten."""
+def field_errors(error: ValidationError, *, prefix: str = "", limit: int = 10) -> list[dict[str, str]]:
+    """Pydantic errors as ``{"field": "a.b", "message": "..."}``, at most ``limit``."""
     found = []
-    for detail in error.errors()[:10]:
+    for detail in error.errors()[:limit]:
         location = ".".join(str(part) for part in detail["loc"])
         found.append(
             {"field": f"{prefix}{location}" if location else prefix.rstrip(".") or "body", "message": detail["msg"]}

@@ -1,9 +1,10 @@
-"""HTTP routes of the gateway: the signed upstream webhook, health and metrics.
+"""HTTP routes of the gateway: the signed upstream webhook, the operator endpoints, health and metrics.
 
 ``POST /v1/webhooks`` is served by a plain ASGI callable in front of the Starlette application: it is
 the hot path, and Starlette's routing, middleware, Request and Response layers cost about as much CPU
 as the webhook's own work. Everything else (health, metrics, 404s, 405 for other methods on
-/v1/webhooks) goes to Starlette. The answers are the same as before: same status codes, same JSON
+/v1/webhooks, the operator endpoints of ``operator_endpoints`` and their ``GET /openapi.json``) goes to
+Starlette. The webhook answers as it did when Starlette served it: same status codes, same JSON
 bodies, same headers (Content-Type, Content-Length, Retry-After on 503, X-Correlation-Id). The envelope is
 validated by ``fast_path`` first; both are listed in docs/architecture.md, "Fast paths".
 """
@@ -16,15 +17,18 @@ from random import getrandbits
 
 from prometheus_client import Counter, Histogram
 from starlette.applications import Starlette
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gridloop_common.clock import Clock, SystemClock
 from gridloop_common.contracts.documents import RefusedDocument, load_document
-from gridloop_common.messaging import Publisher, PublishError
+from gridloop_common.messaging import Publisher, PublishError, RpcClient
 from gridloop_common.observability import Health, correlation_id, health_routes
-from webhook_gateway import fast_path, forwarding, signatures
+from webhook_gateway import fast_path, forwarding, openapi, signatures
+from webhook_gateway.access import OperatorAccess
+from webhook_gateway.operator_endpoints import OperatorApi
 from webhook_gateway.settings import GatewaySettings
 
 __all__ = ["WEBHOOK_PATH", "GatewayApp", "build_app"]
@@ -217,12 +221,35 @@ class GatewayApp:
 
 
 def build_app(
-    *, settings: GatewaySettings, publisher: Publisher, health: Health, clock: Clock | None = None
+    *, settings: GatewaySettings, publisher: Publisher, rpc: RpcClient, health: Health, clock: Clock | None = None
 ) -> ASGIApp:
-    """The gateway's ASGI application; ``clock`` is what signature timestamps are checked against."""
-    webhook = WebhookEndpoint(settings=settings, publisher=publisher, clock=clock or SystemClock())
+    """The gateway's ASGI application; ``clock`` is what signature timestamps, key expiries and MPC defaults read.
+
+    ``rpc`` makes the operator endpoints' calls to the services behind them.
+    """
+    clock = clock or SystemClock()
+    webhook = WebhookEndpoint(settings=settings, publisher=publisher, clock=clock)
+    operator = OperatorApi(
+        access=OperatorAccess(settings.jwt_secret.get_secret_value(), clock=clock),
+        rpc=rpc,
+        timeout_s=settings.gateway_rpc_timeout_s,
+        max_body_bytes=settings.webhook_max_body_bytes,
+        clock=clock,
+    )
+    description = openapi.document()
+
+    async def serve_openapi(request: Request) -> Response:
+        return JSONResponse(description)
+
     # Exact paths, no slash redirects: a 307 counts as a failed delivery at the sender. The route is also
     # registered here so that other methods get their 405 (and a root_path deployment still works).
-    application = Starlette(routes=[Route(WEBHOOK_PATH, webhook, methods=["POST"]), *health_routes(health)])
+    application = Starlette(
+        routes=[
+            Route(WEBHOOK_PATH, webhook, methods=["POST"]),
+            *operator.routes(),
+            Route(openapi.OPENAPI_PATH, serve_openapi, methods=["GET"]),
+            *health_routes(health),
+        ]
+    )
     application.router.redirect_slashes = False
     return GatewayApp(webhook=webhook, fallback=application)

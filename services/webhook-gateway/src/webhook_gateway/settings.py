@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gridloop_common.auth import MINIMUM_SECRET_LENGTH
 from gridloop_common.settings import AmqpSettings, HttpServerSettings, ObservabilitySettings, UpstreamSettings
 from webhook_gateway.signatures import SECRET_PREFIX, decode_secret
 
@@ -20,6 +21,12 @@ class GatewaySettings(BaseSettings):
 
     gateway_host: str = Field(default="0.0.0.0", description="Address the HTTP server binds.")
     gateway_port: int = Field(default=8080, ge=1, le=65535, description="HTTP port (webhooks, health, metrics).")
+    gateway_rpc_timeout_s: float = Field(
+        default=10.0, gt=0, le=300, description="Seconds an operator endpoint waits for its service's reply (504)."
+    )
+    jwt_secret: SecretStr = Field(
+        description="HS256 secret of the API keys; the operator endpoints take service_role and grid_operator keys."
+    )
     webhook_secret: SecretStr = Field(
         description="Standard Webhooks secret(s), whsec_..., several separated by spaces or commas."
     )
@@ -47,6 +54,13 @@ class GatewaySettings(BaseSettings):
                 decode_secret(secret)
             except ValueError as error:
                 raise ValueError(f"secret {position} of {len(secrets)}: {error}") from None
+        return value
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < MINIMUM_SECRET_LENGTH:
+            raise ValueError(f"must be at least {MINIMUM_SECRET_LENGTH} characters")
         return value
 
     def webhook_secrets(self) -> list[str]:

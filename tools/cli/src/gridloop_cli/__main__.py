@@ -109,7 +109,7 @@ def _keys(environment: dict[str, str]) -> int:
     if not secret:
         print("gridloop: GRIDLOOP_JWT_SECRET is not set", file=sys.stderr)
         return 2
-    for role in ("anon", "authenticated", "service_role"):
+    for role in keys.ROLES:
         print(f"{role}: {keys.make_key(secret=secret, role=role)}")
     return 0
 
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     listing.add_argument("action", nargs="*", help="nothing, or: show COMMAND_ID")
     listing.add_argument("--limit", type=int, default=50, help="most commands listed")
     subcommands.add_parser("asyncapi", help="print the AsyncAPI 3 description (docs/asyncapi.yaml)")
-    subcommands.add_parser("keys", help="print anon, authenticated and service_role API keys")
+    subcommands.add_parser("keys", help="print anon, authenticated, service_role and grid_operator API keys")
     simulate = subcommands.add_parser("sim", help="run a simulator")
     simulate.add_argument("kind", choices=["battery", "meter", "upstream"])
     simulate.add_argument("options", nargs=argparse.REMAINDER, help="options of the simulator (see --help)")

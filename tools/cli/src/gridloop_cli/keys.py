@@ -1,12 +1,19 @@
-"""Supabase-style API keys: HS256 JWTs whose role claim is anon or service_role."""
+"""Supabase-style API keys: HS256 JWTs whose role claim is anon, authenticated, service_role or grid_operator."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Final
 
 import jwt
 
-__all__ = ["make_key"]
+from gridloop_common.auth import Roles
+
+__all__ = ["ROLES", "make_key"]
+
+# What `gridloop keys` prints a key for: the Flux API's three roles (telemetry-ingest) and the grid operator's
+# (the gateway's seed-000 endpoints, docs/design.md §8).
+ROLES: Final = (Roles.ANON, Roles.AUTHENTICATED, Roles.SERVICE, Roles.GRID_OPERATOR)
 
 
 def make_key(*, secret: str, role: str, now: datetime | None = None, valid_days: int = 3650) -> str:

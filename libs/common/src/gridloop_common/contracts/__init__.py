@@ -20,17 +20,23 @@ from gridloop_common.contracts.flux import (
     MeterReading30m,
 )
 from gridloop_common.contracts.grid_services import (
+    MPC_DEFAULT_HORIZON,
+    OPERATOR_REQUESTS,
     DayAheadCoordinationRequest,
     DirectControlDevice,
     FlatTariffRequest,
     FlexibilityRequest,
     MpcRequest,
+    MpcStopRequest,
+    OperatorReply,
     OptimizationStatusRequest,
     PaidControlRequest,
     PowerLimitRequest,
     SetpointRequest,
     ShiftConsumptionTariffRequest,
+    SiteScope,
     TimeOfUseTariffRequest,
+    next_step_boundary,
 )
 from gridloop_common.contracts.upstream import (
     UNKNOWN_EVENT_TYPE,
@@ -47,6 +53,8 @@ from gridloop_common.contracts.upstream import (
 
 __all__ = [
     "MARKET_DATA_TYPES",
+    "MPC_DEFAULT_HORIZON",
+    "OPERATOR_REQUESTS",
     "UNKNOWN_EVENT_TYPE",
     "BatteryCommand",
     "BatteryMode",
@@ -78,12 +86,16 @@ __all__ = [
     "MeterReading30m",
     "ModbusAddress",
     "MpcRequest",
+    "MpcStopRequest",
+    "OperatorReply",
     "OptimizationStatusRequest",
     "PaidControlRequest",
     "PowerLimitRequest",
     "PowerMode",
     "SetpointRequest",
     "ShiftConsumptionTariffRequest",
+    "SiteScope",
     "TimeOfUseTariffRequest",
     "UpstreamEvent",
+    "next_step_boundary",
 ]

@@ -10,6 +10,7 @@ __all__ = [
     "RPC_EXCHANGE",
     "TELEMETRY_EXCHANGE",
     "UPSTREAM_EXCHANGE",
+    "OperatorRpc",
     "Queues",
     "RoutingKeys",
     "dead_letter_queue",
@@ -54,6 +55,34 @@ class RoutingKeys:
     TELEMETRY_ALL: Final = "telemetry.#"
     OPTIMIZER_ALL: Final = "optimizer.#"
     SCHEDULER_RPC_ALL: Final = "scheduler.#"
+
+
+class OperatorRpc:
+    """Routing keys on ``gridloop.rpc`` behind the gateway's operator endpoints (docs/design.md §8).
+
+    The request is the JSON of the endpoint's contract model (``grid_services.OPERATOR_REQUESTS``), the
+    reply an ``OperatorReply``: the HTTP status and JSON body the gateway answers with. All start with
+    ``optimizer.``, so they reach the optimizer's queue (``optimizer.rpc``, bound ``optimizer.#``).
+    """
+
+    # POST /calculate_mpc with a body: start or replace the MPC for the scope.
+    CALCULATE_MPC: Final = "optimizer.calculate_mpc"
+    # POST /calculate_mpc without a body: stop the MPC for the scope.
+    STOP_MPC: Final = "optimizer.stop_mpc"
+    COORDINATE_DAY_AHEAD: Final = "optimizer.coordinatedac"
+    OPTIMIZATION_STATUS: Final = "optimizer.optimization_status"
+    FLAT_TARIFF: Final = "optimizer.flattariff"
+    TIME_OF_USE_TARIFF: Final = "optimizer.toutariff"
+    SHIFT_CONSUMPTION_TARIFF: Final = "optimizer.shift_consumption_tariff"
+    ALL: Final = (
+        CALCULATE_MPC,
+        STOP_MPC,
+        COORDINATE_DAY_AHEAD,
+        OPTIMIZATION_STATUS,
+        FLAT_TARIFF,
+        TIME_OF_USE_TARIFF,
+        SHIFT_CONSUMPTION_TARIFF,
+    )
 
 
 def dead_letter_queue(queue: str) -> str:
