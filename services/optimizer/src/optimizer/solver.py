@@ -157,7 +157,7 @@ class PlanSolver:
 
     def _build(self, shape: ModelShape) -> _Model:
         structure = build_structure(shape)
-        highs = highspy.Highs()
+        highs = highspy.Highs()  # type: ignore[no-untyped-call]  # highspy leaves __init__ unannotated
         highs.setOptionValue("output_flag", False)
         highs.setOptionValue("presolve", "on" if shape.binaries else "off")
         highs.setOptionValue("mip_rel_gap", self._mip_relative_gap)
@@ -204,7 +204,8 @@ def _update_model(model: _Model, data: ModelData) -> None:
     rows = np.arange(layout.row_count, dtype=np.int32)
     highs.changeColsCost(layout.column_count, columns, data.cost)
     highs.changeColsBounds(layout.column_count, columns, data.column_lower, data.column_upper)
-    highs.changeRowsBounds(layout.row_count, rows, data.row_lower, data.row_upper)
+    # highspy's stubs (1.15) miss changeRowsBounds, which its extension module does have.
+    highs.changeRowsBounds(layout.row_count, rows, data.row_lower, data.row_upper)  # type: ignore[attr-defined]
     highs.changeObjectiveOffset(data.offset)
     _update_binaries(model, data)
 
