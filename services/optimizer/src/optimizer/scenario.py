@@ -39,46 +39,68 @@ def problem_from_scenario(scenario: Mapping[str, Any]) -> SiteProblem:
     """The site problem of a scenario document; a missing or malformed field raises `ProblemError`."""
     if scenario.get("format") != SCENARIO_FORMAT:
         raise ProblemError("format", f"must be {SCENARIO_FORMAT!r}")
+    battery = _section(scenario, "battery")
+    grid = _section(scenario, "grid")
+    steps = int(_number(scenario, "num_steps", "num_steps"))
     try:
-        steps = int(scenario["num_steps"])
-        step_minutes = float(scenario["time_step_minutes"])
-        start = datetime.fromisoformat(str(scenario["start_time_utc"]).replace("Z", "+00:00"))
-        battery = scenario["battery"]
-        grid = scenario["grid"]
-        problem = SiteProblem.create(
-            start=start,
-            step_hours=step_minutes / 60,
-            import_price=scenario["import_price"],
-            export_price=scenario["export_price"],
-            load_kw=scenario["load_kw"],
-            pv_kw=scenario["pv_kw"],
-            batteries=[
-                Battery(
-                    name=BATTERY_NAME,
-                    capacity_kwh=float(battery["capacity_kwh"]),
-                    max_charge_kw=float(battery["max_charge_kw"]),
-                    max_discharge_kw=float(battery["max_discharge_kw"]),
-                    charge_efficiency=float(battery["charge_efficiency"]),
-                    discharge_efficiency=float(battery["discharge_efficiency"]),
-                    soc_min_pct=float(battery["soc_min_pct"]),
-                    soc_max_pct=float(battery["soc_max_pct"]),
-                    soc_initial_pct=float(battery["soc_initial_pct"]),
-                    soc_target_pct=float(battery["soc_final_pct"]),
-                    target_mode=TargetMode.EXACT,
-                )
-            ],
-            import_limit_kw=float(grid["import_limit_kw"]),
-            export_limit_kw=float(grid["export_limit_kw"]),
-        )
-    except KeyError as error:
-        raise ProblemError(str(error.args[0]), "is missing") from error
-    except (TypeError, ValueError) as error:
-        if isinstance(error, ProblemError):
-            raise
-        raise ProblemError("scenario", str(error)) from error
-    if problem.steps != steps:
-        raise ProblemError("num_steps", f"is {steps} but the arrays have {problem.steps} entries")
+        start = datetime.fromisoformat(str(scenario.get("start_time_utc", "")).replace("Z", "+00:00"))
+    except ValueError as error:
+        raise ProblemError("start_time_utc", "must be an ISO 8601 time") from error
+    series = {}
+    for key in ("import_price", "export_price", "load_kw", "pv_kw"):
+        values = scenario.get(key)
+        if not isinstance(values, list):
+            raise ProblemError(key, "must be a list of numbers")
+        if len(values) != steps:
+            raise ProblemError(key, f"has {len(values)} entries, num_steps is {steps}")
+        series[key] = values
+    problem = SiteProblem.create(
+        start=start,
+        step_hours=_number(scenario, "time_step_minutes", "time_step_minutes") / 60,
+        import_price=series["import_price"],
+        export_price=series["export_price"],
+        load_kw=series["load_kw"],
+        pv_kw=series["pv_kw"],
+        batteries=[
+            Battery(
+                name=BATTERY_NAME,
+                **{
+                    name: _number(battery, key, f"battery.{key}")
+                    for name, key in (
+                        ("capacity_kwh", "capacity_kwh"),
+                        ("max_charge_kw", "max_charge_kw"),
+                        ("max_discharge_kw", "max_discharge_kw"),
+                        ("charge_efficiency", "charge_efficiency"),
+                        ("discharge_efficiency", "discharge_efficiency"),
+                        ("soc_min_pct", "soc_min_pct"),
+                        ("soc_max_pct", "soc_max_pct"),
+                        ("soc_initial_pct", "soc_initial_pct"),
+                        ("soc_target_pct", "soc_final_pct"),
+                    )
+                },
+                target_mode=TargetMode.EXACT,
+            )
+        ],
+        import_limit_kw=_number(grid, "import_limit_kw", "grid.import_limit_kw"),
+        export_limit_kw=_number(grid, "export_limit_kw", "grid.export_limit_kw"),
+    )
     return problem
+
+
+def _section(document: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    section = document.get(key)
+    if not isinstance(section, Mapping):
+        raise ProblemError(key, "is missing")
+    return section
+
+
+def _number(section: Mapping[str, Any], key: str, path: str) -> float:
+    if key not in section:
+        raise ProblemError(path, "is missing")
+    value = section[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ProblemError(path, "must be a number")
+    return float(value)
 
 
 def result_document(
