@@ -297,6 +297,37 @@ def test_a_time_limit_returns_a_plan_within_every_physical_bound() -> None:
     assert_physical(problem, plan)
 
 
+def test_a_kept_model_has_its_whole_time_limit_on_every_solve() -> None:
+    """HiGHS measures time_limit against the run time of all the object's runs (ERGO-Code/HiGHS#1477). A
+    model kept across ticks, alternating two weeks of prices, solves for three times its per-solve limit
+    in all, and every solve must still end optimal."""
+    generator = np.random.default_rng(11)
+    weeks = []
+    for _ in range(2):
+        prices = generator.uniform(0.05, 0.6, 672)
+        weeks.append(
+            site(
+                import_price=prices,
+                export_price=prices * 0.5,
+                load_kw=generator.uniform(0.0, 4.0, 672),
+                step_hours=0.25,
+                batteries=[battery(soc_initial_pct=50.0)],
+            )
+        )
+    limit_s = 10 * max(solve(week).solve_s for week in weeks)  # ten cold solves; a warm one is faster
+    solver = PlanSolver()
+    statuses = set()
+    solving_s = 0.0
+    solves = 0
+    while solving_s < 3 * limit_s:
+        plan = solver.solve(weeks[solves % 2], time_limit_s=limit_s)
+        statuses.add(plan.status)
+        solving_s += plan.solve_s
+        solves += 1
+    assert solver.model_count == 1
+    assert statuses == {PlanStatus.OPTIMAL}
+
+
 def test_bad_inputs_name_their_field() -> None:
     with pytest.raises(ProblemError) as wrong_length:
         site(import_price=[0.1, 0.2], export_price=[0.1], batteries=[battery()])

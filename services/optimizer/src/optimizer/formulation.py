@@ -42,12 +42,16 @@ scale S = max(|import prices|, |export prices|, demand price / dt, 0.01):
 
     TARGET 1e2*S < SITE 1e3*S < RESERVE 1e4*S < SOC_BOUNDS 1e5*S
 
-Each tier outweighs every energy price and the tier below it by more than a factor of ten, after the
-round-trip losses of moving a kWh (efficiencies are at least 0.1): no price makes a plan miss a limit it
-could keep, and when limits conflict the device's own bounds win over its reserve, the reserve over the
-site's grid limits, and those over the end-of-horizon target: DESIGN precedence (the device's limits and
-reserve clamp everything; the site cap next). Scaling by the prices of the problem, rather than a fixed
-number, keeps the cost range of the model near 1e5-1e6, where HiGHS's tolerances are comfortable.
+Why these gaps. Missing the target by a stored kWh gains at most one kWh's price after losses (at most
+S/eta_c <= 10*S for efficiencies of at least 0.1, demand charges included in S), far below TARGET. Meeting
+the target by importing over the site limit costs SITE per grid kWh and brings at most one stored kWh: SITE >
+TARGET keeps the limit. Keeping the import limit by discharging below the reserve costs RESERVE per stored
+kWh for at least one step, each grid kWh needing 1/eta_d >= 1 stored kWh: RESERVE > SITE keeps the reserve;
+likewise SOC_BOUNDS > RESERVE. So no price makes a plan miss a limit it could keep, and when limits conflict
+the device's own bounds win over its reserve, the reserve over the site's grid limits, and those over the
+end-of-horizon target: the precedence of docs/design.md (the device's limits and reserve clamp everything; the
+site cap next). Scaling by the problem's own prices, rather than a fixed number, keeps the model's cost range
+near 1e5-1e7, where HiGHS's absolute tolerances (1e-7) stay meaningful, and works in any currency.
 
 Binaries: a battery charging and discharging in the same step, or a site importing and exporting, can only
 pay where energy has a negative value. At step t, if p_imp[t] >= 0, the export price is >= 0 or the site

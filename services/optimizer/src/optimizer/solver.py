@@ -111,7 +111,9 @@ class PlanSolver:
             data = model_data(problem, model.layout, penalties)
             _update_model(model, data)
         highs = model.highs
-        highs.setOptionValue("time_limit", float(time_limit_s or self._time_limit_s))
+        # HiGHS compares time_limit with the run time accumulated over every run of the object (until HiGHS
+        # 2.0, ERGO-Code/HiGHS#1477): a kept model would otherwise hit it on every tick after a while.
+        highs.setOptionValue("time_limit", highs.getRunTime() + float(time_limit_s or self._time_limit_s))
         built = time.perf_counter()
         highs.run()
         model_status = highs.getModelStatus()
