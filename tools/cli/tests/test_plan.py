@@ -15,7 +15,7 @@ from optimizer.scenario import schedule_errors
 SCENARIOS = Path(__file__).resolve().parents[3] / "bench" / "scenarios"
 
 
-@pytest.mark.parametrize("name", ["day96", "week672"])
+@pytest.mark.parametrize("name", ["day96", "week672", "negative48"])
 def test_plan_writes_a_result_that_meets_every_constraint_at_the_optimal_cost(name: str, tmp_path: Path) -> None:
     gridloop = str(Path(sys.executable).with_name("gridloop"))
     scenario_path = SCENARIOS / f"{name}.json"
