@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import platform
 import statistics
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,9 +30,18 @@ from typing import Any
 import highspy
 import numpy as np
 
-from optimizer.problem import Battery, SiteProblem, TargetMode
-from optimizer.scenario import SCENARIO_FORMAT, problem_from_scenario, result_document, schedule_errors
-from optimizer.solver import PlanSolver
+# This script is named like the package it measures, and Python puts the script's folder first on sys.path,
+# where "optimizer" would be this file: drop that folder before importing the package.
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
+
+from optimizer.problem import Battery, SiteProblem, TargetMode  # noqa: E402
+from optimizer.scenario import (  # noqa: E402
+    SCENARIO_FORMAT,
+    problem_from_scenario,
+    result_document,
+    schedule_errors,
+)
+from optimizer.solver import PlanSolver  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ROOT / "bench" / "scenarios"

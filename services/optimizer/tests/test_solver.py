@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from optimizer.formulation import soc_band_is_kept
 from optimizer.problem import (
     Battery,
     DemandCharge,
@@ -456,14 +457,17 @@ def problem_pairs(draw: st.DrawFn) -> tuple[SiteProblem, SiteProblem]:
     as the next MPC tick would."""
     first = draw(problems())
     factor = draw(st.floats(0.5, 2.0))
-    batteries = [
-        replace(
+    batteries = []
+    for battery_problem in first.batteries:
+        moved = replace(
             battery_problem,
             soc_initial_pct=draw(st.floats(0, 100)),
             soc_target_pct=draw(st.none() | st.floats(0, 100)),
         )
-        for battery_problem in first.batteries
-    ]
+        # Leaving or entering the SoC band changes the shape (formulation.soc_band_is_kept).
+        if soc_band_is_kept(moved) != soc_band_is_kept(battery_problem):
+            moved = replace(moved, soc_initial_pct=battery_problem.soc_initial_pct)
+        batteries.append(moved)
     second = replace(
         first,
         import_price=first.import_price * factor,

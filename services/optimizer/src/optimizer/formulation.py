@@ -26,6 +26,8 @@ Rows:
     charge     ch[t] - max_charge_kw*u[t] <= 0,  dis[t] + max_discharge_kw*u[t] <= max_discharge_kw
     grid       imp + imp_over - M_imp[t]*v[t] <= 0,  exp + exp_over + M_exp[t]*v[t] <= M_exp[t]
 
+A battery that starts inside its band [max(reserve, soc_min), soc_max] has the band as hard bounds on e
+instead of the soc row and its slacks (soc_band_is_kept: the soft optimum keeps such a band anyway).
 One `soc` row carries three prices: s_res is cheaper than s_low and bounded by reserve - soc_min, so the plan
 dips below the reserve before it dips below soc_min, and below soc_min only when nothing else is possible.
 
@@ -73,7 +75,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from optimizer.problem import FloatArray, SiteProblem, TargetMode
+from optimizer.problem import Battery, FloatArray, SiteProblem, TargetMode
 
 __all__ = [
     "ModelData",
@@ -86,6 +88,7 @@ __all__ = [
     "model_data",
     "penalties_for",
     "shape_of",
+    "soc_band_is_kept",
 ]
 
 IndexArray = npt.NDArray[np.int32]
@@ -134,6 +137,7 @@ class ModelShape:
     steps: int
     step_hours: float
     efficiencies: tuple[tuple[float, float], ...]  # (charge, discharge) per battery: matrix coefficients
+    soft_soc: tuple[bool, ...]  # per battery: whether its SoC band needs slacks (see soc_band_is_kept)
     demand_charge: bool
     binaries: bool
 
@@ -158,12 +162,21 @@ def exclusivity_steps(problem: SiteProblem) -> tuple[npt.NDArray[np.bool_], npt.
     return battery_steps, grid_steps
 
 
+def soc_band_is_kept(battery: Battery) -> bool:
+    """Whether the battery starts inside [max(reserve, soc_min), soc_max]. Then staying idle keeps the band,
+    and since breaking it is dearer than anything it could buy or any limit below it in precedence, the
+    optimum of the soft model keeps it too: the band can be hard column bounds on the energy, without the
+    SoC row and its three slacks (a third fewer rows and columns, the simplex's work per MPC tick)."""
+    return battery.reserve_floor_pct <= battery.soc_initial_pct <= battery.soc_max_pct
+
+
 def shape_of(problem: SiteProblem) -> ModelShape:
     battery_steps, grid_steps = exclusivity_steps(problem)
     return ModelShape(
         steps=problem.steps,
         step_hours=problem.step_hours,
         efficiencies=tuple((b.charge_efficiency, b.discharge_efficiency) for b in problem.batteries),
+        soft_soc=tuple(not soc_band_is_kept(b) for b in problem.batteries),
         demand_charge=problem.demand_charge is not None,
         binaries=bool(battery_steps.any() or grid_steps.any()),
     )
@@ -205,18 +218,18 @@ class ModelLayout:
         self.target_rows: list[int] = []
         self.charge_rows: list[IndexArray] = []
         self.discharge_rows: list[IndexArray] = []
-        for _ in range(shape.battery_count):
+        for soft in shape.soft_soc:
             self.charge.append(columns(steps))
             self.discharge.append(columns(steps))
             self.energy.append(columns(steps))
-            self.reserve_slack.append(columns(steps))
-            self.low_slack.append(columns(steps))
-            self.high_slack.append(columns(steps))
+            self.reserve_slack.append(columns(steps) if soft else empty)
+            self.low_slack.append(columns(steps) if soft else empty)
+            self.high_slack.append(columns(steps) if soft else empty)
             self.target_under.append(int(columns(1)[0]))
             self.target_over.append(int(columns(1)[0]))
             self.mode.append(columns(steps) if shape.binaries else empty)
             self.energy_rows.append(rows(steps))
-            self.soc_rows.append(rows(steps))
+            self.soc_rows.append(rows(steps) if soft else empty)
             self.target_rows.append(int(rows(1)[0]))
             self.charge_rows.append(rows(steps) if shape.binaries else empty)
             self.discharge_rows.append(rows(steps) if shape.binaries else empty)
@@ -266,11 +279,12 @@ def build_structure(shape: ModelShape) -> ModelStructure:
         add(energy_rows[1:], layout.energy[b][:-1], -ones[1:])
         add(energy_rows, layout.charge[b], np.full(steps, -eta_charge * dt))
         add(energy_rows, layout.discharge[b], np.full(steps, dt / eta_discharge))
-        soc_rows = layout.soc_rows[b]
-        add(soc_rows, layout.energy[b], ones)
-        add(soc_rows, layout.reserve_slack[b], ones)
-        add(soc_rows, layout.low_slack[b], ones)
-        add(soc_rows, layout.high_slack[b], -ones)
+        if shape.soft_soc[b]:
+            soc_rows = layout.soc_rows[b]
+            add(soc_rows, layout.energy[b], ones)
+            add(soc_rows, layout.reserve_slack[b], ones)
+            add(soc_rows, layout.low_slack[b], ones)
+            add(soc_rows, layout.high_slack[b], -ones)
         target = np.array([layout.target_rows[b]] * 3, dtype=np.int32)
         add(
             target,
@@ -356,7 +370,11 @@ def model_data(problem: SiteProblem, layout: ModelLayout, penalties: Penalties) 
         capacity = battery.capacity_kwh
         upper[layout.charge[b]] = battery.max_charge_kw
         upper[layout.discharge[b]] = battery.max_discharge_kw
-        upper[layout.energy[b]] = capacity
+        if shape.soft_soc[b]:
+            upper[layout.energy[b]] = capacity
+        else:
+            lower[layout.energy[b]] = capacity * battery.reserve_floor_pct / 100
+            upper[layout.energy[b]] = capacity * battery.soc_max_pct / 100
         cost[layout.reserve_slack[b]] = penalties.reserve
         upper[layout.reserve_slack[b]] = capacity * (battery.reserve_floor_pct - battery.soc_min_pct) / 100
         cost[layout.low_slack[b]] = penalties.soc_bounds
