@@ -252,6 +252,7 @@ class Plan:
     penalty_cost: float
     violations: tuple[Violation, ...]
     binaries: int  # how many integer variables the solve needed (0: a plain LP)
+    iterations: int  # simplex iterations of the solve (a warm start needs few)
     build_s: float  # model built (or updated in place) from the problem's arrays
     solve_s: float  # HiGHS, then the plan read back and recomputed
 

@@ -133,8 +133,9 @@ class PlanSolver:
             status = PlanStatus.TIME_LIMIT
         else:
             status = PlanStatus.FAILED
+        info = highs.getInfo()
         has_solution = status is PlanStatus.OPTIMAL or (
-            status is PlanStatus.TIME_LIMIT and highs.getInfo().primal_solution_status == _FEASIBLE
+            status is PlanStatus.TIME_LIMIT and info.primal_solution_status == _FEASIBLE
         )
         steps, batteries = problem.steps, len(problem.batteries)
         charge = np.zeros((batteries, steps))
@@ -152,6 +153,7 @@ class PlanSolver:
             solver_status=highs.modelStatusToString(model_status),
             penalties=penalties,
             binaries=int(data.integrality.sum()),
+            iterations=int(info.simplex_iteration_count),
             build_s=built - started,
             solve_s=0.0,
         )
@@ -233,6 +235,7 @@ def evaluate(
     solver_status: str = "",
     penalties: Penalties | None = None,
     binaries: int = 0,
+    iterations: int = 0,
     build_s: float = 0.0,
     solve_s: float = 0.0,
 ) -> Plan:
@@ -297,6 +300,7 @@ def evaluate(
         penalty_cost=penalty_cost,
         violations=tuple(violations),
         binaries=binaries,
+        iterations=iterations,
         build_s=build_s,
         solve_s=solve_s,
     )
