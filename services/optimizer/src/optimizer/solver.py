@@ -56,6 +56,13 @@ VIOLATION_TOLERANCE = 1e-6
 _POWER_NOISE_KW = 1e-9
 
 _FEASIBLE = 2  # HiGHS kSolutionStatusFeasible
+_TIME_LIMIT_STATUSES = {
+    highspy.HighsModelStatus.kTimeLimit,
+    highspy.HighsModelStatus.kIterationLimit,
+    highspy.HighsModelStatus.kInterrupt,
+    highspy.HighsModelStatus.kSolutionLimit,
+}
+_SETTLED_STATUSES = {highspy.HighsModelStatus.kOptimal, *_TIME_LIMIT_STATUSES}
 _NO_PLAN_STATUSES = {
     highspy.HighsModelStatus.kInfeasible,
     highspy.HighsModelStatus.kUnbounded,
@@ -117,6 +124,14 @@ class PlanSolver:
         built = time.perf_counter()
         highs.run()
         model_status = highs.getModelStatus()
+        if model_status not in _SETTLED_STATUSES:
+            # A warm start can end in numerical doubt ("Unknown": about 1 in 1,000 fleet re-plans in
+            # bench/optimizer.py) where a cold start does not: drop the basis and solve once more.
+            logger.info("re-solving without the warm basis after %s", highs.modelStatusToString(model_status))
+            highs.clearSolver()
+            highs.setOptionValue("time_limit", highs.getRunTime() + float(time_limit_s or self._time_limit_s))
+            highs.run()
+            model_status = highs.getModelStatus()
         if model_status == highspy.HighsModelStatus.kOptimal:
             status = PlanStatus.OPTIMAL
         elif model_status in _NO_PLAN_STATUSES:
@@ -124,12 +139,7 @@ class PlanSolver:
             # still gets a safe plan, and the log says which problem to reproduce.
             logger.error("HiGHS reported %s on an always-feasible model", highs.modelStatusToString(model_status))
             status = PlanStatus.FAILED
-        elif model_status in (
-            highspy.HighsModelStatus.kTimeLimit,
-            highspy.HighsModelStatus.kIterationLimit,
-            highspy.HighsModelStatus.kInterrupt,
-            highspy.HighsModelStatus.kSolutionLimit,
-        ):
+        elif model_status in _TIME_LIMIT_STATUSES:
             status = PlanStatus.TIME_LIMIT
         else:
             status = PlanStatus.FAILED
