@@ -202,7 +202,8 @@ def main() -> None:
         f" {fleet_result['replan_s']:.2f} s wall / {fleet_result['replan_cpu_s']:.2f} s CPU (aim {FLEET_AIM_S} s),"
         f" per site median {fleet_result['per_site_median_ms']:.2f} ms, p99 {fleet_result['per_site_p99_ms']:.2f} ms"
         f" ({fleet_result['median_iterations']:.0f} simplex iterations; on a fresh model"
-        f" {fleet_result['per_site_cold_median_ms']:.2f} ms, {fleet_result['median_iterations_cold']:.0f} iterations)"
+        f" {fleet_result['per_site_cold_median_ms']:.2f} ms, {fleet_result['median_iterations_cold']:.0f} iterations),"
+        f" statuses {', '.join(fleet_result['statuses'])}"
     )
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(
