@@ -106,6 +106,9 @@ class PlanSolver:
     def solve(self, problem: SiteProblem, *, time_limit_s: float | None = None) -> Plan:
         """The best plan for `problem` found within the time limit (the solver's own unless given)."""
         started = time.perf_counter()
+        limit_s = self._time_limit_s if time_limit_s is None else time_limit_s
+        if limit_s <= 0:
+            raise ValueError("time_limit_s must be > 0")
         penalties = penalties_for(problem)
         shape = shape_of(problem)
         model = self._models.get(shape)
@@ -120,7 +123,7 @@ class PlanSolver:
         highs = model.highs
         # HiGHS compares time_limit with the run time accumulated over every run of the object (until HiGHS
         # 2.0, ERGO-Code/HiGHS#1477): a kept model would otherwise hit it on every tick after a while.
-        highs.setOptionValue("time_limit", highs.getRunTime() + float(time_limit_s or self._time_limit_s))
+        highs.setOptionValue("time_limit", highs.getRunTime() + limit_s)
         built = time.perf_counter()
         highs.run()
         model_status = highs.getModelStatus()
@@ -129,7 +132,7 @@ class PlanSolver:
             # bench/optimizer.py) where a cold start does not: drop the basis and solve once more.
             logger.info("re-solving without the warm basis after %s", highs.modelStatusToString(model_status))
             highs.clearSolver()
-            highs.setOptionValue("time_limit", highs.getRunTime() + float(time_limit_s or self._time_limit_s))
+            highs.setOptionValue("time_limit", highs.getRunTime() + limit_s)
             highs.run()
             model_status = highs.getModelStatus()
         if model_status == highspy.HighsModelStatus.kOptimal:
