@@ -80,6 +80,7 @@ def test_two_step_arbitrage_charges_cheap_and_discharges_dear() -> None:
     assert plan.batteries[0].charge_kw.tolist() == approx([5.0, 0.0])
     assert plan.batteries[0].discharge_kw.tolist() == approx([0.0, 5.0])
     assert plan.batteries[0].soc_pct.tolist() == approx([0.0, 50.0, 0.0])
+    assert plan.batteries[0].power_kw.tolist() == approx([5.0, -5.0])
     assert plan.grid_import_kw.tolist() == approx([5.0, 0.0])
     assert plan.grid_export_kw.tolist() == approx([0.0, 5.0])
     assert plan.energy_cost == approx(-1.0)

@@ -233,6 +233,11 @@ class BatteryPlan:
     energy_kwh: FloatArray  # N + 1: [0] the initial energy, [t] at the end of step t - 1
     soc_pct: FloatArray  # N + 1, energy_kwh as a percentage of the capacity
 
+    @property
+    def power_kw(self) -> FloatArray:
+        """The setpoint per step, positive into the battery (docs/design.md §5's sign)."""
+        return self.charge_kw - self.discharge_kw
+
 
 @dataclass(frozen=True, eq=False)
 class Plan:
