@@ -17,7 +17,9 @@ class OptimizerSettings(BaseSettings):
 
     optimizer_host: str = Field(default="0.0.0.0", description="Address the health/metrics server binds.")
     optimizer_port: int = Field(default=9102, ge=1, le=65535, description="Health and metrics port.")
-    optimizer_time_limit_s: float = Field(default=10.0, gt=0, le=300, description="Most seconds one solve may take.")
+    optimizer_time_limit_s: float = Field(
+        default=5.0, gt=0, le=300, description="Most seconds one solve may take; the best plan found by then is used."
+    )
     amqp: AmqpSettings = Field(default_factory=AmqpSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
     http: HttpServerSettings = Field(default_factory=HttpServerSettings)

@@ -1,4 +1,4 @@
-"""The `gridloop` command: migrate, up, status, keys, sim."""
+"""The `gridloop` command: migrate, up, status, keys, sim, plan."""
 
 from __future__ import annotations
 
@@ -138,6 +138,22 @@ def _commands(environment: dict[str, str], action: list[str], limit: int) -> int
     return 0
 
 
+def _plan(scenario: str, out: str | None, repetitions: int) -> int:
+    """Solve one scenario file with the optimizer's own command, run as a process: the CLI imports no
+    service (import-linter contract), it runs them, as `migrate` does."""
+    optimizer = next(service for service in SERVICES if service.name == "optimizer")
+    installed = Path(sys.executable).with_name(optimizer.command[0])
+    command = [str(installed) if installed.exists() else optimizer.command[0], *optimizer.command[1:]]
+    command += ["plan", scenario, "--repetitions", str(repetitions)]
+    if out is not None:
+        command += ["--out", out]
+    try:
+        return subprocess.run(command, check=False).returncode
+    except FileNotFoundError:
+        print(f"gridloop: {optimizer.command[0]} is not installed (uv sync --all-packages)", file=sys.stderr)
+        return 2
+
+
 def _simulate(kind: str, argv: list[str]) -> int:
     # Imported late: heavy, and needed only by `sim`.
     import gridloop_simulators.battery
@@ -168,6 +184,10 @@ def main(argv: list[str] | None = None) -> None:
     listing.add_argument("--limit", type=int, default=50, help="most commands listed")
     subcommands.add_parser("asyncapi", help="print the AsyncAPI 3 description (docs/asyncapi.yaml)")
     subcommands.add_parser("keys", help="print anon, authenticated, service_role and grid_operator API keys")
+    plan = subcommands.add_parser("plan", help="solve a bess-arbitrage-scenario/1 file, write its result file")
+    plan.add_argument("scenario", help="the scenario file (bench/scenarios/*.json)")
+    plan.add_argument("--out", help="where to write the result (default: standard output)")
+    plan.add_argument("--repetitions", type=int, default=10, help="timed solves after one warm-up (default 10)")
     simulate = subcommands.add_parser("sim", help="run a simulator")
     simulate.add_argument("kind", choices=["battery", "meter", "upstream"])
     simulate.add_argument("options", nargs=argparse.REMAINDER, help="options of the simulator (see --help)")
@@ -177,6 +197,8 @@ def main(argv: list[str] | None = None) -> None:
 
         print(asyncapi.render(), end="")
         raise SystemExit(0)
+    if arguments.command == "plan":
+        raise SystemExit(_plan(arguments.scenario, arguments.out, arguments.repetitions))
     environment = development_environment()
     if arguments.command == "migrate":
         raise SystemExit(_migrate(environment))

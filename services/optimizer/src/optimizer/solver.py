@@ -1,0 +1,373 @@
+"""Solving site problems with HiGHS: `solve(problem)` once, or a `PlanSolver` that keeps a model per shape.
+
+A `PlanSolver` builds the constraint matrix of a shape once (formulation.build_structure) and hands each
+later problem of that shape to the same `Highs` object by changing costs, bounds and right-hand sides in
+place, so HiGHS starts from the previous basis: an MPC tick or a fleet of identical batteries re-solves
+without rebuilding anything. The plan it returns is recomputed from the battery powers the solver chose
+(netted, so no battery charges and discharges in the same step), never read back from its slacks.
+
+A solve never fails with "infeasible": the model is always feasible (formulation.py), a time limit
+returns the best plan found so far (status time_limit), and if HiGHS finds none, or gives up, the plan holds
+every battery idle, which respects every physical bound, with its violations reported like any other.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+
+import highspy
+import numpy as np
+
+from optimizer.formulation import (
+    ModelData,
+    ModelLayout,
+    ModelShape,
+    Penalties,
+    build_structure,
+    model_data,
+    penalties_for,
+    shape_of,
+)
+from optimizer.problem import (
+    Battery,
+    BatteryPlan,
+    FloatArray,
+    Plan,
+    PlanStatus,
+    SiteProblem,
+    TargetMode,
+    ViolatedLimit,
+    Violation,
+)
+
+__all__ = ["DEFAULT_TIME_LIMIT_S", "PlanSolver", "evaluate", "solve"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIME_LIMIT_S = 5.0
+# A MIP stops within this relative gap of the best bound: well inside the 1e-6 the scenario format allows.
+DEFAULT_MIP_RELATIVE_GAP = 1e-7
+# Violations smaller than this (kW or kWh) are solver tolerance, not a limit missed.
+VIOLATION_TOLERANCE = 1e-6
+# Powers below this (kW) are rounding left by the solver and read as zero.
+_POWER_NOISE_KW = 1e-9
+
+_FEASIBLE = 2  # HiGHS kSolutionStatusFeasible
+_TIME_LIMIT_STATUSES = {
+    highspy.HighsModelStatus.kTimeLimit,
+    highspy.HighsModelStatus.kIterationLimit,
+    highspy.HighsModelStatus.kInterrupt,
+    highspy.HighsModelStatus.kSolutionLimit,
+}
+_SETTLED_STATUSES = {highspy.HighsModelStatus.kOptimal, *_TIME_LIMIT_STATUSES}
+_NO_PLAN_STATUSES = {
+    highspy.HighsModelStatus.kInfeasible,
+    highspy.HighsModelStatus.kUnbounded,
+    highspy.HighsModelStatus.kUnboundedOrInfeasible,
+}
+
+
+@dataclass
+class _Model:
+    highs: highspy.Highs
+    layout: ModelLayout
+    lp: highspy.HighsLp  # the structure, passed with the first problem's data
+
+
+class PlanSolver:
+    """Solves site problems, keeping one HiGHS model per `ModelShape` (the `max_models` used last).
+
+    Not thread-safe: give each worker its own. Models of shapes with binaries run HiGHS's MIP solver with
+    presolve; plain LPs skip presolve, which costs more than it saves on models this small (and would
+    discard the warm basis).
+    """
+
+    def __init__(
+        self,
+        *,
+        time_limit_s: float = DEFAULT_TIME_LIMIT_S,
+        mip_relative_gap: float = DEFAULT_MIP_RELATIVE_GAP,
+        max_models: int = 16,
+    ) -> None:
+        if time_limit_s <= 0:
+            raise ValueError("time_limit_s must be > 0")
+        self._time_limit_s = time_limit_s
+        self._mip_relative_gap = mip_relative_gap
+        self._max_models = max_models
+        self._models: OrderedDict[ModelShape, _Model] = OrderedDict()
+
+    @property
+    def model_count(self) -> int:
+        return len(self._models)
+
+    def solve(self, problem: SiteProblem, *, time_limit_s: float | None = None) -> Plan:
+        """The best plan for `problem` found within the time limit (the solver's own unless given)."""
+        started = time.perf_counter()
+        limit_s = self._time_limit_s if time_limit_s is None else time_limit_s
+        if limit_s <= 0:
+            raise ValueError("time_limit_s must be > 0")
+        penalties = penalties_for(problem)
+        shape = shape_of(problem)
+        model = self._models.get(shape)
+        if model is None:
+            model = self._build(shape)
+            data = model_data(problem, model.layout, penalties)
+            _pass_model(model, data)
+        else:
+            self._models.move_to_end(shape)
+            data = model_data(problem, model.layout, penalties)
+            _update_model(model, data)
+        highs = model.highs
+        # HiGHS compares time_limit with the run time accumulated over every run of the object (until HiGHS
+        # 2.0, ERGO-Code/HiGHS#1477): a kept model would otherwise hit it on every tick after a while.
+        highs.setOptionValue("time_limit", highs.getRunTime() + limit_s)
+        built = time.perf_counter()
+        highs.run()
+        model_status = highs.getModelStatus()
+        if model_status not in _SETTLED_STATUSES:
+            # A warm start can end in numerical doubt ("Unknown": about 1 in 1,000 fleet re-plans in
+            # bench/optimizer.py) where a cold start does not: drop the basis and solve once more.
+            logger.info("re-solving without the warm basis after %s", highs.modelStatusToString(model_status))
+            highs.clearSolver()
+            highs.setOptionValue("time_limit", highs.getRunTime() + limit_s)
+            highs.run()
+            model_status = highs.getModelStatus()
+        if model_status == highspy.HighsModelStatus.kOptimal:
+            status = PlanStatus.OPTIMAL
+        elif model_status in _NO_PLAN_STATUSES:
+            # Impossible by construction (formulation.py); if numerical trouble ever claims it, the caller
+            # still gets a safe plan, and the log says which problem to reproduce.
+            logger.error("HiGHS reported %s on an always-feasible model", highs.modelStatusToString(model_status))
+            status = PlanStatus.FAILED
+        elif model_status in _TIME_LIMIT_STATUSES:
+            status = PlanStatus.TIME_LIMIT
+        else:
+            status = PlanStatus.FAILED
+        info = highs.getInfo()
+        has_solution = status is PlanStatus.OPTIMAL or (
+            status is PlanStatus.TIME_LIMIT and info.primal_solution_status == _FEASIBLE
+        )
+        steps, batteries = problem.steps, len(problem.batteries)
+        charge = np.zeros((batteries, steps))
+        discharge = np.zeros((batteries, steps))
+        if has_solution:
+            values = np.asarray(highs.getSolution().col_value)
+            for b in range(batteries):
+                charge[b] = values[model.layout.charge[b]]
+                discharge[b] = values[model.layout.discharge[b]]
+        plan = evaluate(
+            problem,
+            charge,
+            discharge,
+            status=status,
+            solver_status=highs.modelStatusToString(model_status),
+            penalties=penalties,
+            binaries=int(data.integrality.sum()),
+            iterations=int(info.simplex_iteration_count),
+            build_s=built - started,
+            solve_s=0.0,
+        )
+        return replace(plan, solve_s=time.perf_counter() - built)
+
+    def _build(self, shape: ModelShape) -> _Model:
+        structure = build_structure(shape)
+        highs = highspy.Highs()  # type: ignore[no-untyped-call]  # highspy leaves __init__ unannotated
+        highs.setOptionValue("output_flag", False)
+        highs.setOptionValue("presolve", "on" if shape.binaries else "off")
+        highs.setOptionValue("mip_rel_gap", self._mip_relative_gap)
+        layout = structure.layout
+        lp = highspy.HighsLp()
+        lp.num_col_ = layout.column_count
+        lp.num_row_ = layout.row_count
+        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+        lp.a_matrix_.num_col_ = layout.column_count
+        lp.a_matrix_.num_row_ = layout.row_count
+        lp.a_matrix_.start_ = structure.start
+        lp.a_matrix_.index_ = structure.index
+        lp.a_matrix_.value_ = structure.value
+        lp.col_cost_ = np.zeros(layout.column_count)
+        lp.col_lower_ = np.zeros(layout.column_count)
+        lp.col_upper_ = np.zeros(layout.column_count)
+        lp.row_lower_ = np.zeros(layout.row_count)
+        lp.row_upper_ = np.zeros(layout.row_count)
+        model = _Model(highs=highs, layout=layout, lp=lp)
+        self._models[shape] = model
+        if len(self._models) > self._max_models:
+            self._models.popitem(last=False)
+        return model
+
+
+def _pass_model(model: _Model, data: ModelData) -> None:
+    """First problem of a shape: the whole model in one call, data included."""
+    lp = model.lp
+    lp.col_cost_ = data.cost
+    lp.col_lower_ = data.column_lower
+    lp.col_upper_ = data.column_upper
+    lp.row_lower_ = data.row_lower
+    lp.row_upper_ = data.row_upper
+    lp.offset_ = data.offset
+    model.highs.passModel(lp)
+    _update_binaries(model, data)
+
+
+def _update_model(model: _Model, data: ModelData) -> None:
+    """A later problem of the same shape: only costs, bounds, right-hand sides (and big-M values) change."""
+    highs = model.highs
+    layout = model.layout
+    columns = np.arange(layout.column_count, dtype=np.int32)
+    rows = np.arange(layout.row_count, dtype=np.int32)
+    highs.changeColsCost(layout.column_count, columns, data.cost)
+    highs.changeColsBounds(layout.column_count, columns, data.column_lower, data.column_upper)
+    # highspy's stubs (1.15) miss changeRowsBounds, which its extension module does have.
+    highs.changeRowsBounds(layout.row_count, rows, data.row_lower, data.row_upper)  # type: ignore[attr-defined]
+    highs.changeObjectiveOffset(data.offset)
+    _update_binaries(model, data)
+
+
+def _update_binaries(model: _Model, data: ModelData) -> None:
+    if data.integrality.size == 0:
+        return
+    highs = model.highs
+    for row, column, value in zip(
+        data.coefficient_rows.tolist(), data.coefficient_columns.tolist(), data.coefficient_values.tolist(), strict=True
+    ):
+        highs.changeCoeff(row, column, value)
+    binaries = model.layout.binary_columns
+    highs.changeColsIntegrality(binaries.size, binaries, data.integrality)
+
+
+def evaluate(
+    problem: SiteProblem,
+    charge_kw: FloatArray,
+    discharge_kw: FloatArray,
+    *,
+    status: PlanStatus,
+    solver_status: str = "",
+    penalties: Penalties | None = None,
+    binaries: int = 0,
+    iterations: int = 0,
+    build_s: float = 0.0,
+    solve_s: float = 0.0,
+) -> Plan:
+    """The plan that runs each battery at these powers (one row per battery): clipped to the power limits,
+    netted where a battery would charge and discharge at once, its SoC path, grid flows, costs and the soft
+    limits it misses, all recomputed from the powers."""
+    penalties = penalties or penalties_for(problem)
+    dt = problem.step_hours
+    batteries: list[BatteryPlan] = []
+    violations: list[Violation] = []
+    penalty_cost = 0.0
+    battery_flow = np.zeros(problem.steps)
+    for b, battery in enumerate(problem.batteries):
+        charge = np.clip(np.asarray(charge_kw[b], dtype=np.float64), 0.0, battery.max_charge_kw)
+        discharge = np.clip(np.asarray(discharge_kw[b], dtype=np.float64), 0.0, battery.max_discharge_kw)
+        charge[charge < _POWER_NOISE_KW] = 0.0
+        discharge[discharge < _POWER_NOISE_KW] = 0.0
+        eta_charge, eta_discharge = battery.charge_efficiency, battery.discharge_efficiency
+        both = (charge > 0) & (discharge > 0)
+        if both.any():
+            # Keep the stored energy of the step, drop the round trip through the battery.
+            stored = eta_charge * charge[both] - discharge[both] / eta_discharge
+            charge[both] = np.maximum(stored, 0.0) / eta_charge
+            discharge[both] = np.maximum(-stored, 0.0) * eta_discharge
+        energy = np.empty(problem.steps + 1)
+        energy[0] = battery.capacity_kwh * battery.soc_initial_pct / 100
+        energy[1:] = energy[0] + np.cumsum(eta_charge * charge * dt - discharge * dt / eta_discharge)
+        batteries.append(
+            BatteryPlan(
+                name=battery.name,
+                charge_kw=charge,
+                discharge_kw=discharge,
+                energy_kwh=energy,
+                soc_pct=energy * (100 / battery.capacity_kwh),
+            )
+        )
+        battery_flow += charge - discharge
+        penalty_cost += _battery_violations(battery, energy[1:], penalties, violations)
+    net = problem.load_kw - problem.pv_kw + battery_flow
+    grid_import = np.maximum(net, 0.0)
+    grid_export = np.maximum(-net, 0.0)
+    energy_cost = float(np.sum(grid_import * problem.import_price - grid_export * problem.export_price) * dt)
+    demand_cost = 0.0
+    if problem.demand_charge is not None:
+        peak = float(np.max(grid_import))
+        demand_cost = problem.demand_charge.price_per_kw * max(0.0, peak - problem.demand_charge.period_peak_kw)
+    for limit, flow, bound in (
+        (ViolatedLimit.IMPORT_LIMIT, grid_import, problem.import_limit_kw),
+        (ViolatedLimit.EXPORT_LIMIT, grid_export, problem.export_limit_kw),
+    ):
+        over = np.maximum(flow - bound, 0.0)
+        penalty_cost += _collect(limit, None, over, penalties.site_limit * dt, "kW", violations)
+    violations.sort(key=lambda violation: (violation.step, violation.limit, violation.device or ""))
+    return Plan(
+        status=status,
+        solver_status=solver_status,
+        batteries=tuple(batteries),
+        grid_import_kw=grid_import,
+        grid_export_kw=grid_export,
+        energy_cost=energy_cost,
+        demand_charge_cost=demand_cost,
+        penalty_cost=penalty_cost,
+        violations=tuple(violations),
+        binaries=binaries,
+        iterations=iterations,
+        build_s=build_s,
+        solve_s=solve_s,
+    )
+
+
+def _battery_violations(
+    battery: Battery, energy: FloatArray, penalties: Penalties, violations: list[Violation]
+) -> float:
+    """Adds the SoC violations of one battery's energy path (end of each step); returns their penalty."""
+    capacity = battery.capacity_kwh
+    floor = capacity * battery.soc_min_pct / 100
+    reserve = capacity * battery.reserve_floor_pct / 100
+    ceiling = capacity * battery.soc_max_pct / 100
+    below_min = np.maximum(floor - energy, 0.0)
+    below_reserve = np.minimum(np.maximum(reserve - energy, 0.0), reserve - floor)
+    above_max = np.maximum(energy - ceiling, 0.0)
+    cost = _collect(ViolatedLimit.SOC_MIN, battery.name, below_min, penalties.soc_bounds, "kWh", violations)
+    cost += _collect(ViolatedLimit.RESERVE, battery.name, below_reserve, penalties.reserve, "kWh", violations)
+    cost += _collect(ViolatedLimit.SOC_MAX, battery.name, above_max, penalties.soc_bounds, "kWh", violations)
+    if battery.soc_target_pct is not None:
+        target = capacity * battery.soc_target_pct / 100
+        miss = target - float(energy[-1])
+        if battery.target_mode is TargetMode.AT_LEAST:
+            miss = max(miss, 0.0)
+        off = np.zeros(energy.shape[0])
+        off[-1] = abs(miss)
+        cost += _collect(ViolatedLimit.SOC_TARGET, battery.name, off, penalties.target, "kWh", violations)
+    return cost
+
+
+def _collect(
+    limit: ViolatedLimit,
+    device: str | None,
+    amounts: FloatArray,
+    price: float,
+    unit: str,
+    violations: list[Violation],
+) -> float:
+    """Adds a violation for each step whose amount exceeds the tolerance; returns their total penalty."""
+    steps = np.flatnonzero(amounts > VIOLATION_TOLERANCE)
+    total = 0.0
+    for step in steps.tolist():
+        amount = float(amounts[step])
+        penalty = amount * price
+        total += penalty
+        violations.append(Violation(limit=limit, step=step, amount=amount, unit=unit, penalty=penalty, device=device))
+    return total
+
+
+def solve(
+    problem: SiteProblem,
+    *,
+    time_limit_s: float = DEFAULT_TIME_LIMIT_S,
+    mip_relative_gap: float = DEFAULT_MIP_RELATIVE_GAP,
+) -> Plan:
+    """The best plan for one problem, its model built from scratch (a `PlanSolver` reuses models)."""
+    return PlanSolver(time_limit_s=time_limit_s, mip_relative_gap=mip_relative_gap).solve(problem)
