@@ -32,6 +32,7 @@ from gridloop_common.contracts.grid_services import (
     ShiftConsumptionTariffRequest,
     TimeOfUseTariffRequest,
 )
+from gridloop_common.contracts.sites import DEFAULT_SITE_TIMEZONE, InvalidSiteParameters, SiteParameters
 from gridloop_common.contracts.upstream import (
     UNKNOWN_EVENT_TYPE,
     BatteryCommand,
@@ -46,6 +47,7 @@ from gridloop_common.contracts.upstream import (
 )
 
 __all__ = [
+    "DEFAULT_SITE_TIMEZONE",
     "MARKET_DATA_TYPES",
     "UNKNOWN_EVENT_TYPE",
     "BatteryCommand",
@@ -69,6 +71,7 @@ __all__ = [
     "FlatTariffRequest",
     "FlexibilityRequest",
     "InvalidDeviceMetadata",
+    "InvalidSiteParameters",
     "MarketData",
     "MarketDataType",
     "MarketDataTypeId",
@@ -84,6 +87,7 @@ __all__ = [
     "PowerMode",
     "SetpointRequest",
     "ShiftConsumptionTariffRequest",
+    "SiteParameters",
     "TimeOfUseTariffRequest",
     "UpstreamEvent",
 ]
