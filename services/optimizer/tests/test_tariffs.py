@@ -116,8 +116,9 @@ def test_a_peak_crossing_midnight_prices_both_ends_of_the_day() -> None:
     assert price_at(tariff, time(23, 59)) == 0.25 and price_at(tariff, time(6, 0)) == 0.05
 
 
-@pytest.mark.parametrize(("minutes", "steps", "peak"), [(5, 288, range(192, 252)), (15, 96, range(64, 84)),
-                                                       (60, 24, range(16, 21))])
+@pytest.mark.parametrize(
+    ("minutes", "steps", "peak"), [(5, 288, range(192, 252)), (15, 96, range(64, 84)), (60, 24, range(16, 21))]
+)
 def test_other_step_lengths_give_the_same_window(minutes: int, steps: int, peak: range) -> None:
     day = date(2026, 6, 1)
     tariff = _time_of_use(day, _at(day, 16), _at(day, 21))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gridloop_common.settings import AmqpSettings, HttpServerSettings, ObservabilitySettings
+from gridloop_common.settings import AmqpSettings, HttpServerSettings, ObservabilitySettings, PostgresSettings
 
 __all__ = ["OptimizerSettings"]
 
@@ -19,5 +19,6 @@ class OptimizerSettings(BaseSettings):
     optimizer_port: int = Field(default=9102, ge=1, le=65535, description="Health and metrics port.")
     optimizer_time_limit_s: float = Field(default=10.0, gt=0, le=300, description="Most seconds one solve may take.")
     amqp: AmqpSettings = Field(default_factory=AmqpSettings)
+    database: PostgresSettings = Field(default_factory=PostgresSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
     http: HttpServerSettings = Field(default_factory=HttpServerSettings)

@@ -24,6 +24,7 @@ same at every step length.
 from __future__ import annotations
 
 import enum
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -134,9 +135,7 @@ class Tariff:
         }
 
     @classmethod
-    def from_body(
-        cls, kind: str, day: date, scope: Sequence[str] | None, body: Mapping[str, Any]
-    ) -> Tariff:
+    def from_body(cls, kind: str, day: date, scope: Sequence[str] | None, body: Mapping[str, Any]) -> Tariff:
         """The tariff stored as ``body`` (``Tariff.body``) for ``day`` and ``scope``."""
         windows = tuple(
             PriceWindow(
@@ -207,9 +206,7 @@ def compile_tariff(request: TariffRequest, *, now: datetime, scope: Sequence[str
     increase_price = _check_price(request.flat_price * request.increase_multiplier, "increase_multiplier")
     reduction_price = _check_price(request.flat_price * request.reduction_multiplier, "reduction_multiplier")
     increase = _window("increase", request.start_increase, request.stop_increase, increase_price, "stop_increase")
-    reduction = _window(
-        "reduction", request.start_reduction, request.stop_reduction, reduction_price, "stop_reduction"
-    )
+    reduction = _window("reduction", request.start_reduction, request.stop_reduction, reduction_price, "stop_reduction")
     # The Grid Services API applied the reduction after the increase, so an overlap silently took the
     # reduction's price: an order nobody wrote down. Refused instead.
     if _overlap(increase, reduction):
@@ -311,7 +308,7 @@ def _profile(tariff: Tariff) -> list[tuple[float, float, float]]:
             cuts.update((begin, end))
     points = sorted(cuts)
     profile = []
-    for begin, end in zip(points, points[1:], strict=False):
+    for begin, end in itertools.pairwise(points):
         middle = (begin + end) / 2
         price = tariff.base_price
         for window in tariff.windows:
@@ -367,7 +364,7 @@ def _wall_clock_segments(days: LocalDay) -> list[tuple[datetime, datetime, float
     boundaries.append(days.end)
     midnight = datetime.combine(days.day, time())
     segments = []
-    for begin, end in zip(boundaries, boundaries[1:], strict=False):
+    for begin, end in itertools.pairwise(boundaries):
         wall = begin.astimezone(zone).replace(tzinfo=None)
         segments.append((begin, end, (wall - midnight).total_seconds()))
     return segments

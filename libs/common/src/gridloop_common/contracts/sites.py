@@ -77,5 +77,5 @@ class SiteParameters(BaseModel):
             return cls.model_validate(values)
         except ValidationError as error:
             first = error.errors()[0]
-            field = ".".join(str(part) for part in first["loc"]) or "site"
+            field = str(first["loc"][0]) if first["loc"] else "site"
             raise InvalidSiteParameters(name, field, first["msg"]) from error
