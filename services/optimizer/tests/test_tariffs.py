@@ -17,6 +17,7 @@ from optimizer.tariffs import (
     day_prices,
     load_timezone,
     local_day,
+    mean_price,
     price_at,
 )
 
@@ -269,3 +270,15 @@ def test_a_day_whose_midnight_is_skipped_starts_at_the_first_wall_clock_time() -
     assert day.steps == 138
     assert day.start.astimezone(day.zone).time() == time(1, 0)
     assert day.step_starts()[0] == day.start and day.step_starts()[-1] == day.end - day.step
+
+
+def test_the_mean_price_of_an_interval_not_aligned_on_steps() -> None:
+    day = date(2026, 6, 1)
+    tariff = _time_of_use(day, _at(day, 16), _at(day, 21))
+    toronto = load_timezone(TORONTO)
+    start = datetime(2026, 6, 1, 15, 45, tzinfo=toronto)
+
+    assert mean_price(tariff, toronto, start, start + timedelta(minutes=30)) == pytest.approx(0.05 / 2 + 0.25 / 2)
+    with pytest.raises(InvalidTariff) as refused:
+        mean_price(tariff, toronto, start, start + timedelta(days=1))
+    assert refused.value.field == "start"

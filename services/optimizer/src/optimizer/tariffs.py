@@ -47,6 +47,7 @@ __all__ = [
     "day_prices",
     "load_timezone",
     "local_day",
+    "mean_price",
     "price_at",
 ]
 
@@ -248,20 +249,38 @@ def day_prices(tariff: Tariff, timezone: str | ZoneInfo, *, step: timedelta = DE
     days = local_day(tariff.day, timezone, step=step)
     profile = _profile(tariff)
     segments = _wall_clock_segments(days)
-    step_seconds = step.total_seconds()
-    prices: list[float] = []
-    for step_start in days.step_starts():
-        step_end = step_start + step
-        weighted = 0.0
-        for segment_start, segment_end, wall_start in segments:
-            begin, end = max(step_start, segment_start), min(step_end, segment_end)
-            if begin >= end:
-                continue
-            wall_begin = wall_start + (begin - segment_start).total_seconds()
-            wall_end = wall_begin + (end - begin).total_seconds()
-            weighted += _mean_price(profile, wall_begin, wall_end) * (wall_end - wall_begin)
-        prices.append(weighted / step_seconds)
-    return prices
+    return [_interval_mean(profile, segments, begin, begin + step) for begin in days.step_starts()]
+
+
+def mean_price(tariff: Tariff, timezone: str | ZoneInfo, start: datetime, end: datetime) -> float:
+    """The tariff's mean price over the real-time interval [start, end), which must lie within its local day.
+
+    For steps not aligned on the local day (an MPC horizon starting now): a horizon that crosses local midnight
+    takes each part from the tariff of its own day.
+    """
+    days = local_day(tariff.day, timezone, step=_RESOLUTION)
+    if start.tzinfo is None or end.tzinfo is None:
+        raise InvalidTariff("start", "must be an aware datetime")
+    if not days.start <= start < end <= days.end:
+        raise InvalidTariff("start", f"the interval must lie within {tariff.day.isoformat()} in {days.zone.key}")
+    return _interval_mean(_profile(tariff), _wall_clock_segments(days), start, end)
+
+
+def _interval_mean(
+    profile: list[tuple[float, float, float]],
+    segments: list[tuple[datetime, datetime, float]],
+    start: datetime,
+    end: datetime,
+) -> float:
+    weighted = 0.0
+    for segment_start, segment_end, wall_start in segments:
+        begin, finish = max(start, segment_start), min(end, segment_end)
+        if begin >= finish:
+            continue
+        wall_begin = wall_start + (begin - segment_start).total_seconds()
+        wall_end = wall_begin + (finish - begin).total_seconds()
+        weighted += _mean_price(profile, wall_begin, wall_end) * (wall_end - wall_begin)
+    return weighted / (end - start).total_seconds()
 
 
 def _scope(scope: Sequence[str] | None) -> tuple[str, ...] | None:
