@@ -115,15 +115,15 @@ async def test_a_finished_run_stores_its_plans_as_the_next_versions_and_supersed
     first_versions = await repository.finish_run(
         first.run_id,
         _optimal(violations=violations),
-        [PlanWrite.uniform("north", "battery-1", NOW, STEP, [5.0, -5.0, 0.0])],
+        [PlanWrite("north", "battery-1", NOW, STEP, [5.0, -5.0, 0.0])],
     )
     second = await repository.start_run(_start(scope=["north"], started_at=NOW + timedelta(minutes=10)))
     second_versions = await repository.finish_run(
         second.run_id,
         _optimal(finished_at=NOW + timedelta(minutes=10, seconds=1)),
         [
-            PlanWrite.uniform("north", "battery-1", NOW + STEP, STEP, [1.0, 2.0]),
-            PlanWrite.uniform("north", "battery-2", NOW + STEP, STEP, [3.0, 4.0]),
+            PlanWrite("north", "battery-1", NOW + STEP, STEP, [1.0, 2.0]),
+            PlanWrite("north", "battery-2", NOW + STEP, STEP, [3.0, 4.0]),
         ],
     )
     runs = await repository.runs()
@@ -142,7 +142,8 @@ async def test_a_finished_run_stores_its_plans_as_the_next_versions_and_supersed
     assert only.run_id == first.run_id
     [plan] = [plan for plan in await repository.plans_of_run(second.run_id) if plan.device == "battery-1"]
     assert plan.version == 2 and plan.setpoints_kw == [1.0, 2.0]
-    assert plan.step_starts == [NOW + STEP, NOW + 2 * STEP] and plan.ends_at == NOW + 3 * STEP
+    assert plan.step_starts() == [NOW + STEP, NOW + 2 * STEP] and plan.step_ends()[-1] == NOW + 3 * STEP
+    assert plan.ends_at == NOW + 3 * STEP
 
 
 async def test_runs_of_another_scope_kind_or_day_are_not_superseded(pool: asyncpg.Pool) -> None:
@@ -171,14 +172,12 @@ async def test_runs_of_another_scope_kind_or_day_are_not_superseded(pool: asyncp
 async def test_a_run_stopped_while_solving_stores_nothing_and_its_plans_leave_force(pool: asyncpg.Pool) -> None:
     repository = OptimizerRepository(pool)
     finished = await repository.start_run(_start(scope=["north"]))
-    await repository.finish_run(
-        finished.run_id, _optimal(), [PlanWrite.uniform("north", "battery-1", NOW, STEP, [5.0] * 6)]
-    )
+    await repository.finish_run(finished.run_id, _optimal(), [PlanWrite("north", "battery-1", NOW, STEP, [5.0] * 6)])
     solving = await repository.start_run(_start(scope=["north"], started_at=NOW + timedelta(seconds=5)))
 
     stopped = await repository.stop_runs(RunKind.MPC, ["north"], NOW + timedelta(seconds=10))
     late = await repository.finish_run(
-        solving.run_id, _optimal(), [PlanWrite.uniform("north", "battery-1", NOW, STEP, [9.0] * 6)]
+        solving.run_id, _optimal(), [PlanWrite("north", "battery-1", NOW, STEP, [9.0] * 6)]
     )
 
     assert sorted(stopped) == sorted([finished.run_id, solving.run_id])
@@ -194,14 +193,12 @@ async def test_a_run_stopped_while_solving_stores_nothing_and_its_plans_leave_fo
 async def test_each_step_expires_at_its_end_and_only_the_latest_version_counts(pool: asyncpg.Pool) -> None:
     repository = OptimizerRepository(pool)
     long_run = await repository.start_run(_start(scope=["north"]))
-    await repository.finish_run(
-        long_run.run_id, _optimal(), [PlanWrite.uniform("north", "battery-1", NOW, STEP, [5.0] * 12)]
-    )
+    await repository.finish_run(long_run.run_id, _optimal(), [PlanWrite("north", "battery-1", NOW, STEP, [5.0] * 12)])
     short_run = await repository.start_run(_start(scope=["north"], started_at=NOW + timedelta(seconds=30)))
     await repository.finish_run(
         short_run.run_id,
         _optimal(finished_at=NOW + timedelta(seconds=31)),
-        [PlanWrite.uniform("north", "battery-1", NOW, STEP, [-2.0, -3.0])],
+        [PlanWrite("north", "battery-1", NOW, STEP, [-2.0, -3.0])],
     )
 
     [current] = await repository.plans_in_force(NOW + timedelta(minutes=15))
@@ -219,9 +216,7 @@ async def test_runs_finishing_at_once_never_share_a_version(pool: asyncpg.Pool) 
 
     stored = await asyncio.gather(
         *(
-            repository.finish_run(
-                run.run_id, _optimal(), [PlanWrite.uniform("shared", "battery-1", NOW, STEP, [float(index)])]
-            )
+            repository.finish_run(run.run_id, _optimal(), [PlanWrite("shared", "battery-1", NOW, STEP, [float(index)])])
             for index, run in enumerate(runs)
         )
     )
@@ -233,37 +228,49 @@ async def test_a_fleet_of_plans_is_written_in_one_call(pool: asyncpg.Pool) -> No
     repository = OptimizerRepository(pool)
     run = await repository.start_run(_start(RunKind.DAY_AHEAD, None, day=DAY))
     plans = [
-        PlanWrite.uniform(f"site-{index:03d}", f"battery-{index:03d}", NOW, STEP, [index / 10] * 144)
-        for index in range(200)
+        PlanWrite(f"site-{index:03d}", f"battery-{index:03d}", NOW, STEP, [index / 10] * 144) for index in range(200)
     ]
 
     versions = await repository.finish_run(run.run_id, _optimal(), plans)
     stored = await repository.plans_of_run(run.run_id)
 
     assert versions is not None and len(versions) == 200
-    assert len(stored) == 200 and stored[7].setpoints_kw == [0.7] * 144 and len(stored[7].step_ends) == 144
+    assert len(stored) == 200 and stored[7].setpoints_kw == [0.7] * 144 and len(stored[7].step_ends()) == 144
+    assert stored[7].ends_at == NOW + 144 * STEP and stored[7].step == STEP
 
 
 @pytest.mark.parametrize(
-    "plan",
+    ("starts_at", "step", "setpoints"),
     [
-        {"step_starts": [], "step_ends": [], "setpoints_kw": []},
-        {"step_starts": [NOW], "step_ends": [NOW], "setpoints_kw": [1.0]},
-        {"step_starts": [NOW, NOW], "step_ends": [NOW + STEP, NOW + STEP], "setpoints_kw": [1.0, 2.0]},
-        {"step_starts": [NOW], "step_ends": [NOW + STEP], "setpoints_kw": [1.0, 2.0]},
-        {"step_starts": [NOW.replace(tzinfo=None)], "step_ends": [NOW + STEP], "setpoints_kw": [1.0]},
+        (NOW, STEP, []),
+        (NOW, timedelta(0), [1.0]),
+        (NOW, timedelta(seconds=-600), [1.0]),
+        (NOW, timedelta(seconds=0.5), [1.0]),
+        (NOW.replace(tzinfo=None), STEP, [1.0]),
+        (NOW, STEP, [1.0, float("nan")]),
     ],
-    ids=["empty", "zero-length", "overlap", "lengths", "naive"],
+    ids=["empty", "zero-step", "negative-step", "fractional-step", "naive", "nan"],
 )
-def test_a_malformed_plan_is_refused_before_the_database(plan: dict[str, list[object]]) -> None:
+def test_a_malformed_plan_is_refused_before_the_database(
+    starts_at: datetime, step: timedelta, setpoints: list[float]
+) -> None:
     with pytest.raises(ValueError, match="plan of battery-1"):
-        PlanWrite("north", "battery-1", **plan)  # type: ignore[arg-type]
+        PlanWrite("north", "battery-1", starts_at, step, setpoints)
+
+
+def test_a_step_expires_at_its_end() -> None:
+    plan = PlanWrite("north", "battery-1", NOW, STEP, [1.0, 2.0])
+
+    assert plan.setpoint_at(NOW - timedelta(microseconds=1)) is None
+    assert plan.setpoint_at(NOW) == 1.0 and plan.setpoint_at(NOW + STEP - timedelta(microseconds=1)) == 1.0
+    assert plan.setpoint_at(NOW + STEP) == 2.0
+    assert plan.setpoint_at(NOW + 2 * STEP) is None
 
 
 async def test_two_plans_for_one_device_in_a_run_are_refused(pool: asyncpg.Pool) -> None:
     repository = OptimizerRepository(pool)
     run = await repository.start_run(_start())
-    twice = [PlanWrite.uniform("north", "battery-1", NOW, STEP, [1.0])] * 2
+    twice = [PlanWrite("north", "battery-1", NOW, STEP, [1.0])] * 2
 
     with pytest.raises(ValueError, match="one plan per site and device"):
         await repository.finish_run(run.run_id, _optimal(), twice)

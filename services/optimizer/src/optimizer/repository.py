@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -141,34 +142,49 @@ class RunRecord:
     tariff_id: UUID | None
 
 
+class _Steps:
+    """Equal steps of real time from ``starts_at``: step i runs from starts_at + i * step and then expires."""
+
+    starts_at: datetime
+    step: timedelta
+    setpoints_kw: Sequence[float]
+
+    @property
+    def ends_at(self) -> datetime:
+        return self.starts_at + len(self.setpoints_kw) * self.step
+
+    def step_starts(self) -> list[datetime]:
+        return [self.starts_at + index * self.step for index in range(len(self.setpoints_kw))]
+
+    def step_ends(self) -> list[datetime]:
+        return [self.starts_at + (index + 1) * self.step for index in range(len(self.setpoints_kw))]
+
+    def setpoint_at(self, instant: datetime) -> float | None:
+        """The setpoint of the step in force at ``instant``; None before the plan or once its last step ended."""
+        if not self.starts_at <= instant < self.ends_at:
+            return None
+        return self.setpoints_kw[(instant - self.starts_at) // self.step]
+
+
 @dataclass(frozen=True)
-class PlanWrite:
-    """One device's setpoints, step by step: step i runs from step_starts[i] to step_ends[i] and then expires."""
+class PlanWrite(_Steps):
+    """One device's setpoints over equal steps of real time from ``starts_at`` (kW, positive charges)."""
 
     site: str
     device: str
-    step_starts: Sequence[datetime]
-    step_ends: Sequence[datetime]
+    starts_at: datetime
+    step: timedelta
     setpoints_kw: Sequence[float]
 
     def __post_init__(self) -> None:
-        if not self.setpoints_kw or not len(self.step_starts) == len(self.step_ends) == len(self.setpoints_kw):
-            raise ValueError(f"plan of {self.device}: as many step starts, step ends and setpoints, at least one")
-        previous_end: datetime | None = None
-        for start, end in zip(self.step_starts, self.step_ends, strict=True):
-            if start.tzinfo is None or end.tzinfo is None:
-                raise ValueError(f"plan of {self.device}: step times must be aware")
-            if not start < end or (previous_end is not None and start < previous_end):
-                raise ValueError(f"plan of {self.device}: steps must be non-empty and in order, without overlap")
-            previous_end = end
-
-    @classmethod
-    def uniform(
-        cls, site: str, device: str, start: datetime, step: timedelta, setpoints_kw: Sequence[float]
-    ) -> PlanWrite:
-        """Steps of equal length from ``start`` (real time, so a local DST day is still uniform)."""
-        starts = [start + index * step for index in range(len(setpoints_kw))]
-        return cls(site, device, starts, [begin + step for begin in starts], list(setpoints_kw))
+        if not self.setpoints_kw:
+            raise ValueError(f"plan of {self.device}: at least one step")
+        if self.starts_at.tzinfo is None:
+            raise ValueError(f"plan of {self.device}: starts_at must be aware")
+        if self.step <= timedelta(0) or self.step % timedelta(seconds=1):
+            raise ValueError(f"plan of {self.device}: the step must be a positive whole number of seconds")
+        if not all(math.isfinite(setpoint) for setpoint in self.setpoints_kw):
+            raise ValueError(f"plan of {self.device}: setpoints must be finite")
 
 
 @dataclass(frozen=True)
@@ -179,37 +195,22 @@ class PlanVersion:
 
 
 @dataclass(frozen=True)
-class StoredPlan:
+class StoredPlan(_Steps):
     site: str
     device: str
     version: int
     run_id: UUID
     created_at: datetime
-    step_starts: list[datetime]
-    step_ends: list[datetime]
+    starts_at: datetime
+    step: timedelta
     setpoints_kw: list[float]
-
-    @property
-    def starts_at(self) -> datetime:
-        return self.step_starts[0]
-
-    @property
-    def ends_at(self) -> datetime:
-        return self.step_ends[-1]
-
-    def setpoint_at(self, instant: datetime) -> float | None:
-        """The setpoint of the step in force at ``instant``; None between steps or outside the plan (expired)."""
-        for start, end, setpoint in zip(self.step_starts, self.step_ends, self.setpoints_kw, strict=True):
-            if start <= instant < end:
-                return setpoint
-        return None
 
 
 _RUN_COLUMNS = (
     "run_id, kind, scope, inputs_digest, state, reason, objective, build_ms, solve_ms, violations, started_at,"
     " finished_at, day, iteration, tariff_id"
 )
-_PLAN_COLUMNS = "site, device, version, run_id, created_at, step_starts, step_ends, setpoints_kw"
+_PLAN_COLUMNS = "site, device, version, run_id, created_at, starts_at, step_seconds, setpoints_kw"
 
 
 def _run(row: Mapping[str, Any]) -> RunRecord:
@@ -239,8 +240,8 @@ def _plan(row: Mapping[str, Any]) -> StoredPlan:
         version=row["version"],
         run_id=row["run_id"],
         created_at=row["created_at"],
-        step_starts=list(row["step_starts"]),
-        step_ends=list(row["step_ends"]),
+        starts_at=row["starts_at"],
+        step=timedelta(seconds=row["step_seconds"]),
         setpoints_kw=list(row["setpoints_kw"]),
     )
 
@@ -364,7 +365,7 @@ class OptimizerRepository:
             [dict(violation) for violation in outcome.violations],
             outcome.finished_at,
             [
-                (plan.site, plan.device, list(plan.step_starts), list(plan.step_ends), list(plan.setpoints_kw))
+                (plan.site, plan.device, plan.starts_at, int(plan.step.total_seconds()), list(plan.setpoints_kw))
                 for plan in plans
             ],
             supersede,
@@ -413,14 +414,16 @@ class OptimizerRepository:
         version reached further.
         """
         rows = await self._pool.fetch(
-            f"SELECT {_PLAN_COLUMNS} FROM ("
-            "  SELECT DISTINCT ON (plan.site, plan.device) plan.*, run.state"
-            "  FROM optimizer.plans AS plan JOIN optimizer.runs AS run ON run.run_id = plan.run_id"
-            "  WHERE $2::text[] IS NULL OR plan.site = ANY ($2::text[])"
-            "  ORDER BY plan.site, plan.device, plan.version DESC"
-            ") AS latest"
-            " WHERE latest.ends_at > $1 AND latest.state <> ALL ($3::text[])"
-            " ORDER BY site, device",
+            # The latest version of each device is chosen from the key alone, so the setpoint arrays of the
+            # versions it replaced are never read.
+            "SELECT plan.site, plan.device, plan.version, plan.run_id, plan.created_at, plan.starts_at,"
+            " plan.step_seconds, plan.setpoints_kw"
+            " FROM (SELECT site, device, max(version) AS version FROM optimizer.plans"
+            "       WHERE $2::text[] IS NULL OR site = ANY ($2::text[]) GROUP BY site, device) AS latest"
+            " JOIN optimizer.plans AS plan USING (site, device, version)"
+            " JOIN optimizer.runs AS run ON run.run_id = plan.run_id"
+            " WHERE plan.ends_at > $1 AND run.state <> ALL ($3::text[])"
+            " ORDER BY plan.site, plan.device",
             at,
             None if sites is None else list(sites),
             list(_WITHDRAWN),

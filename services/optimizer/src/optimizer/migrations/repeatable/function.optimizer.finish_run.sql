@@ -51,7 +51,7 @@ BEGIN
     -- rest of this transaction only.
     PERFORM pg_advisory_xact_lock(hashtext('optimizer.plans'));
     WITH incoming AS (
-        SELECT plan.site, plan.device, plan.step_starts, plan.step_ends, plan.setpoints_kw
+        SELECT plan.site, plan.device, plan.starts_at, plan.step_seconds, plan.setpoints_kw
         FROM unnest(new_plans) AS plan
     ),
     latest AS (
@@ -62,10 +62,11 @@ BEGIN
     ),
     written AS (
         INSERT INTO optimizer.plans AS stored
-            (site, device, version, run_id, step_starts, step_ends, setpoints_kw, starts_at, ends_at)
-        SELECT incoming.site, incoming.device, coalesce(latest.version, 0) + 1, finished_run, incoming.step_starts,
-               incoming.step_ends, incoming.setpoints_kw, incoming.step_starts[1],
-               incoming.step_ends[cardinality(incoming.step_ends)]
+            (site, device, version, run_id, starts_at, step_seconds, setpoints_kw, ends_at)
+        SELECT incoming.site, incoming.device, coalesce(latest.version, 0) + 1, finished_run, incoming.starts_at,
+               incoming.step_seconds, incoming.setpoints_kw,
+               incoming.starts_at + make_interval(
+                   secs => incoming.step_seconds::double precision * cardinality(incoming.setpoints_kw))
         FROM incoming
         LEFT JOIN latest ON latest.site = incoming.site AND latest.device = incoming.device
         RETURNING stored.site, stored.device, stored.version
