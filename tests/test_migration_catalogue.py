@@ -17,8 +17,8 @@ from gridloop_common.db import Migration, apply_migrations, load_migrations, ope
 
 pytestmark = pytest.mark.connected
 
-OWNERS = {"telemetry-ingest": "telemetry_ingest", "scheduler": "scheduler"}
-SCHEMAS = ("flux", "ingest", "scheduler")
+OWNERS = {"telemetry-ingest": "telemetry_ingest", "scheduler": "scheduler", "optimizer": "optimizer"}
+SCHEMAS = ("flux", "ingest", "scheduler", "optimizer")
 
 _CATALOGUE = """
 SELECT 'function ' || p.oid::regprocedure::text AS object,

@@ -1,4 +1,4 @@
-"""Composition root of the optimizer: broker, RPC consumer, health server."""
+"""Composition root of the optimizer: database (schema optimizer), broker, RPC consumer, health server."""
 
 from __future__ import annotations
 
@@ -10,6 +10,14 @@ from starlette.applications import Starlette
 
 from gridloop_common.clock import Clock, SystemClock
 from gridloop_common.contracts import routing
+from gridloop_common.db import (
+    apply_migrations,
+    database_ready,
+    ensure_database,
+    load_migrations,
+    migrate_database,
+    open_pool,
+)
 from gridloop_common.messaging import open_broker, rpc_handler
 from gridloop_common.observability import Health, configure_logging, health_routes, serve_http
 from optimizer import handlers
@@ -22,9 +30,15 @@ logger = logging.getLogger(__name__)
 
 
 async def migrate(settings: OptimizerSettings) -> None:
-    """The optimizer owns no tables; nothing to migrate."""
+    """Create the database if needed and apply the optimizer's migrations (schema optimizer), then return."""
     configure_logging(service=SERVICE, level=settings.observability.log_level)
-    logger.info("migrations done", extra={"applied": []})
+    applied = await migrate_database(
+        str(settings.database.database_url),
+        owner=SERVICE,
+        package="optimizer",
+        startup_timeout_s=settings.observability.startup_timeout_s,
+    )
+    logger.info("migrations done", extra={"applied": [migration.label for migration in applied]})
 
 
 async def run(settings: OptimizerSettings, *, clock: Clock | None = None) -> None:
@@ -33,6 +47,20 @@ async def run(settings: OptimizerSettings, *, clock: Clock | None = None) -> Non
     configure_logging(service=SERVICE, level=settings.observability.log_level)
     health = Health(service=SERVICE)
     async with contextlib.AsyncExitStack() as stack:
+        database_url = str(settings.database.database_url)
+        await ensure_database(database_url)
+        pool = await stack.enter_async_context(
+            open_pool(
+                database_url,
+                min_size=settings.database.database_pool_min,
+                max_size=settings.database.database_pool_max,
+                startup_timeout_s=settings.observability.startup_timeout_s,
+                application_name=SERVICE,
+                clock=clock,
+            )
+        )
+        await apply_migrations(pool, owner=SERVICE, migrations=load_migrations("optimizer"))
+        health.add_check("database", lambda: database_ready(pool))
         broker = await stack.enter_async_context(
             open_broker(
                 settings.amqp,

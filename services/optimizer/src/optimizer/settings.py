@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gridloop_common.settings import AmqpSettings, HttpServerSettings, ObservabilitySettings
+from gridloop_common.settings import AmqpSettings, HttpServerSettings, ObservabilitySettings, PostgresSettings
 
 __all__ = ["OptimizerSettings"]
 
@@ -21,5 +21,6 @@ class OptimizerSettings(BaseSettings):
         default=5.0, gt=0, le=300, description="Most seconds one solve may take; the best plan found by then is used."
     )
     amqp: AmqpSettings = Field(default_factory=AmqpSettings)
+    database: PostgresSettings = Field(default_factory=PostgresSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
     http: HttpServerSettings = Field(default_factory=HttpServerSettings)

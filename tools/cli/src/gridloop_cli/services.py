@@ -24,7 +24,7 @@ SERVICES: Final[tuple[ServiceProcess, ...]] = (
     ServiceProcess("telemetry-ingest", ("gridloop-ingest",), 8081, True, "GRIDLOOP_INGEST_PORT"),
     ServiceProcess("scheduler", ("gridloop-scheduler",), 9101, True, "GRIDLOOP_SCHEDULER_PORT"),
     ServiceProcess("webhook-gateway", ("gridloop-gateway",), 8080, False, "GRIDLOOP_GATEWAY_PORT"),
-    ServiceProcess("optimizer", ("gridloop-optimizer",), 9102, False, "GRIDLOOP_OPTIMIZER_PORT"),
+    ServiceProcess("optimizer", ("gridloop-optimizer",), 9102, True, "GRIDLOOP_OPTIMIZER_PORT"),
     ServiceProcess("device-agent", ("gridloop-agent",), 9103, False, "GRIDLOOP_AGENT_PORT"),
 )
 

@@ -38,6 +38,7 @@ from gridloop_common.contracts.grid_services import (
     TimeOfUseTariffRequest,
     next_step_boundary,
 )
+from gridloop_common.contracts.sites import DEFAULT_SITE_TIMEZONE, InvalidSiteParameters, SiteParameters
 from gridloop_common.contracts.upstream import (
     UNKNOWN_EVENT_TYPE,
     BatteryCommand,
@@ -52,6 +53,7 @@ from gridloop_common.contracts.upstream import (
 )
 
 __all__ = [
+    "DEFAULT_SITE_TIMEZONE",
     "MARKET_DATA_TYPES",
     "MPC_DEFAULT_HORIZON",
     "OPERATOR_REQUESTS",
@@ -77,6 +79,7 @@ __all__ = [
     "FlatTariffRequest",
     "FlexibilityRequest",
     "InvalidDeviceMetadata",
+    "InvalidSiteParameters",
     "MarketData",
     "MarketDataType",
     "MarketDataTypeId",
@@ -94,6 +97,7 @@ __all__ = [
     "PowerMode",
     "SetpointRequest",
     "ShiftConsumptionTariffRequest",
+    "SiteParameters",
     "SiteScope",
     "TimeOfUseTariffRequest",
     "UpstreamEvent",
