@@ -23,7 +23,7 @@ from gridloop_simulators.battery import BatterySimulator
 
 pytestmark = pytest.mark.connected
 
-SAVINGS_NOTE = "SAVINGS follows self-consumption until the optimizer provides a plan"
+SAVINGS_NOTE = "SAVINGS follows the optimizer's plan for the device, and self-consumption while there is none"
 
 
 @pytest.fixture

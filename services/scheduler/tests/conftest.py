@@ -16,7 +16,8 @@ from gridloop_common.db import migrate_database, open_pool
 
 _SCHEDULER_TABLES = (
     "scheduler.command_versions, scheduler.commands, scheduler.command_history, scheduler.timers,"
-    " scheduler.ack_outbox, scheduler.device_availability, scheduler.device_outcomes, scheduler.upstream_events"
+    " scheduler.ack_outbox, scheduler.device_availability, scheduler.device_outcomes, scheduler.upstream_events,"
+    " scheduler.device_plans"
 )
 
 

@@ -56,8 +56,12 @@ async def _received(pool: asyncpg.Pool, battery: dict[str, Any]) -> tuple[list[t
 
 async def test_savings_is_acknowledged_ok_saying_it_follows_self_consumption(pool: asyncpg.Pool) -> None:
     acks, history = await _received(pool, {"mode": "SAVINGS"})
-    assert acks == [("OK", "SAVINGS follows self-consumption until the optimizer provides a plan")]
-    assert history.endswith("SAVINGS follows self-consumption until the optimizer provides a plan")
+    assert acks == [
+        ("OK", "SAVINGS follows the optimizer's plan for the device, and self-consumption while there is none")
+    ]
+    assert history.endswith(
+        "SAVINGS follows the optimizer's plan for the device, and self-consumption while there is none"
+    )
 
 
 async def test_deprecated_settings_are_acknowledged_as_ignored(pool: asyncpg.Pool) -> None:

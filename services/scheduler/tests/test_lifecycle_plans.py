@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gridloop_common.contracts import Command, DeviceOutcome
+from gridloop_common.contracts import Command, DeviceOutcome, DevicePlan, PlanKind, PlanStep
 from scheduler import lifecycle, planning
 from scheduler.lifecycle import (
     RUNNING,
@@ -22,6 +22,8 @@ from scheduler.lifecycle import (
     CommandState,
     DispatchFacts,
     DueTimer,
+    PlanLook,
+    PlanResult,
     ReceiveResult,
     RunningCommand,
     TimerKind,
@@ -112,19 +114,19 @@ def test_every_received_version_moves_the_command_along_the_diagram(
     )
 
     if result is ReceiveResult.STALE:
-        assert plan.command is None and plan.acks == () and plan.stale_command_id == command.id
+        assert plan.commands == () and plan.acks == () and plan.stale_command_id == command.id
         return
-    assert plan.command is not None
-    assert (stored, plan.command["state"]) in _PAIRS
+    [row] = plan.commands
+    assert (stored, row["state"]) in _PAIRS
     statuses = [ack.status for ack in plan.acks]
     if result is ReceiveResult.CANCELED:
         # The OK of a cancellation waits for the pass that sends the stop.
-        assert statuses == [] and plan.replace_timers is not None
-        assert [kind for kind, _ in plan.replace_timers[2]] == [TimerKind.STOP]
+        assert statuses == [] and plan.cancel_timers_of == (command.id,)
+        assert [timer.kind for timer in plan.timers] == [TimerKind.STOP]
     elif result is ReceiveResult.FAILED:
         assert statuses == [AckStatus.FAILED] and plan.acks[0].reason == reason
-        leaves_device = plan.replace_timers is not None and plan.replace_timers[2] != ()
-        assert leaves_device == (stored in RUNNING)
+        assert plan.cancel_timers_of == (command.id,)
+        assert (plan.timers != ()) == (stored in RUNNING)  # a running command must also leave the device
     else:
         assert result in (ReceiveResult.NEW, ReceiveResult.UPDATED) and statuses == [AckStatus.OK]
 
@@ -210,10 +212,14 @@ def test_a_failed_outcome_fails_a_running_command_with_its_failed_ack_and_an_app
         action_id=uuid.uuid4(), command_id=command_id, device_name="b", applied=True, observed_at=NOW
     )
 
-    [transition] = lifecycle.plan_outcome(failed).transitions
-    assert transition.from_states == RUNNING and transition.to_state is CommandState.FAILED
-    assert all((old, CommandState.FAILED) in _PAIRS for old in transition.from_states)
-    assert transition.ack is not None and (transition.ack.status, transition.ack.reason) == (AckStatus.FAILED, "no")
+    upstream, own = lifecycle.plan_outcome(failed).transitions
+    for transition in (upstream, own):
+        assert transition.from_states == RUNNING and transition.to_state is CommandState.FAILED
+        assert all((old, CommandState.FAILED) in _PAIRS for old in transition.from_states)
+    # Only a command from upstream is acknowledged upstream; gridloop's own controls fail silently.
+    assert upstream.sources == {ControlSource.UPSTREAM_COMMAND} and own.sources.isdisjoint(upstream.sources)
+    assert upstream.ack is not None and (upstream.ack.status, upstream.ack.reason) == (AckStatus.FAILED, "no")
+    assert own.ack is None
     assert lifecycle.plan_outcome(failed).release_acks_of is None
     assert lifecycle.plan_outcome(applied).transitions == ()
     assert lifecycle.plan_outcome(applied).release_acks_of == applied.action_id
@@ -267,3 +273,120 @@ def test_sources_are_ordered_as_the_design_states() -> None:
         ControlSource.PLAN,
     ]
     assert [source for source in ControlSource if source.acknowledged_upstream] == [ControlSource.UPSTREAM_COMMAND]
+
+
+def _device_plan(*powers: int, start: datetime = NOW, minutes: int = 15, issued_at: datetime = NOW) -> DevicePlan:
+    return DevicePlan(
+        plan_id=uuid.uuid4(),
+        run_id=uuid.uuid4(),
+        kind=PlanKind.MPC,
+        device_name="battery-1",
+        issued_at=issued_at,
+        steps=[
+            PlanStep(
+                starts_at=start + timedelta(minutes=minutes * index),
+                ends_at=start + timedelta(minutes=minutes * (index + 1)),
+                power_w=power,
+            )
+            for index, power in enumerate(powers)
+        ],
+    )
+
+
+def _plan_look(**changes: Any) -> PlanLook:
+    values: dict[str, Any] = {"known": False, "newest_issued_at": None, "superseded": (), "device": _device()}
+    values.update(changes)
+    return PlanLook(**values)
+
+
+def test_a_device_plan_becomes_one_control_of_source_plan_per_step_not_yet_over() -> None:
+    plan = _device_plan(1500, 2000, -3000, 0, start=NOW - timedelta(minutes=20))
+    now = NOW  # the first step is over, the second half done
+
+    result, writes, reason = lifecycle.plan_device_plan(plan, _plan_look(), now=now)
+
+    assert (result, reason) == (PlanResult.APPLIED, None) and writes is not None
+    rows = writes.commands
+    assert [row["source"] for row in rows] == ["plan"] * 3 and {row["state"] for row in rows} == {"scheduled"}
+    modes = [
+        (row["command"]["battery_commands"]["mode"], row["command"]["battery_commands"].get("setpoint_w"))
+        for row in rows
+    ]
+    assert modes == [("CHARGE", 2000), ("DISCHARGE", 3000), ("STANDBY", None)]
+    starts = [timer.due_at for timer in writes.timers if timer.kind is TimerKind.START]
+    assert starts == [now, plan.steps[2].starts_at, plan.steps[3].starts_at]  # the step under way starts at once
+    ends = [timer.due_at for timer in writes.timers if timer.kind is TimerKind.END]
+    assert ends == [step.ends_at for step in plan.steps[1:]]  # every step expires by itself
+    assert writes.acks == () and writes.transitions == ()  # nobody upstream to acknowledge
+    for row in rows:
+        assert (None, row["state"]) in _PAIRS
+
+
+def test_a_newer_plan_supersedes_the_running_steps_of_the_older_one() -> None:
+    old_steps = (uuid.uuid4(), uuid.uuid4())
+    plan = _device_plan(1000, issued_at=NOW + timedelta(minutes=5))
+
+    _, writes, _ = lifecycle.plan_device_plan(
+        plan, _plan_look(newest_issued_at=NOW, superseded=old_steps), now=NOW + timedelta(minutes=5)
+    )
+
+    assert writes is not None
+    assert writes.cancel_timers_of == old_steps
+    assert [(transition.command_id, transition.to_state, transition.sources) for transition in writes.transitions] == [
+        (step, CommandState.CANCELED, frozenset({ControlSource.PLAN})) for step in old_steps
+    ]
+    for transition in writes.transitions:
+        assert all((old, transition.to_state) in _PAIRS for old in transition.from_states)
+    assert [timer.kind for timer in writes.timers if timer.command_id is None] == [TimerKind.STOP]
+
+
+@pytest.mark.parametrize(
+    ("look", "result"),
+    [
+        ({"known": True}, PlanResult.DUPLICATE),
+        ({"newest_issued_at": NOW + timedelta(seconds=1)}, PlanResult.STALE),
+        ({"newest_issued_at": NOW}, PlanResult.STALE),
+        ({"device": None}, PlanResult.REFUSED),
+        ({"device": _device(device_type="meter")}, PlanResult.REFUSED),
+        ({"device": _device(active=False)}, PlanResult.REFUSED),
+    ],
+)
+def test_a_plan_that_cannot_apply_writes_nothing(look: dict[str, Any], result: PlanResult) -> None:
+    decided, writes, reason = lifecycle.plan_device_plan(_device_plan(1000), _plan_look(**look), now=NOW)
+    assert (decided, writes) == (result, None)
+    assert (reason is not None) == (result is not PlanResult.DUPLICATE)
+
+
+def test_an_upstream_savings_command_follows_the_plan_in_force_and_self_consumption_without_one() -> None:
+    savings = _command(
+        starts_at=NOW.isoformat(),
+        ends_at=(NOW + timedelta(hours=1)).isoformat(),
+        battery={"mode": "SAVINGS", "power_mode": None, "setpoint_w": None},
+    )
+    step = _command(
+        starts_at=NOW.isoformat(), ends_at=(NOW + timedelta(minutes=15)).isoformat(), battery={"setpoint_w": 2500}
+    )
+    candidates = [_active(savings), _active(step, source=ControlSource.PLAN)]
+
+    active, action = planning.current_action("battery-1", candidates, now=NOW, action_id=uuid.uuid4())
+
+    assert active is not None and active.command_id == savings.id
+    assert (action.command_id, action.mode, action.setpoint_w) == (savings.id, "DISCHARGE", 2500)
+    assert action.valid_until == step.ends_at + planning.END_GRACE  # the step's end comes first
+    _, alone = planning.current_action("battery-1", candidates[:1], now=NOW, action_id=uuid.uuid4())
+    assert (alone.command_id, alone.mode) == (savings.id, "SAVINGS")
+
+
+def test_plan_steps_must_be_in_time_order() -> None:
+    with pytest.raises(ValueError, match="time order"):
+        DevicePlan(
+            plan_id=uuid.uuid4(),
+            run_id=uuid.uuid4(),
+            kind=PlanKind.DAY_AHEAD,
+            device_name="battery-1",
+            issued_at=NOW,
+            steps=[
+                PlanStep(starts_at=NOW, ends_at=NOW + timedelta(minutes=10), power_w=1),
+                PlanStep(starts_at=NOW + timedelta(minutes=5), ends_at=NOW + timedelta(minutes=15), power_w=1),
+            ],
+        )

@@ -755,17 +755,18 @@ async def test_a_source_is_a_value_an_upstream_command_outranks_a_newer_plan_whi
     )
     stored = await repository.store(
         lifecycle.LifecyclePlan(
-            command=lifecycle.command_row(
-                step,
-                state=lifecycle.CommandState.SCHEDULED,
-                reason=None,
-                correlation_id=None,
-                source=ControlSource.PLAN,
+            commands=(
+                lifecycle.command_row(
+                    step,
+                    state=lifecycle.CommandState.SCHEDULED,
+                    reason=None,
+                    correlation_id=None,
+                    source=ControlSource.PLAN,
+                ),
             ),
-            replace_timers=(
-                step.id,
-                device,
-                ((lifecycle.TimerKind.START, now), (lifecycle.TimerKind.END, step.ends_at)),
+            timers=(
+                lifecycle.NewTimer(device, step.id, lifecycle.TimerKind.START, now),
+                lifecycle.NewTimer(device, step.id, lifecycle.TimerKind.END, step.ends_at),
             ),
         )
     )

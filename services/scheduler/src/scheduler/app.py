@@ -120,6 +120,7 @@ async def run(settings: SchedulerSettings, *, clock: Clock | None = None) -> Non
                 ),
             ),
             (routing.Queues.SCHEDULER_DEVICE_OUTCOMES, handlers.device_report_handler(commands, dispatcher)),
+            (routing.Queues.SCHEDULER_PLANS, handlers.device_plan_handler(commands, clock)),
             (routing.Queues.SCHEDULER_RPC, rpc_handler(broker.publisher, handlers.rpc_server(commands))),
         ):
             await stack.enter_async_context(

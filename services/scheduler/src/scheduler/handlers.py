@@ -12,17 +12,19 @@ from typing import Any
 import asyncpg
 from pydantic import ValidationError
 
-from gridloop_common.contracts import DeviceAvailability, DeviceOutcome, DeviceResyncRequest, UpstreamEvent
+from gridloop_common.clock import Clock
+from gridloop_common.contracts import DeviceAvailability, DeviceOutcome, DevicePlan, DeviceResyncRequest, UpstreamEvent
 from gridloop_common.contracts.documents import RefusedDocument, load_document
 from gridloop_common.contracts.routing import RoutingKeys
 from gridloop_common.messaging import Delivery, PoisonMessage, RetryableError
 from scheduler import lifecycle
 from scheduler.commands import CommandReceiver
 from scheduler.dispatch import Dispatcher
-from scheduler.lifecycle import StoreResult
+from scheduler.lifecycle import PlanResult, StoreResult
+from scheduler.metrics import PLANS_RECEIVED
 from scheduler.repository import CommandRepository, EventRepository, RegistryUnavailable, UpstreamRecord
 
-__all__ = ["device_report_handler", "record_outcome", "rpc_server", "upstream_event_handler"]
+__all__ = ["device_plan_handler", "device_report_handler", "record_outcome", "rpc_server", "upstream_event_handler"]
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +188,59 @@ def device_report_handler(commands: CommandRepository, dispatcher: Dispatcher) -
                     "applied_setpoint_w": outcome.applied_setpoint_w,
                 },
             )
+
+    return handle
+
+
+_PLAN_ATTEMPTS = 3
+
+
+def device_plan_handler(commands: CommandRepository, clock: Clock) -> Callable[[Delivery], Awaitable[None]]:
+    """Carry out the optimizer's plans: each device plan's steps become controls of source ``plan``.
+
+    An invalid plan, or one for a device that cannot be planned, is dead-lettered with the reason.
+    """
+
+    async def handle(delivery: Delivery) -> None:
+        try:
+            plan = DevicePlan.model_validate(load_document(delivery.body))
+        except RefusedDocument as refused:
+            raise PoisonMessage(f"device plan cannot be read: {refused}") from refused
+        except ValidationError as error:
+            raise PoisonMessage(f"invalid device plan: {_validation_summary(error)}") from error
+        for _ in range(_PLAN_ATTEMPTS):
+            try:
+                seen = await commands.look_plan(plan)
+            except RegistryUnavailable as error:
+                raise RetryableError(str(error)) from error
+            result, writes, reason = lifecycle.plan_device_plan(plan, seen, now=clock.now())
+            if writes is None:
+                break
+            stored = await commands.store(writes)
+            if stored is StoreResult.DUPLICATE:
+                result = PlanResult.DUPLICATE
+            if stored is not StoreResult.CHANGED:
+                break
+        else:
+            raise RetryableError(
+                f"plans for device {plan.device_name!r} kept arriving while plan {plan.plan_id} was stored"
+            )
+        PLANS_RECEIVED.labels(result).inc()
+        context = {
+            "device_id": plan.device_name,
+            "plan_id": str(plan.plan_id),
+            "run_id": str(plan.run_id),
+            "kind": str(plan.kind),
+            "steps": len(plan.steps),
+            "result": str(result),
+        }
+        if result is PlanResult.REFUSED:
+            logger.warning("device plan refused", extra={**context, "reason": reason})
+            raise PoisonMessage(f"plan {plan.plan_id} refused: {reason}")
+        logger.info(
+            "device plan " + ("stored" if result is PlanResult.APPLIED else str(result)),
+            extra={**context, "reason": reason},
+        )
 
     return handle
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid5
 
-from gridloop_common.contracts import Command, CommandStatus, DeviceAction, DeviceOutcome
+from gridloop_common.contracts import BatteryMode, Command, CommandStatus, DeviceAction, DeviceOutcome, DevicePlan
 from scheduler import planning
 from scheduler.planning import ActiveCommand, ControlSource, DeviceFacts
 
@@ -36,12 +36,16 @@ __all__ = [
     "HistoryEntry",
     "HistoryKind",
     "LifecyclePlan",
+    "NewTimer",
+    "PlanLook",
+    "PlanResult",
     "ReceiveResult",
     "RunningCommand",
     "StoreResult",
     "TimerKind",
     "Transition",
     "command_row",
+    "plan_device_plan",
     "plan_dispatch",
     "plan_outcome",
     "plan_refusal",
@@ -79,6 +83,15 @@ class StoreResult(StrEnum):
     APPLIED = "applied"
     DUPLICATE = "duplicate"
     CHANGED = "changed"
+
+
+class PlanResult(StrEnum):
+    """What receiving one device plan did."""
+
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    STALE = "stale"
+    REFUSED = "refused"
 
 
 class AckStatus(StrEnum):
@@ -120,6 +133,8 @@ TRANSITIONS: frozenset[tuple[CommandState | None, CommandState, str]] = frozense
     | {(CommandState.ACTIVE, CommandState.SCHEDULED, "outranked at a timer pass")}
     | {(state, CommandState.COMPLETED, "window over at a timer pass") for state in RUNNING}
     | {(state, CommandState.FAILED, "device outcome failed") for state in RUNNING}
+    | {(None, CommandState.SCHEDULED, "planned")}
+    | {(state, CommandState.CANCELED, "superseded by a newer plan") for state in RUNNING}
 )
 
 
@@ -141,11 +156,29 @@ class CommandLook:
 
 
 @dataclass(frozen=True)
+class PlanLook:
+    """What the scheduler sees before carrying out a device plan."""
+
+    known: bool  # this plan is stored already
+    newest_issued_at: datetime | None  # of the plans stored for the device
+    superseded: tuple[UUID, ...]  # the device's running plan steps, which a newer plan replaces
+    device: DeviceFacts | None
+
+
+@dataclass(frozen=True)
 class DueTimer:
     id: int
     device_id: str
     command_id: UUID | None
     kind: TimerKind
+
+
+@dataclass(frozen=True)
+class NewTimer:
+    device_id: str
+    command_id: UUID | None
+    kind: TimerKind
+    due_at: datetime
 
 
 @dataclass(frozen=True)
@@ -165,6 +198,7 @@ class DispatchFacts:
     running: dict[str, list[RunningCommand]]  # by device: every command whose state a pass may settle
     correlation_ids: dict[UUID, str | None]
     states: dict[UUID, str] = field(default_factory=dict)  # of the commands asked about and those running
+    sources: dict[UUID, ControlSource] = field(default_factory=dict)  # of the same commands
 
 
 # -- what the decisions return --------------------------------------------------------------------------
@@ -201,6 +235,7 @@ class Transition:
     reason: str | None = None  # the new state_reason; None keeps the stored one
     history: str | None = None  # the history line's detail (its kind is the new state); None writes none
     ack: Ack | None = None  # queued only if the transition happens
+    sources: frozenset[ControlSource] = frozenset(ControlSource)  # only a command of one of these sources moves
 
 
 @dataclass(frozen=True)
@@ -219,16 +254,20 @@ class LifecyclePlan:
     """
 
     guard: Guard | None = None
+    # (device, newest plan seen): store only if the device's newest stored plan is still that one.
+    plan_guard: tuple[str, datetime | None] | None = None
     version: dict[str, Any] | None = None  # a scheduler.command_versions row
     # The action whose confirmed write frees the OKs held for it: applied even when the outcome below is a
     # duplicate, since the agent reports a failed attempt and a successful retry of one action with one id.
     release_acks_of: UUID | None = None
     outcome: dict[str, Any] | None = None  # a scheduler.device_outcomes row
     hold_acks: tuple[str, UUID] | None = None  # (device, action): held OKs of the device now wait on this action
+    device_plan: dict[str, Any] | None = None  # a scheduler.device_plans row
     stale_command_id: UUID | None = None
-    command: dict[str, Any] | None = None  # a scheduler.commands row, inserted or replacing the stored one
+    commands: tuple[dict[str, Any], ...] = ()  # scheduler.commands rows, inserted or replacing the stored ones
     last_outcome: tuple[UUID, dict[str, Any]] | None = None
-    replace_timers: tuple[UUID, str, tuple[tuple[TimerKind, datetime], ...]] | None = None  # (command, device, timers)
+    cancel_timers_of: tuple[UUID, ...] = ()  # these commands' unfired timers are dropped, before ``timers`` are set
+    timers: tuple[NewTimer, ...] = ()
     fired: tuple[tuple[int, UUID, datetime], ...] = ()  # (timer, action, fired_at)
     transitions: tuple[Transition, ...] = ()
     history: tuple[HistoryEntry, ...] = ()
@@ -244,10 +283,17 @@ class LifecyclePlan:
                 "seen_running": self.guard.seen_running,
                 "running_states": sorted(RUNNING),
             }
-        for key in ("version", "outcome", "command"):
+        if self.plan_guard is not None:
+            document["plan_guard"] = {
+                "device_id": self.plan_guard[0],
+                "newest_issued_at": _timestamp(self.plan_guard[1]),
+            }
+        for key in ("version", "outcome", "device_plan"):
             row = getattr(self, key)
             if row is not None:
                 document[key] = row
+        if self.commands:
+            document["commands"] = list(self.commands)
         if self.hold_acks is not None:
             document["hold_acks"] = {"device_id": self.hold_acks[0], "action_id": str(self.hold_acks[1])}
         if self.release_acks_of is not None:
@@ -259,15 +305,18 @@ class LifecyclePlan:
             document["stale_command_id"] = str(self.stale_command_id)
         if self.last_outcome is not None:
             document["last_outcome"] = {"command_id": str(self.last_outcome[0]), "outcome": self.last_outcome[1]}
-        if self.replace_timers is not None:
-            command_id, device_id, timers = self.replace_timers
-            document["replace_timers"] = {
-                "command_id": str(command_id),
-                "timers": [
-                    {"device_id": device_id, "command_id": str(command_id), "kind": kind, "due_at": _timestamp(due)}
-                    for kind, due in timers
-                ],
-            }
+        if self.cancel_timers_of:
+            document["cancel_timers_of"] = [str(command_id) for command_id in self.cancel_timers_of]
+        if self.timers:
+            document["timers"] = [
+                {
+                    "device_id": timer.device_id,
+                    "command_id": str(timer.command_id) if timer.command_id else None,
+                    "kind": timer.kind,
+                    "due_at": _timestamp(timer.due_at),
+                }
+                for timer in self.timers
+            ]
         if self.fired:
             document["fired"] = [
                 {"id": timer_id, "action_id": str(action_id), "fired_at": _timestamp(at)}
@@ -341,8 +390,9 @@ def plan_version(
         return LifecyclePlan(
             guard=guard,
             version=version,
-            command=command_row(command, state=state, reason=reason, correlation_id=correlation_id, body=body),
-            replace_timers=(command.id, command.device_id, tuple(timers)),
+            commands=(command_row(command, state=state, reason=reason, correlation_id=correlation_id, body=body),),
+            cancel_timers_of=(command.id,),
+            timers=tuple(NewTimer(command.device_id, command.id, kind, due) for kind, due in timers),
         )
 
     if command.status in (CommandStatus.CANCELED, CommandStatus.OPT_OUT):
@@ -414,6 +464,7 @@ def plan_dispatch(
         if timer.kind == TimerKind.STOP
         and timer.command_id is not None
         and facts.states.get(timer.command_id) == CommandState.CANCELED
+        and facts.sources.get(timer.command_id, ControlSource.UPSTREAM_COMMAND).acknowledged_upstream
     ]
     history = [
         HistoryEntry(
@@ -491,6 +542,7 @@ def plan_outcome(outcome: DeviceOutcome) -> LifecyclePlan:
         if outcome.applied
         else f"failed on {outcome.device_name}: {outcome.reason}"
     )
+    upstream = frozenset(source for source in ControlSource if source.acknowledged_upstream)
     failure = (
         ()
         if outcome.applied
@@ -501,6 +553,15 @@ def plan_outcome(outcome: DeviceOutcome) -> LifecyclePlan:
                 CommandState.FAILED,
                 reason=outcome.reason,
                 ack=_acknowledge(outcome.command_id, AckStatus.FAILED, outcome.reason),
+                sources=upstream,
+            ),
+            # The other sources are gridloop's own: nobody upstream to tell.
+            Transition(
+                outcome.command_id,
+                RUNNING,
+                CommandState.FAILED,
+                reason=outcome.reason,
+                sources=frozenset(ControlSource) - upstream,
             ),
         )
     )
@@ -510,6 +571,79 @@ def plan_outcome(outcome: DeviceOutcome) -> LifecyclePlan:
         history=(HistoryEntry(outcome.command_id, HistoryKind.OUTCOME, detail),),
         last_outcome=(outcome.command_id, outcome.model_dump(mode="json")),
         transitions=failure,
+    )
+
+
+def plan_device_plan(
+    plan: DevicePlan, seen: PlanLook, *, now: datetime
+) -> tuple[PlanResult, LifecyclePlan | None, str | None]:
+    """Carrying out the optimizer's plan for one device: its steps become controls of source PLAN.
+
+    Each step is a control from its start to its end (so it expires by itself), below upstream commands and
+    direct control. A newer plan supersedes the running steps of the older ones; steps already over are not
+    stored; an older plan arriving late, or one for a device that cannot be planned, changes nothing.
+    """
+    if seen.known:
+        return PlanResult.DUPLICATE, None, None
+    if seen.newest_issued_at is not None and plan.issued_at <= seen.newest_issued_at:
+        reason = f"plan issued at {plan.issued_at.isoformat()} ignored: {seen.newest_issued_at.isoformat()} is newer"
+        return PlanResult.STALE, None, reason
+    refusal = planning.device_refusal(plan.device_name, seen.device)
+    if refusal is not None:
+        return PlanResult.REFUSED, None, refusal
+    device = plan.device_name
+    remaining = [(index, step) for index, step in enumerate(plan.steps) if step.ends_at > now]
+    commands, timers, history = [], [], []
+    for index, step in remaining:
+        step_command = _step_command(plan, index)
+        commands.append(
+            command_row(
+                step_command, state=CommandState.SCHEDULED, reason=None, correlation_id=None, source=ControlSource.PLAN
+            )
+        )
+        # A step that has begun starts at once, for what remains of it.
+        timers.append(NewTimer(device, step_command.id, TimerKind.START, max(step.starts_at, now)))
+        timers.append(NewTimer(device, step_command.id, TimerKind.END, step.ends_at))
+        history.append(
+            HistoryEntry(
+                step_command.id,
+                HistoryKind.SCHEDULED,
+                f"{plan.kind} plan {plan.plan_id} (run {plan.run_id}) step {index + 1}/{len(plan.steps)}:"
+                f" {step.power_w} W from {step.starts_at.isoformat()} to {step.ends_at.isoformat()}",
+            )
+        )
+    if seen.superseded:
+        # What replaces the old steps now: the new plan's current step, or what is below the plan.
+        timers.append(NewTimer(device, None, TimerKind.STOP, now))
+    return (
+        PlanResult.APPLIED,
+        LifecyclePlan(
+            plan_guard=(device, seen.newest_issued_at),
+            device_plan={
+                "plan_id": str(plan.plan_id),
+                "device_id": device,
+                "run_id": str(plan.run_id),
+                "kind": plan.kind,
+                "issued_at": _timestamp(plan.issued_at),
+                "steps": len(plan.steps),
+            },
+            commands=tuple(commands),
+            cancel_timers_of=seen.superseded,
+            timers=tuple(timers),
+            transitions=tuple(
+                Transition(
+                    step_id,
+                    RUNNING,
+                    CommandState.CANCELED,
+                    reason=f"superseded by plan {plan.plan_id}",
+                    history=f"superseded by {plan.kind} plan {plan.plan_id}",
+                    sources=frozenset({ControlSource.PLAN}),
+                )
+                for step_id in seen.superseded
+            ),
+            history=tuple(history),
+        ),
+        None,
     )
 
 
@@ -587,6 +721,37 @@ def command_row(
     }
 
 
+# Plan steps are stored as controls with ids derived from their plan, so a redelivered plan names the same rows.
+_PLAN_STEP_NAMESPACE = UUID("3b0f7c52-5c64-4f0e-9a7e-8a4f3d2c1b0a")
+
+
+def _step_command(plan: DevicePlan, index: int) -> Command:
+    """A plan step in the shape every stored control has: a command the winner resolution and the action read."""
+    step = plan.steps[index]
+    if step.power_w > 0:
+        battery: dict[str, Any] = {"mode": BatteryMode.CHARGE, "power_mode": "SETPOINT", "setpoint_w": step.power_w}
+    elif step.power_w < 0:
+        battery = {"mode": BatteryMode.DISCHARGE, "power_mode": "SETPOINT", "setpoint_w": -step.power_w}
+    else:
+        battery = {"mode": BatteryMode.STANDBY}
+    return Command.model_validate(
+        {
+            "id": uuid5(_PLAN_STEP_NAMESPACE, f"{plan.plan_id}:{index}"),
+            "event_id": None,
+            "device_id": plan.device_name,
+            "starts_at": step.starts_at,
+            "ends_at": step.ends_at,
+            "duration_s": (step.ends_at - step.starts_at).total_seconds(),
+            "is_preparatory_action": False,
+            "battery_commands": battery,
+            "status": CommandStatus.OK,
+            "device_status": "PENDING",
+            "created_at": plan.issued_at,
+            "updated_at": plan.issued_at,
+        }
+    )
+
+
 def _with(plan: LifecyclePlan, *, history: tuple[HistoryEntry, ...], acks: tuple[Ack, ...] = ()) -> LifecyclePlan:
     return replace(plan, history=history, acks=acks)
 
@@ -601,6 +766,7 @@ def _transition_document(transition: Transition) -> dict[str, Any]:
         "history_detail": transition.history,
         "ack_status": ack.status if ack else None,
         "ack_reason": ack.reason if ack else None,
+        "sources": sorted(transition.sources),
     }
 
 

@@ -12,10 +12,12 @@ __all__ = [
     "ACTIONS_DISPATCHED",
     "COMMANDS_RECEIVED",
     "INVALID_DEVICE_METADATA",
+    "PLANS_RECEIVED",
     "STALE_VERSIONS",
 ]
 
 COMMANDS_RECEIVED = Counter("gridloop_scheduler_commands_total", "Command versions received, by result.", ["result"])
+PLANS_RECEIVED = Counter("gridloop_scheduler_plans_total", "Device plans received, by result.", ["result"])
 STALE_VERSIONS = Counter("gridloop_scheduler_stale_versions_total", "Command versions older than the stored one.")
 ACTIONS_DISPATCHED = Counter("gridloop_scheduler_actions_dispatched_total", "Device actions published.", ["kind"])
 ACKS_DELIVERED = Counter("gridloop_scheduler_acks_delivered_total", "Acknowledgements accepted upstream.", ["status"])

@@ -35,6 +35,7 @@ __all__ = [
     "action_for",
     "current_action",
     "decide",
+    "device_refusal",
     "judge_version",
     "release_known_by",
     "winner",
@@ -218,9 +219,30 @@ def winner(candidates: list[ActiveCommand], *, now: datetime) -> ActiveCommand |
 def current_action(
     device_name: str, candidates: list[ActiveCommand], *, now: datetime, action_id: UUID
 ) -> tuple[ActiveCommand | None, DeviceAction]:
-    """The command in force on a device at ``now`` (None: the default mode) and the action that carries it out."""
+    """The command in force on a device at ``now`` (None: the default mode) and the action that carries it out.
+
+    An upstream SAVINGS command is carried out by the plan in force for the device, when there is one: the
+    action is the plan step's, on the command's behalf (its outcome is the command's).
+    """
     active = winner(candidates, now=now)
+    if active is not None and active.command.battery_commands.mode == BatteryMode.SAVINGS:
+        followed = winner([candidate for candidate in candidates if candidate.source is ControlSource.PLAN], now=now)
+        if followed is not None:
+            return active, action_for(device_name, followed, now=now, action_id=action_id, on_behalf_of=active)
     return active, action_for(device_name, active, now=now, action_id=action_id)
+
+
+def device_refusal(device_name: str, device: DeviceFacts | None) -> str | None:
+    """Why a plan cannot be carried out on this device (None: it can). A person reads it in a dead letter."""
+    if device is None:
+        return f"unknown device {device_name!r}: no such name in the device registry"
+    if not device.active:
+        return f"device {device.name!r} is deactivated in the device registry"
+    if device.metadata_problem is not None:
+        return f"device {device.name!r} has {device.metadata_problem.reason}"
+    if device.device_type != DeviceType.BESS:
+        return f"device {device.name!r} is a {device.device_type!r}: only batteries are planned"
+    return None
 
 
 def release_known_by(sent_at: datetime, *, revert_timeout_s: float) -> datetime:
@@ -232,10 +254,18 @@ def release_known_by(sent_at: datetime, *, revert_timeout_s: float) -> datetime:
     return sent_at + timedelta(seconds=revert_timeout_s) + RELEASE_MARGIN
 
 
-def action_for(device_name: str, active: ActiveCommand | None, *, now: datetime, action_id: UUID) -> DeviceAction:
+def action_for(
+    device_name: str,
+    active: ActiveCommand | None,
+    *,
+    now: datetime,
+    action_id: UUID,
+    on_behalf_of: ActiveCommand | None = None,
+) -> DeviceAction:
     """The device action for the winning command, or the default mode when none is in force.
 
-    The action stays valid ``END_GRACE`` past the command's end, for the action that follows to replace it.
+    The action stays valid ``END_GRACE`` past the command's end (the earlier end, when ``active`` carries out
+    ``on_behalf_of``), for the action that follows to replace it.
     """
     if active is None:
         return DeviceAction(
@@ -246,8 +276,12 @@ def action_for(device_name: str, active: ActiveCommand | None, *, now: datetime,
         return DeviceAction(
             device_name=device_name, mode=BatteryMode.SELF_CONSUMPTION, issued_at=now, action_id=action_id
         )
+    ends = [
+        control.ends_at for control in (active, on_behalf_of) if control is not None and control.ends_at is not None
+    ]
+    ends_at = min(ends) if ends else None
     return DeviceAction(
-        command_id=active.command_id,
+        command_id=(on_behalf_of or active).command_id,
         device_name=device_name,
         mode=battery.mode,
         power_mode=battery.power_mode,
@@ -258,7 +292,7 @@ def action_for(device_name: str, active: ActiveCommand | None, *, now: datetime,
         maximum_charge_percentage=battery.maximum_charge_percentage,
         issued_at=now,
         action_id=action_id,
-        valid_until=active.ends_at + END_GRACE if active.ends_at is not None and active.ends_at > now else None,
+        valid_until=ends_at + END_GRACE if ends_at is not None and ends_at > now else None,
     )
 
 

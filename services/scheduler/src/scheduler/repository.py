@@ -12,7 +12,7 @@ from uuid import UUID
 
 import asyncpg
 
-from gridloop_common.contracts import Command, DeviceAvailability
+from gridloop_common.contracts import Command, DeviceAvailability, DevicePlan
 from scheduler.lifecycle import (
     RUNNING,
     CommandLook,
@@ -20,6 +20,7 @@ from scheduler.lifecycle import (
     DispatchFacts,
     DueTimer,
     LifecyclePlan,
+    PlanLook,
     RunningCommand,
     StoreResult,
     TimerKind,
@@ -132,22 +133,11 @@ class CommandRepository:
         except asyncpg.exceptions.UndefinedTableError as error:
             raise RegistryUnavailable("flux.mg_device_registry does not exist yet") from error
         assert row is not None  # the VALUES anchor always gives one row
-        device = None
-        if row["name"] is not None:
-            device = DeviceFacts.from_registry(
-                name=row["name"],
-                device_type=row["type"],
-                active=row["active"],
-                metadata=row["metadata"],
-                online=row["online"],
-                offline_reason=row["reason"],
-                observed_at=row["observed_at"],
-            )
         return CommandLook(
             version_known=row["version_known"],
             stored_updated_at=row["stored_updated_at"],
             stored_state=row["stored_state"],
-            device=device,
+            device=_device_facts(row),
         )
 
     async def store(self, plan: LifecyclePlan, *, connection: asyncpg.Connection | None = None) -> StoreResult:
@@ -156,6 +146,38 @@ class CommandRepository:
             "SELECT scheduler.store_plan($1::jsonb)", plan.document()
         )
         return StoreResult(result)
+
+    async def look_plan(self, plan: DevicePlan) -> PlanLook:
+        """What carrying out ``plan`` needs, in one round trip: is it stored, the device's newest plan, its running
+        plan steps, the device."""
+        try:
+            row = await self.pool.fetchrow(
+                """
+                SELECT EXISTS (SELECT 1 FROM scheduler.device_plans p WHERE p.plan_id = $1) AS known,
+                       (SELECT max(p.issued_at) FROM scheduler.device_plans p WHERE p.device_id = $2)
+                           AS newest_issued_at,
+                       ARRAY(SELECT c.command_id FROM scheduler.commands c
+                             WHERE c.device_id = $2 AND c.source = $3 AND c.state = ANY($4::text[])
+                             ORDER BY c.starts_at) AS superseded,
+                       r.name, r.type, r.active, r.metadata, a.online, a.reason, a.observed_at
+                FROM (VALUES (1)) AS one (anchor)
+                LEFT JOIN flux.mg_device_registry r ON r.name = $2
+                LEFT JOIN scheduler.device_availability a ON a.device_id = r.name
+                """,
+                plan.plan_id,
+                plan.device_name,
+                ControlSource.PLAN,
+                sorted(RUNNING),
+            )
+        except asyncpg.exceptions.UndefinedTableError as error:
+            raise RegistryUnavailable("flux.mg_device_registry does not exist yet") from error
+        assert row is not None  # the VALUES anchor always gives one row
+        return PlanLook(
+            known=row["known"],
+            newest_issued_at=row["newest_issued_at"],
+            superseded=tuple(row["superseded"]),
+            device=_device_facts(row),
+        )
 
     # -- timers ----------------------------------------------------------------------------------
 
@@ -200,9 +222,11 @@ class CommandRepository:
         running: dict[str, list[RunningCommand]] = {device_id: [] for device_id in device_ids}
         correlation_ids: dict[UUID, str | None] = {}
         states: dict[UUID, str] = {}
+        sources: dict[UUID, ControlSource] = {}
         for row in rows:
             correlation_ids[row["command_id"]] = row["correlation_id"]
             states[row["command_id"]] = row["state"]
+            sources[row["command_id"]] = ControlSource(row["source"])
             if not row["running"]:
                 continue
             running[row["device_id"]].append(
@@ -220,7 +244,9 @@ class CommandRepository:
                         source=ControlSource(row["source"]),
                     )
                 )
-        return DispatchFacts(in_force=in_force, running=running, correlation_ids=correlation_ids, states=states)
+        return DispatchFacts(
+            in_force=in_force, running=running, correlation_ids=correlation_ids, states=states, sources=sources
+        )
 
     # -- acknowledgements ------------------------------------------------------------------------
 
@@ -354,6 +380,21 @@ class CommandRepository:
             "versions": [_jsonable(dict(row)) for row in versions],
             "acknowledgements": [_jsonable(dict(row)) for row in acks],
         }
+
+
+def _device_facts(row: asyncpg.Record) -> DeviceFacts | None:
+    """The device of a look's row (registry columns and the agent's last report), None when not registered."""
+    if row["name"] is None:
+        return None
+    return DeviceFacts.from_registry(
+        name=row["name"],
+        device_type=row["type"],
+        active=row["active"],
+        metadata=row["metadata"],
+        online=row["online"],
+        offline_reason=row["reason"],
+        observed_at=row["observed_at"],
+    )
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:

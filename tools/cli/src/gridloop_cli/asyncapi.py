@@ -13,6 +13,7 @@ from gridloop_common.contracts import (
     DeviceAction,
     DeviceAvailability,
     DeviceOutcome,
+    DevicePlan,
     DeviceResyncRequest,
     MeterReading,
     UpstreamEvent,
@@ -149,6 +150,20 @@ def document() -> dict[str, Any]:
                 },
                 "bindings": _exchange(routing.DEVICES_EXCHANGE),
             },
+            "devicePlans": {
+                "address": routing.DEVICES_EXCHANGE,
+                "description": "Optimizer to scheduler, routing key device.plan.<device name>.",
+                "messages": {
+                    "devicePlan": _message(
+                        "device.plan",
+                        "DevicePlan",
+                        "One version of a device's plan: setpoint steps that each expire at their end. The "
+                        "scheduler carries them out below upstream commands; a newer plan supersedes an older one.",
+                        routing_key="device.plan.<device>",
+                    )
+                },
+                "bindings": _exchange(routing.DEVICES_EXCHANGE),
+            },
             "telemetry": {
                 "address": routing.TELEMETRY_EXCHANGE,
                 "description": "Device-agent readings to telemetry-ingest (a JSON list per message).",
@@ -191,6 +206,11 @@ def document() -> dict[str, Any]:
                     {"$ref": "#/channels/deviceReports/messages/deviceResync"},
                 ],
             },
+            "carryOutPlan": {
+                "action": "receive",
+                "channel": {"$ref": "#/channels/devicePlans"},
+                "messages": [{"$ref": "#/channels/devicePlans/messages/devicePlan"}],
+            },
             "ingestTelemetry": {
                 "action": "receive",
                 "channel": {"$ref": "#/channels/telemetry"},
@@ -208,6 +228,7 @@ def document() -> dict[str, Any]:
                 DeviceOutcome,
                 DeviceAvailability,
                 DeviceResyncRequest,
+                DevicePlan,
                 BessReading,
                 MeterReading,
             )

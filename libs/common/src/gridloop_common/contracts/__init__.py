@@ -38,6 +38,7 @@ from gridloop_common.contracts.grid_services import (
     TimeOfUseTariffRequest,
     next_step_boundary,
 )
+from gridloop_common.contracts.plans import MAX_PLAN_STEPS, DevicePlan, PlanKind, PlanStep
 from gridloop_common.contracts.sites import DEFAULT_SITE_TIMEZONE, InvalidSiteParameters, SiteParameters
 from gridloop_common.contracts.upstream import (
     UNKNOWN_EVENT_TYPE,
@@ -55,6 +56,7 @@ from gridloop_common.contracts.upstream import (
 __all__ = [
     "DEFAULT_SITE_TIMEZONE",
     "MARKET_DATA_TYPES",
+    "MAX_PLAN_STEPS",
     "MPC_DEFAULT_HORIZON",
     "OPERATOR_REQUESTS",
     "UNKNOWN_EVENT_TYPE",
@@ -70,6 +72,7 @@ __all__ = [
     "DeviceAvailability",
     "DeviceMetadata",
     "DeviceOutcome",
+    "DevicePlan",
     "DeviceRegistryEntry",
     "DeviceResyncRequest",
     "DeviceStatus",
@@ -93,6 +96,8 @@ __all__ = [
     "OperatorReply",
     "OptimizationStatusRequest",
     "PaidControlRequest",
+    "PlanKind",
+    "PlanStep",
     "PowerLimitRequest",
     "PowerMode",
     "SetpointRequest",

@@ -15,6 +15,7 @@ __all__ = [
     "RoutingKeys",
     "dead_letter_queue",
     "device_action_key",
+    "device_plan_key",
 ]
 
 # Upstream events from all three delivery modes (push, queue, poll); routing key = event_type.
@@ -34,6 +35,7 @@ class Queues:
 
     SCHEDULER_UPSTREAM: Final = "scheduler.upstream"
     SCHEDULER_DEVICE_OUTCOMES: Final = "scheduler.device-outcomes"
+    SCHEDULER_PLANS: Final = "scheduler.plans"
     AGENT_DEVICE_ACTIONS: Final = "device-agent.device-actions"
     INGEST_READINGS: Final = "telemetry-ingest.readings"
     OPTIMIZER_RPC: Final = "optimizer.rpc"
@@ -47,6 +49,9 @@ class RoutingKeys:
     DEVICE_ACTION_PREFIX: Final = "device.action"
     DEVICE_ACTION_ALL: Final = "device.action.#"
     DEVICE_OUTCOME: Final = "device.outcome"
+    # The optimizer's plans for a device, carried out by the scheduler.
+    DEVICE_PLAN_PREFIX: Final = "device.plan"
+    DEVICE_PLAN_ALL: Final = "device.plan.#"
     DEVICE_AVAILABILITY: Final = "device.availability"
     # The agent asks for a device's current action when it takes the device under control.
     DEVICE_RESYNC: Final = "device.resync"
@@ -93,3 +98,8 @@ def dead_letter_queue(queue: str) -> str:
 def device_action_key(device_name: str) -> str:
     """Routing key of an action for one device (dots in names would split the topic, so they are swapped)."""
     return f"{RoutingKeys.DEVICE_ACTION_PREFIX}.{device_name.replace('.', '_')}"
+
+
+def device_plan_key(device_name: str) -> str:
+    """Routing key of a plan for one device (dots swapped as in ``device_action_key``)."""
+    return f"{RoutingKeys.DEVICE_PLAN_PREFIX}.{device_name.replace('.', '_')}"

@@ -108,7 +108,9 @@ class _BatteryInstruction(BaseModel):
         """
         notes = []
         if self.mode == BatteryMode.SAVINGS:
-            notes.append("SAVINGS follows self-consumption until the optimizer provides a plan")
+            notes.append(
+                "SAVINGS follows the optimizer's plan for the device, and self-consumption while there is none"
+            )
         # Both are deprecated upstream; no device control path reads them.
         ignored = [name for name in _IGNORED_SETTINGS if getattr(self, name) is not None]
         if ignored:

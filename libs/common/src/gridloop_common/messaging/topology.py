@@ -83,6 +83,10 @@ QUEUES: Final[tuple[QueueSpec, ...]] = (
         ),
     ),
     QueueSpec(
+        routing.Queues.SCHEDULER_PLANS,
+        bindings=((routing.DEVICES_EXCHANGE, routing.RoutingKeys.DEVICE_PLAN_ALL),),
+    ),
+    QueueSpec(
         routing.Queues.AGENT_DEVICE_ACTIONS,
         bindings=((routing.DEVICES_EXCHANGE, routing.RoutingKeys.DEVICE_ACTION_ALL),),
     ),

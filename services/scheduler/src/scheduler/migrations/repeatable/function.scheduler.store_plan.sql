@@ -27,6 +27,15 @@ BEGIN
         END IF;
     END IF;
 
+    IF p_plan ? 'plan_guard' THEN
+        -- Plans for one device serialise here, and a plan decided before a newer one was stored is refused.
+        PERFORM pg_advisory_xact_lock(hashtext('plan:' || (p_plan->'plan_guard'->>'device_id')));
+        IF (SELECT max(issued_at) FROM scheduler.device_plans WHERE device_id = p_plan->'plan_guard'->>'device_id')
+           IS DISTINCT FROM (p_plan->'plan_guard'->>'newest_issued_at')::timestamptz THEN
+            RETURN 'changed';
+        END IF;
+    END IF;
+
     IF p_plan ? 'version' THEN
         INSERT INTO scheduler.command_versions (command_id, updated_at, event_type, correlation_id, command)
         SELECT command_id, updated_at, event_type, correlation_id, command
@@ -75,12 +84,22 @@ BEGIN
         WHERE command_id = (p_plan->>'stale_command_id')::uuid;
     END IF;
 
-    IF p_plan ? 'command' THEN
+    IF p_plan ? 'device_plan' THEN
+        INSERT INTO scheduler.device_plans (plan_id, device_id, run_id, kind, issued_at, steps)
+        SELECT plan_id, device_id, run_id, kind, issued_at, steps
+        FROM jsonb_populate_record(NULL::scheduler.device_plans, p_plan->'device_plan')
+        ON CONFLICT DO NOTHING;
+        IF NOT FOUND THEN
+            RETURN 'duplicate';
+        END IF;
+    END IF;
+
+    IF p_plan ? 'commands' THEN
         INSERT INTO scheduler.commands (command_id, device_id, created_at, updated_at, starts_at, ends_at,
             upstream_status, state, state_reason, command, correlation_id, source)
         SELECT command_id, device_id, created_at, updated_at, starts_at, ends_at, upstream_status, state,
             state_reason, command, correlation_id, source
-        FROM jsonb_populate_record(NULL::scheduler.commands, p_plan->'command')
+        FROM jsonb_populate_recordset(NULL::scheduler.commands, p_plan->'commands')
         ON CONFLICT (command_id) DO UPDATE SET
             device_id = EXCLUDED.device_id, created_at = EXCLUDED.created_at,
             updated_at = EXCLUDED.updated_at, starts_at = EXCLUDED.starts_at, ends_at = EXCLUDED.ends_at,
@@ -95,12 +114,18 @@ BEGIN
         WHERE command_id = (p_plan->'last_outcome'->>'command_id')::uuid;
     END IF;
 
-    IF p_plan ? 'replace_timers' THEN
+    IF p_plan ? 'cancel_timers_of' THEN
         DELETE FROM scheduler.timers
-        WHERE command_id = (p_plan->'replace_timers'->>'command_id')::uuid AND fired_at IS NULL;
+        WHERE command_id IN (SELECT jsonb_array_elements_text(p_plan->'cancel_timers_of')::uuid) AND fired_at IS NULL;
+    END IF;
+
+    IF p_plan ? 'timers' THEN
         INSERT INTO scheduler.timers (device_id, command_id, kind, due_at)
         SELECT device_id, command_id, kind, due_at
-        FROM jsonb_populate_recordset(NULL::scheduler.timers, p_plan->'replace_timers'->'timers');
+        FROM jsonb_populate_recordset(NULL::scheduler.timers, p_plan->'timers');
+    END IF;
+
+    IF p_plan ? 'cancel_timers_of' OR p_plan ? 'timers' THEN
         PERFORM pg_notify('scheduler_timers', '');
     END IF;
 
@@ -115,13 +140,14 @@ BEGIN
         WITH wanted AS (
             SELECT * FROM ROWS FROM (jsonb_to_recordset(p_plan->'transitions') AS (command_id uuid,
                 from_states text[], to_state text, reason text, history_detail text, ack_status text,
-                ack_reason text)) WITH ORDINALITY AS t(command_id, from_states, to_state, reason, history_detail,
-                ack_status, ack_reason, position)
+                ack_reason text, sources text[])) WITH ORDINALITY AS t(command_id, from_states, to_state, reason,
+                history_detail, ack_status, ack_reason, sources, position)
         ), moved AS (
             UPDATE scheduler.commands c
             SET state = wanted.to_state, state_reason = coalesce(wanted.reason, c.state_reason), changed_at = now()
             FROM wanted
             WHERE c.command_id = wanted.command_id AND c.state = ANY(wanted.from_states)
+              AND c.source = ANY(wanted.sources)
             RETURNING c.command_id, wanted.to_state, wanted.history_detail, wanted.ack_status, wanted.ack_reason,
                 wanted.position
         ), history AS (
