@@ -1,0 +1,120 @@
+"""Accuracy and cost of the optimizer's load and PV forecasts on a held-out synthetic site history.
+
+A five-week history of one site (gridloop_simulators.site_history, seed fixed: daily and weekly load shape,
+drifting level, noise, appliance peaks; PV bells under clear, broken and overcast weather that lasts; 1 %
+of samples missing and a five-hour outage) is generated at each step length. The last seven days are held
+out; each is forecast at its midnight from the history before it (a day-ahead horizon), by:
+
+- ``seasonal``: optimizer.forecasts.forecast_from_history (the blend, with its fallbacks),
+- ``yesterday`` and ``last_week``: each candidate alone (the blend with its weight forced to 1 or 0),
+- ``persistence``: the last measured value, flat,
+- ``mean``: the mean of the whole history, flat.
+
+MAE (kW) and nMAE (MAE / mean measured value) over the held-out days are printed and written to
+bench/results/forecasts.json, with the CPU time of one day-ahead forecast. Run: `uv run python bench/forecasts.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from gridloop_common.contracts.forecasts import ForecastQuantity
+from gridloop_simulators.site_history import synthetic_site_history
+from optimizer.forecasts import (
+    StepSeries,
+    forecast_error,
+    forecast_from_history,
+    mean_forecast,
+    persistence_forecast,
+    seasonal_weights,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "forecasts.json"
+
+SEED = 17
+HISTORY_DAYS = 35
+HELD_OUT_DAYS = 7
+# A Monday, so the held-out week holds a weekend and the Monday after one.
+START = datetime(2026, 5, 4, tzinfo=UTC)
+STEP_MINUTES = (5, 15, 30, 60)
+METHODS = ("seasonal", "yesterday", "last_week", "persistence", "mean")
+
+
+def held_out_figures(history: StepSeries, quantity: ForecastQuantity) -> dict[str, dict[str, float | None]]:
+    """Forecast each held-out day at its midnight; MAE and nMAE of every method over all of them."""
+    steps_per_day = round(timedelta(days=1) / history.step)
+    first_held_out = len(history.values) - HELD_OUT_DAYS * steps_per_day
+    actual: list[float | None] = []
+    predicted: dict[str, list[float]] = {method: [] for method in METHODS}
+    for day in range(HELD_OUT_DAYS):
+        first = first_held_out + day * steps_per_day
+        origin = history.start + history.step * first
+        # The forecast sees only what was measured before its origin.
+        known = StepSeries(start=history.start, step=history.step, values=history.values[:first])
+        actual.extend(history.values[first : first + steps_per_day])
+        weights = seasonal_weights(known, origin=origin)
+        for method, forced in (("seasonal", None), ("yesterday", 1.0), ("last_week", 0.0)):
+            used = weights if forced is None else replace(weights, yesterday=forced)
+            forecast = forecast_from_history(
+                known, quantity=quantity, start=origin, steps=steps_per_day, weights=used
+            )
+            predicted[method].extend(forecast.values)
+        predicted["persistence"].extend(persistence_forecast(known, start=origin, steps=steps_per_day))
+        predicted["mean"].extend(mean_forecast(known, start=origin, steps=steps_per_day))
+    figures: dict[str, dict[str, float | None]] = {}
+    for method, values in predicted.items():
+        error = forecast_error(actual, values)
+        figures[method] = {"mae_kw": round(error.mae, 4), "nmae": None if error.nmae is None else round(error.nmae, 4)}
+    return figures
+
+
+def forecast_cpu_ms(history: StepSeries, quantity: ForecastQuantity) -> float:
+    """CPU time of one day-ahead forecast (the weights' replay included), best of five rounds of 20."""
+    steps_per_day = round(timedelta(days=1) / history.step)
+    best = float("inf")
+    for _ in range(5):
+        started = time.process_time()
+        for _ in range(20):
+            forecast_from_history(history, quantity=quantity, start=history.end, steps=steps_per_day)
+        best = min(best, (time.process_time() - started) / 20)
+    return best * 1000
+
+
+def main() -> None:
+    results: dict[str, Any] = {
+        "generated_at": datetime.now(tz=UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "seed": SEED,
+        "history_days": HISTORY_DAYS,
+        "held_out_days": HELD_OUT_DAYS,
+        "steps": {},
+    }
+    for minutes in STEP_MINUTES:
+        step = timedelta(minutes=minutes)
+        site = synthetic_site_history(start=START, days=HISTORY_DAYS, step=step, seed=SEED)
+        by_quantity: dict[str, Any] = {}
+        for quantity, values in ((ForecastQuantity.LOAD, site.load_kw), (ForecastQuantity.PV, site.pv_kw)):
+            history = StepSeries(start=site.start, step=step, values=values)
+            figures = held_out_figures(history, quantity)
+            cpu_ms = forecast_cpu_ms(history, quantity)
+            by_quantity[quantity.value] = {"errors": figures, "day_ahead_forecast_cpu_ms": round(cpu_ms, 3)}
+            print(f"step {minutes:>2} min  {quantity.value:<4}  (one day-ahead forecast: {cpu_ms:.2f} ms CPU)")
+            for method, figure in figures.items():
+                nmae = "-" if figure["nmae"] is None else f"{figure['nmae']:.3f}"
+                print(f"    {method:<12} MAE {figure['mae_kw']:.3f} kW   nMAE {nmae}")
+        results["steps"][f"{minutes}min"] = by_quantity
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written to {RESULTS.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
