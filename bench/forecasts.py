@@ -62,9 +62,7 @@ def held_out_figures(history: StepSeries, quantity: ForecastQuantity) -> dict[st
         weights = seasonal_weights(known, origin=origin)
         for method, forced in (("seasonal", None), ("yesterday", 1.0), ("last_week", 0.0)):
             used = weights if forced is None else replace(weights, yesterday=forced)
-            forecast = forecast_from_history(
-                known, quantity=quantity, start=origin, steps=steps_per_day, weights=used
-            )
+            forecast = forecast_from_history(known, quantity=quantity, start=origin, steps=steps_per_day, weights=used)
             predicted[method].extend(forecast.values)
         predicted["persistence"].extend(persistence_forecast(known, start=origin, steps=steps_per_day))
         predicted["mean"].extend(mean_forecast(known, start=origin, steps=steps_per_day))

@@ -107,6 +107,8 @@ class StepSeries:
             raise ValueError("start must be timezone-aware")
         if self.step <= timedelta(0):
             raise ValueError("step must be positive")
+        # In UTC: arithmetic on a datetime in a zone with DST is wall-clock arithmetic, an hour off across a change.
+        object.__setattr__(self, "start", self.start.astimezone(UTC))
 
     @property
     def end(self) -> datetime:
@@ -128,6 +130,7 @@ def step_series(
 
     Rows off the grid or outside it are dropped: the repository aggregates on the same grid.
     """
+    start = start.astimezone(UTC)
     values: list[float | None] = [None] * steps
     for moment, value in rows:
         offset = moment - start
@@ -182,6 +185,11 @@ class ExternalForecast:
     values: tuple[float, ...]
     expires_at: datetime
     received_at: datetime
+
+    def __post_init__(self) -> None:
+        if self.step <= timedelta(0):
+            raise ValueError("step must be positive")
+        object.__setattr__(self, "start", self.start.astimezone(UTC))
 
     @property
     def end(self) -> datetime:
@@ -259,9 +267,7 @@ def _time_of_day(moment: datetime, time_zone: tzinfo) -> tuple[int, int, int]:
     return local.hour, local.minute, local.second
 
 
-def _daily_profile(
-    history: StepSeries, *, origin: datetime, time_zone: tzinfo
-) -> dict[tuple[int, int, int], float]:
+def _daily_profile(history: StepSeries, *, origin: datetime, time_zone: tzinfo) -> dict[tuple[int, int, int], float]:
     """Mean value per local time of day over the last PROFILE_DAYS days before ``origin``."""
     first = max(history.start, origin - timedelta(days=PROFILE_DAYS))
     totals: dict[tuple[int, int, int], tuple[float, int]] = {}
@@ -348,6 +354,7 @@ def forecast_from_history(
         raise ValueError("start must be timezone-aware")
     if steps < 1:
         raise ValueError("steps must be at least 1")
+    start = start.astimezone(UTC)
     step = history.step
     if weights is None:
         weights = seasonal_weights(history, origin=start, time_zone=time_zone)

@@ -19,6 +19,7 @@ from gridloop_common.contracts.flux import (
     MeterReading5m,
     MeterReading30m,
 )
+from gridloop_common.contracts.forecasts import MAX_FORECAST_STEPS, ExternalForecastRequest, ForecastQuantity
 from gridloop_common.contracts.grid_services import (
     DayAheadCoordinationRequest,
     DirectControlDevice,
@@ -47,6 +48,7 @@ from gridloop_common.contracts.upstream import (
 
 __all__ = [
     "MARKET_DATA_TYPES",
+    "MAX_FORECAST_STEPS",
     "UNKNOWN_EVENT_TYPE",
     "BatteryCommand",
     "BatteryMode",
@@ -66,8 +68,10 @@ __all__ = [
     "DeviceType",
     "DirectControlDevice",
     "EventType",
+    "ExternalForecastRequest",
     "FlatTariffRequest",
     "FlexibilityRequest",
+    "ForecastQuantity",
     "InvalidDeviceMetadata",
     "MarketData",
     "MarketDataType",

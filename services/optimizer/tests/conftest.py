@@ -1,0 +1,49 @@
+"""Fixtures of the optimizer's storage tests: a database of their own, migrated as telemetry-ingest and the
+optimizer migrate it (the optimizer reads schema flux and owns schema optimizer), emptied before each test."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+
+from gridloop_common.db import migrate_database, open_pool
+
+_TABLES = (
+    "flux.mg_device_registry, flux.mg_meter_readings, flux.mg_bess_readings, flux.meter_reading_rollups,"
+    " optimizer.external_forecasts"
+)
+
+
+@pytest.fixture(scope="session")
+def optimizer_database_url(database_url: str) -> Iterator[str]:
+    """A fresh database beside the session's with telemetry-ingest's and the optimizer's migrations applied."""
+    server, name = database_url.rsplit("/", 1)
+    url = f"{server}/{name}_optimizer"
+
+    async def migrate() -> None:
+        await migrate_database(url, owner="telemetry-ingest", package="telemetry_ingest")
+        await migrate_database(url, owner="optimizer", package="optimizer")
+
+    async def drop() -> None:
+        connection = await asyncpg.connect(f"{server}/postgres")
+        try:
+            await connection.execute(f'DROP DATABASE IF EXISTS "{name}_optimizer" WITH (FORCE)')
+        finally:
+            await connection.close()
+
+    try:
+        asyncio.run(migrate())
+        yield url
+    finally:
+        asyncio.run(drop())
+
+
+@pytest.fixture
+async def pool(optimizer_database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on the optimizer tests' database, with the tables these tests write empty."""
+    async with open_pool(optimizer_database_url, min_size=1, max_size=4) as opened:
+        await opened.execute(f"TRUNCATE {_TABLES}")
+        yield opened
