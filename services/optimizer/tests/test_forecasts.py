@@ -10,6 +10,7 @@ import pytest
 
 from gridloop_common.contracts.forecasts import ForecastQuantity
 from optimizer.forecasts import (
+    EVALUATION_DAYS,
     ExternalForecast,
     Forecast,
     ForecastMethod,
@@ -86,7 +87,7 @@ def test_the_blend_leans_on_yesterday_when_the_level_drifts() -> None:
     weights = seasonal_weights(history, origin=ORIGIN)
 
     assert weights.yesterday == 1.0
-    assert weights.samples == 7 * 24
+    assert weights.samples == EVALUATION_DAYS * 24
 
 
 def test_a_missing_yesterday_falls_back_to_the_day_before() -> None:

@@ -71,8 +71,9 @@ __all__ = [
     "step_series",
 ]
 
-# Days of history replayed to measure the two candidates' errors: a whole week, so every weekday counts.
-EVALUATION_DAYS: Final = 7
+# Days of history replayed to measure the two candidates' errors: two whole weeks, so every weekday counts
+# twice (over ten synthetic sites, 14 days gave a slightly lower error than 7, and 21 no lower than 14).
+EVALUATION_DAYS: Final = 14
 # Days averaged by the daily-profile fallback (evcc's base-load profile spans 30).
 PROFILE_DAYS: Final = 28
 # "Yesterday" falls back to earlier days, stopping short of the weekly lag, which is the other candidate.
@@ -215,6 +216,27 @@ def _lagged(
     return None
 
 
+def _steps_per_day(step: timedelta, time_zone: tzinfo) -> int | None:
+    """Steps in every day, when that is one number: a zone without DST and a step that divides 24 hours."""
+    if time_zone.utcoffset(None) is None or timedelta(days=1) % step:
+        return None
+    return timedelta(days=1) // step
+
+
+def _lagged_by_index(
+    values: tuple[float | None, ...], index: int, lags_days: Sequence[int], steps_per_day: int
+) -> float | None:
+    """``_lagged`` by index arithmetic, for a grid whose days all have ``steps_per_day`` steps (10x cheaper)."""
+    for days in lags_days:
+        earlier = index - days * steps_per_day
+        if earlier < 0:
+            return None  # the lags only go further back
+        value = values[earlier]
+        if value is not None:
+            return value
+    return None
+
+
 def seasonal_weights(
     history: StepSeries, *, origin: datetime, time_zone: tzinfo = UTC, evaluation_days: int = EVALUATION_DAYS
 ) -> SeasonalWeights:
@@ -227,21 +249,25 @@ def seasonal_weights(
     """
     first = max(history.start, origin - timedelta(days=evaluation_days))
     index = max(0, (first - history.start) // history.step)
+    steps_per_day = _steps_per_day(history.step, time_zone)
     cross = 0.0
     spread = 0.0
     yesterday_total = 0.0
     last_week_total = 0.0
     samples = 0
-    while index < len(history.values):
-        moment = history.start + history.step * index
-        if moment >= origin:
-            break
-        actual = history.values[index]
-        index += 1
+    # Steps that start before the origin (a ceiling division).
+    stop = min(len(history.values), max(0, -((history.start - origin) // history.step)))
+    for position in range(index, stop):
+        actual = history.values[position]
         if actual is None:
             continue
-        yesterday = _lagged(history, moment, _YESTERDAY_LAGS_DAYS, before=moment, time_zone=time_zone)
-        last_week = _lagged(history, moment, _LAST_WEEK_LAGS_DAYS, before=moment, time_zone=time_zone)
+        if steps_per_day is None:
+            moment = history.start + history.step * position
+            yesterday = _lagged(history, moment, _YESTERDAY_LAGS_DAYS, before=moment, time_zone=time_zone)
+            last_week = _lagged(history, moment, _LAST_WEEK_LAGS_DAYS, before=moment, time_zone=time_zone)
+        else:
+            yesterday = _lagged_by_index(history.values, position, _YESTERDAY_LAGS_DAYS, steps_per_day)
+            last_week = _lagged_by_index(history.values, position, _LAST_WEEK_LAGS_DAYS, steps_per_day)
         if yesterday is None or last_week is None:
             continue
         yesterday_error = yesterday - actual
