@@ -11,7 +11,9 @@ import asyncpg
 import pytest
 
 from gridloop_common.contracts import routing
-from gridloop_common.messaging import Delivery, PoisonMessage
+from gridloop_common.contracts.forecasts import ForecastQuantity
+from gridloop_common.messaging import Delivery, PoisonMessage, RpcClient, RpcError, open_broker, rpc_handler
+from gridloop_common.settings import AmqpSettings
 from optimizer.forecasts import ForecastMethod
 from optimizer.handlers import put_external_forecast
 from optimizer.repository import ForecastRepository
@@ -245,3 +247,34 @@ async def test_a_bad_forecast_is_refused_naming_the_field(
         await put_external_forecast(put_delivery(body), ForecastRepository(pool), now=END)
 
     assert await pool.fetchval("SELECT count(*) FROM optimizer.external_forecasts") == 0
+
+
+async def test_the_put_travels_as_an_rpc_and_a_refusal_reaches_the_caller(pool: asyncpg.Pool, amqp_url: str) -> None:
+    """Over the real broker: the optimizer's RPC queue, gridloop_common's rpc_handler, and a caller's RpcClient."""
+    repository = ForecastRepository(pool)
+
+    async def serve(delivery: Delivery) -> bytes:
+        if delivery.routing_key == routing.RoutingKeys.OPTIMIZER_FORECASTS_PUT:
+            return await put_external_forecast(delivery, repository, now=END)
+        raise PoisonMessage(f"unknown optimizer request {delivery.routing_key!r}")
+
+    body = {"site": SITE, "quantity": "pv", "start": END.isoformat(), "step": 30, "values": [2.0, 3.0]}
+    settings = AmqpSettings(amqp_url=amqp_url)
+    async with (
+        open_broker(settings, client_name="optimizer-test", url=amqp_url) as broker,
+        broker.consumer(routing.Queues.OPTIMIZER_RPC, rpc_handler(broker.publisher, serve), drain_timeout_s=5.0),
+        RpcClient.open(channel=broker.channel, publisher=broker.publisher, client_name="test") as client,
+    ):
+        reply = json.loads(
+            await client.call(routing.RoutingKeys.OPTIMIZER_FORECASTS_PUT, json.dumps(body).encode(), timeout_s=10)
+        )
+        with pytest.raises(RpcError, match=r"invalid forecast: values: Value error, PV power must not be negative"):
+            await client.call(
+                routing.RoutingKeys.OPTIMIZER_FORECASTS_PUT,
+                json.dumps({**body, "values": [2.0, -1.0]}).encode(),
+                timeout_s=10,
+            )
+
+    assert (reply["site"], reply["quantity"], reply["steps"]) == (SITE, "pv", 2)
+    stored = await repository.live_external(SITE, ForecastQuantity.PV, now=END, start=END, end=END + timedelta(hours=1))
+    assert [forecast.values for forecast in stored] == [(2.0, 3.0)]
