@@ -13,11 +13,18 @@ by:
 
 MAE (kW) and nMAE (MAE / mean measured value) over the held-out days, averaged over the ten sites, are
 printed and written to bench/results/forecasts.json, with how many sites the forecast beat both baselines on
-and the CPU time of one day-ahead forecast (the weights' replay included). Run: `uv run python bench/forecasts.py`.
+and the CPU time of one day-ahead forecast (the weights' replay included).
+
+Then the history query (optimizer.repository.ForecastRepository.site_history) on a database of the run's own
+(bench/infrastructure.py) holding 35 days of one site at a 10-second poll: a grid meter, a PV meter and a
+battery (about 300,000 readings each, the meter rollups kept by telemetry-ingest's triggers). Wall time of
+reading the whole 35 days at each step length (best and median of six), and of reading only the last hour.
+Run: `uv run python bench/forecasts.py`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import platform
 import statistics
@@ -28,7 +35,10 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from infrastructure import Infrastructure
+
 from gridloop_common.contracts.forecasts import ForecastQuantity
+from gridloop_common.db import migrate_database, open_pool
 from gridloop_simulators.site_history import synthetic_site_history
 from optimizer.forecasts import (
     StepSeries,
@@ -38,6 +48,7 @@ from optimizer.forecasts import (
     persistence_forecast,
     seasonal_weights,
 )
+from optimizer.repository import ForecastRepository
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "forecasts.json"
@@ -99,6 +110,67 @@ def forecast_cpu_ms(history: StepSeries, quantity: ForecastQuantity) -> dict[str
     return figures
 
 
+QUERY_DAYS = 35
+QUERY_END = datetime(2026, 6, 1, tzinfo=UTC)
+QUERY_STEP_MINUTES = (5, 15, 30, 60, 7)  # 7: no rollup tiles it, so the readings are read
+
+
+async def history_query_ms() -> dict[str, dict[str, float]]:
+    """Wall ms of site_history over QUERY_DAYS days at each step, and of the last hour alone."""
+    figures: dict[str, dict[str, float]] = {}
+    async with Infrastructure() as run:
+        await migrate_database(run.database_url, owner="telemetry-ingest", package="telemetry_ingest")
+        await migrate_database(run.database_url, owner="optimizer", package="optimizer")
+        async with open_pool(run.database_url, min_size=1, max_size=2) as pool:
+            insert = (
+                "INSERT INTO flux.mg_device_registry (name, type, site, metadata) VALUES ($1, $2, 'S', $3) RETURNING id"
+            )
+            meter = await pool.fetchval(insert, "grid", "meter", {})
+            pv = await pool.fetchval(insert, "pv", "meter", {"meter_role": "pv"})
+            battery = await pool.fetchval(insert, "battery", "bess", {"site_meter": "grid"})
+            # A day per statement, as ingest commits batches: the rollup triggers refresh each day's periods.
+            day_of_polls = (
+                "generate_series($2::timestamptz, $2::timestamptz + interval '1 day' - interval '10 s',"
+                " interval '10 s') AS polled (time)"
+            )
+            for day in range(QUERY_DAYS):
+                first = QUERY_END - timedelta(days=QUERY_DAYS - day)
+                for device, power in ((meter, "1 + random()"), (pv, "-random()")):
+                    await pool.execute(
+                        "INSERT INTO flux.mg_meter_readings (time, device_id, power_total_active)"
+                        f" SELECT polled.time, $1, {power} FROM {day_of_polls}",
+                        device,
+                        first,
+                    )
+                await pool.execute(
+                    "INSERT INTO flux.mg_bess_readings (time, device_id, soe, target_power)"
+                    f" SELECT polled.time, $1, 50, random() - 0.5 FROM {day_of_polls}",
+                    battery,
+                    first,
+                )
+            await pool.execute("ANALYZE")
+            repository = ForecastRepository(pool)
+            windows = [
+                (f"{minutes}min_{QUERY_DAYS}d", timedelta(minutes=minutes), None) for minutes in QUERY_STEP_MINUTES
+            ]
+            windows.append(("15min_last_hour", timedelta(minutes=15), 4))
+            for name, step, steps in windows:
+                timings = []
+                for _ in range(6):
+                    started = time.perf_counter()
+                    await repository.site_history(
+                        "S", end=QUERY_END, step=step, steps=steps or int(timedelta(days=QUERY_DAYS) / step)
+                    )
+                    timings.append(time.perf_counter() - started)
+                figures[name] = {
+                    "best_ms": round(min(timings) * 1000, 1),
+                    "median_ms": round(statistics.median(timings) * 1000, 1),
+                }
+                best, median = figures[name]["best_ms"], figures[name]["median_ms"]
+                print(f"history query {name:<16} best {best:>6.1f} ms  median {median:>6.1f} ms")
+    return figures
+
+
 def main() -> None:
     results: dict[str, Any] = {
         "generated_at": datetime.now(tz=UTC).isoformat(timespec="seconds"),
@@ -147,6 +219,7 @@ def main() -> None:
             for method, figure in figures.items():
                 print(f"    {method:<12} MAE {figure['mae_kw']:.3f} kW   nMAE {figure['nmae']:.3f}")
         results["steps"][f"{minutes}min"] = by_quantity
+    results["history_query"] = asyncio.run(history_query_ms())
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"written to {RESULTS.relative_to(ROOT)}")
