@@ -247,3 +247,31 @@ def test_external_steps_of_another_length_keep_each_step_energy() -> None:
 
     assert merged.values[1] == pytest.approx((4.0 + 8.0) / 4 + 2.0 / 2)
     assert merged.methods == (ForecastMethod.SEASONAL, ForecastMethod.PARTLY_EXTERNAL)
+
+
+def test_a_horizon_of_two_days_reads_the_second_day_from_two_days_before() -> None:
+    history = hourly(3, lambda moment: float(moment.day))  # each day's value is its date
+
+    forecast = forecast_from_history(history, quantity=ForecastQuantity.LOAD, start=ORIGIN, steps=48)
+
+    # Day 1 of the horizon copies yesterday (the 14th); day 2 cannot see its yesterday (inside the horizon),
+    # so it takes the day before that, also the 14th, not a zero.
+    assert forecast.values == (14.0,) * 48
+    assert set(forecast.methods) == {ForecastMethod.SEASONAL}
+
+
+def test_a_step_that_does_not_divide_a_day_still_forecasts_from_yesterday() -> None:
+    step = timedelta(minutes=7)
+    start = ORIGIN - timedelta(days=2)
+    steps = (ORIGIN - start) // step + 1  # the grid overruns the origin by a few minutes
+    values = tuple(float((start + step * index).hour) for index in range(steps))
+    history = StepSeries(start=start, step=step, values=values)
+    origin = start + step * (steps - 1)
+
+    forecast = forecast_from_history(history, quantity=ForecastQuantity.LOAD, start=origin, steps=200)
+
+    for index in range(200):
+        moment = origin + step * index
+        # The history step holding the same time yesterday starts up to 6 minutes earlier.
+        assert forecast.values[index] in {float(moment.hour), float((moment - timedelta(minutes=6)).hour)}
+    assert set(forecast.methods) == {ForecastMethod.SEASONAL}
