@@ -249,7 +249,18 @@ async def test_a_bad_forecast_is_refused_naming_the_field(
     assert await pool.fetchval("SELECT count(*) FROM optimizer.external_forecasts") == 0
 
 
-async def test_the_put_travels_as_an_rpc_and_a_refusal_reaches_the_caller(pool: asyncpg.Pool, amqp_url: str) -> None:
+async def test_a_forecast_for_a_site_with_no_device_is_refused(pool: asyncpg.Pool, site: None) -> None:
+    body = {"site": "NOWHERE", "quantity": "load", "start": END.isoformat(), "step": 15, "values": [1.0]}
+
+    with pytest.raises(PoisonMessage, match=r"invalid forecast: site: no device is registered at site 'NOWHERE'"):
+        await put_external_forecast(put_delivery(body), ForecastRepository(pool), now=END)
+
+    assert await pool.fetchval("SELECT count(*) FROM optimizer.external_forecasts") == 0
+
+
+async def test_the_put_travels_as_an_rpc_and_a_refusal_reaches_the_caller(
+    pool: asyncpg.Pool, site: None, amqp_url: str
+) -> None:
     """Over the real broker: the optimizer's RPC queue, gridloop_common's rpc_handler, and a caller's RpcClient."""
     repository = ForecastRepository(pool)
 

@@ -31,14 +31,18 @@ def _validation_summary(error: ValidationError) -> str:
 async def put_external_forecast(delivery: Delivery, forecasts: ForecastRepository, *, now: datetime) -> bytes:
     """``optimizer.forecasts.put`` (RoutingKeys.OPTIMIZER_FORECASTS_PUT): store an external load or PV forecast.
 
-    The body is an ``ExternalForecastRequest``; a body it refuses is a PoisonMessage naming each field, which
-    the RPC layer returns to the caller as the error. From ``now`` on it wins over the forecast from
-    telemetry wherever it covers a step, until it expires. Replies with what was stored.
+    The body is an ``ExternalForecastRequest``; a body it refuses, or a site with no registered device, is a
+    PoisonMessage naming the field, which the RPC layer returns to the caller as the error. From ``now`` on
+    it wins over the forecast from telemetry wherever it covers a step, until it expires. Replies with what
+    was stored.
     """
     try:
         request = ExternalForecastRequest.model_validate_json(delivery.body)
     except ValidationError as error:
         raise PoisonMessage(f"invalid forecast: {_validation_summary(error)}") from error
+    if not await forecasts.site_exists(request.site):
+        # Stored, it would wait silently for a site that never plans.
+        raise PoisonMessage(f"invalid forecast: site: no device is registered at site {request.site!r}")
     stored = await forecasts.store_external(request, received_at=now)
     return json.dumps(
         {

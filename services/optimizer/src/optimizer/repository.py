@@ -109,6 +109,11 @@ LEFT JOIN pv USING (step_start)
 ORDER BY steps.step_start
 """
 
+# Sites are the registry's site values (docs/design.md §4) until flux.mg_sites holds them.
+_SITE_EXISTS = """
+SELECT EXISTS (SELECT FROM flux.mg_device_registry WHERE site = $1)
+"""
+
 _INSERT_EXTERNAL = """
 INSERT INTO optimizer.external_forecasts
     (site, quantity, start_time, step_minutes, values_kw, expires_at, source, received_at)
@@ -283,6 +288,10 @@ class ForecastRepository:
             pv=step_series(pv_rows, start=start, step=step, steps=steps),
             devices=devices,
         )
+
+    async def site_exists(self, site: str) -> bool:
+        """Whether any device is registered at ``site``."""
+        return bool(await self._pool.fetchval(_SITE_EXISTS, site))
 
     async def store_external(
         self, request: ExternalForecastRequest, *, received_at: datetime
