@@ -14,7 +14,10 @@ import pytest
 
 from gridloop_common.db import migrate_database, open_pool
 
-_TABLES = "optimizer.plans, optimizer.runs, optimizer.tariffs, flux.mg_sites, flux.mg_device_registry"
+_TABLES = (
+    "optimizer.plans, optimizer.runs, optimizer.tariffs, optimizer.external_forecasts, flux.mg_sites,"
+    " flux.mg_device_registry, flux.mg_meter_readings, flux.mg_bess_readings, flux.meter_reading_rollups"
+)
 
 
 @pytest.fixture(scope="session")

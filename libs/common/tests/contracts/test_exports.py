@@ -12,7 +12,7 @@ import pytest
 
 from gridloop_common import contracts
 
-MODEL_SUBMODULES = ("agent", "device_metadata", "flux", "grid_services", "sites", "upstream")
+MODEL_SUBMODULES = ("agent", "device_metadata", "flux", "forecasts", "grid_services", "plans", "sites", "upstream")
 
 
 def submodule(name: str) -> ModuleType:

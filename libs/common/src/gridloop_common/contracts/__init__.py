@@ -19,6 +19,7 @@ from gridloop_common.contracts.flux import (
     MeterReading5m,
     MeterReading30m,
 )
+from gridloop_common.contracts.forecasts import MAX_FORECAST_STEPS, ExternalForecastRequest, ForecastQuantity
 from gridloop_common.contracts.grid_services import (
     MPC_DEFAULT_HORIZON,
     OPERATOR_REQUESTS,
@@ -56,6 +57,7 @@ from gridloop_common.contracts.upstream import (
 __all__ = [
     "DEFAULT_SITE_TIMEZONE",
     "MARKET_DATA_TYPES",
+    "MAX_FORECAST_STEPS",
     "MAX_PLAN_STEPS",
     "MPC_DEFAULT_HORIZON",
     "OPERATOR_REQUESTS",
@@ -79,8 +81,10 @@ __all__ = [
     "DeviceType",
     "DirectControlDevice",
     "EventType",
+    "ExternalForecastRequest",
     "FlatTariffRequest",
     "FlexibilityRequest",
+    "ForecastQuantity",
     "InvalidDeviceMetadata",
     "InvalidSiteParameters",
     "MarketData",

@@ -59,6 +59,8 @@ class RoutingKeys:
     TELEMETRY_METER: Final = "telemetry.meter"
     TELEMETRY_ALL: Final = "telemetry.#"
     OPTIMIZER_ALL: Final = "optimizer.#"
+    # An external load or PV forecast for a site (contracts.forecasts.ExternalForecastRequest).
+    OPTIMIZER_FORECASTS_PUT: Final = "optimizer.forecasts.put"
     SCHEDULER_RPC_ALL: Final = "scheduler.#"
 
 
