@@ -390,3 +390,37 @@ def test_plan_steps_must_be_in_time_order() -> None:
                 PlanStep(starts_at=NOW + timedelta(minutes=5), ends_at=NOW + timedelta(minutes=15), power_w=1),
             ],
         )
+
+
+def test_a_pass_names_the_handover_when_another_control_takes_the_device() -> None:
+    ended = _command(starts_at=(NOW - timedelta(hours=1)).isoformat(), ends_at=NOW.isoformat())
+    step = _command(starts_at=(NOW - timedelta(hours=2)).isoformat(), ends_at=(NOW + timedelta(hours=1)).isoformat())
+    facts = _facts(
+        "battery-1",
+        [
+            RunningCommand(ended.id, CommandState.ACTIVE, ended.ends_at),
+            RunningCommand(step.id, CommandState.SCHEDULED, step.ends_at),
+        ],
+        [_active(ended), _active(step, source=ControlSource.PLAN)],
+    )
+    facts.sources.update({ended.id: ControlSource.UPSTREAM_COMMAND, step.id: ControlSource.PLAN})
+
+    [dispatch], _ = lifecycle.plan_dispatch(
+        [DueTimer(1, "battery-1", ended.id, TimerKind.END)],
+        facts,
+        now=NOW,
+        action_ids={"battery-1": uuid.uuid4()},
+        release_known_by=NOW,
+    )
+
+    assert dispatch.handover == lifecycle.Handover(
+        ended.id, ControlSource.UPSTREAM_COMMAND, step.id, ControlSource.PLAN
+    )
+    [same], _ = lifecycle.plan_dispatch(
+        [DueTimer(2, "battery-1", step.id, TimerKind.START)],
+        _facts("battery-1", [RunningCommand(step.id, CommandState.ACTIVE, step.ends_at)], [_active(step)]),
+        now=NOW,
+        action_ids={"battery-1": uuid.uuid4()},
+        release_known_by=NOW,
+    )
+    assert same.handover is None  # the same control goes on: nothing to log

@@ -118,6 +118,7 @@ class Dispatcher:
             for timer in dispatch.timers:
                 ACTIONS_DISPATCHED.labels(timer.kind).inc()
             with correlation_id(dispatch.trace):
+                _log_handover(dispatch)
                 logger.info(
                     "device action dispatched",
                     extra={
@@ -156,6 +157,7 @@ class Dispatcher:
         action = dispatch.action
         ACTIONS_DISPATCHED.labels("resync").inc()
         with correlation_id(dispatch.trace):
+            _log_handover(dispatch)
             logger.info(
                 "device action re-sent",
                 extra={
@@ -175,3 +177,19 @@ class Dispatcher:
                 body=dispatch.action,
                 message_id=str(dispatch.action.action_id),
             )
+
+
+def _log_handover(dispatch: DeviceDispatch) -> None:
+    handover = dispatch.handover
+    if handover is None:
+        return
+    logger.info(
+        "control handed over",
+        extra={
+            "device_id": dispatch.device_id,
+            "from_source": str(handover.from_source) if handover.from_source else "default",
+            "from_command_id": str(handover.from_command) if handover.from_command else None,
+            "to_source": str(handover.to_source) if handover.to_source else "default",
+            "to_command_id": str(handover.to_command) if handover.to_command else None,
+        },
+    )

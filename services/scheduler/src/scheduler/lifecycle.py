@@ -33,6 +33,7 @@ __all__ = [
     "DispatchFacts",
     "DueTimer",
     "Guard",
+    "Handover",
     "HistoryEntry",
     "HistoryKind",
     "LifecyclePlan",
@@ -343,10 +344,22 @@ class DeviceDispatch:
     action: DeviceAction
     active: ActiveCommand | None
     trace: str | None
+    # The control that was active on the device before (None: the default), when another takes over now.
+    handover: Handover | None = None
 
     @property
     def described(self) -> str:
         return f"{self.action.mode}" + (f" {self.action.setpoint_w} W" if self.action.setpoint_w else "")
+
+
+@dataclass(frozen=True)
+class Handover:
+    """The device passes from one control to another (None: the device's default)."""
+
+    from_command: UUID | None
+    from_source: ControlSource | None
+    to_command: UUID | None
+    to_source: ControlSource | None
 
 
 # -- the decisions --------------------------------------------------------------------------------------
@@ -456,7 +469,11 @@ def plan_dispatch(
         )
         trace_command = active.command_id if active else device_timers[0].command_id
         trace = facts.correlation_ids.get(trace_command) if trace_command else None
-        dispatches.append(DeviceDispatch(device_id, tuple(device_timers), action, active, trace))
+        dispatches.append(
+            DeviceDispatch(
+                device_id, tuple(device_timers), action, active, trace, _handover(device_id, action, active, facts)
+            )
+        )
     held = [
         (timer.command_id, dispatch.action.action_id)
         for dispatch in dispatches
@@ -504,7 +521,12 @@ def plan_resync(
     """
     active, action = planning.current_action(device_id, facts.in_force[device_id], now=now, action_id=action_id)
     dispatch = DeviceDispatch(
-        device_id, (), action, active, facts.correlation_ids.get(active.command_id) if active else None
+        device_id,
+        (),
+        action,
+        active,
+        facts.correlation_ids.get(active.command_id) if active else None,
+        _handover(device_id, action, active, facts),
     )
     history = (
         (
@@ -668,6 +690,25 @@ def _acknowledge(
 ) -> Ack:
     """The one place an acknowledgement upstream is made."""
     return Ack(command_id, status, reason, due_at, release_action_id)
+
+
+def _handover(
+    device_id: str, action: DeviceAction, active: ActiveCommand | None, facts: DispatchFacts
+) -> Handover | None:
+    """Who had the device and who has it now, when that changes (the design asks for every handover logged)."""
+    before = next(
+        (command.command_id for command in facts.running.get(device_id, []) if command.state == CommandState.ACTIVE),
+        None,
+    )
+    after = action.command_id
+    if before == after:
+        return None
+    return Handover(
+        from_command=before,
+        from_source=facts.sources.get(before) if before else None,
+        to_command=after,
+        to_source=active.source if active is not None and after is not None else None,
+    )
 
 
 def _settle(dispatches: list[DeviceDispatch], facts: DispatchFacts, *, now: datetime) -> tuple[Transition, ...]:
