@@ -221,13 +221,13 @@ class MpcService:
             due = None if live.planned_from is None else next_replan(live.request, live.planned_from)
             if due is None:
                 _, stop = _window(live.request)
-                await self._clock.sleep(max(0.0, (stop - self._clock.now()).total_seconds()))
+                await self._sleep_until(stop)
                 await self._planning.planning.end_mpc_session(
                     live.session_id, at=self._clock.now(), state="finished", reason="reached its stop"
                 )
                 self._live.pop(live.session_id, None)
                 return
-            await self._clock.sleep(max(0.0, (due - self._clock.now()).total_seconds()))
+            await self._sleep_until(due)
             try:
                 await self.tick(live.session_id, max(due, self._clock.now()))
             except Refusal as refusal:
@@ -239,6 +239,11 @@ class MpcService:
             except Exception:  # one failed re-plan must not end the MPC
                 logger.exception("MPC re-plan failed", extra={"session": str(live.session_id)})
                 live.planned_from = due
+
+    async def _sleep_until(self, moment: datetime) -> None:
+        delay = (moment - self._clock.now()).total_seconds()
+        if delay > 0:
+            await self._clock.sleep(delay)
 
     async def _horizons(self, request: MpcRequest, sites: Sequence[SiteParameters], now: datetime) -> list[SiteHorizon]:
         start = plan_start(request, now)
