@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -330,7 +333,9 @@ async def test_a_restarted_optimizer_resumes_the_active_mpc(
         assert plan.steps[0].starts_at == datetime(2026, 12, 7, 12, 30, tzinfo=UTC) and len(plan.steps) == 4
 
 
-async def test_the_rpc_queue_serves_status_and_the_runs_of_the_cli(optimizer: Optimizer) -> None:
+async def test_the_rpc_queue_serves_status_and_gridloop_plans(
+    optimizer: Optimizer, amqp_url: str, tmp_path: Path
+) -> None:
     await add_site(optimizer.pool, "alpha", battery=BATTERY)
     tariff = await optimizer.ask(OperatorRpc.FLAT_TARIFF, {"flat_price": 0.1, "date": TOMORROW.isoformat()})
     await optimizer.published()
@@ -345,6 +350,8 @@ async def test_the_rpc_queue_serves_status_and_the_runs_of_the_cli(optimizer: Op
         status = json.loads(await client.call("optimizer.status", b"{}"))
         shown = json.loads(await client.call(RUNS_SHOW, json.dumps({"run_id": tariff.body["run_id"]}).encode()))
         reply = OperatorReply.model_validate_json(await client.call(OperatorRpc.STOP_MPC, b"{}"))
+        listing = await _cli(tmp_path, amqp_url, "plans")
+        table = await _cli(tmp_path, amqp_url, "plans", "show", str(tariff.body["run_id"]))
 
     assert status["service"] == "optimizer"
     assert shown["run"]["run_id"] == tariff.body["run_id"]
@@ -352,3 +359,27 @@ async def test_the_rpc_queue_serves_status_and_the_runs_of_the_cli(optimizer: Op
     assert plan["device"] == "alpha.bess" and len(plan["setpoints_kw"]) == 144
     assert len(shown["sites"][0]["devices"][0]["soc_pct"]) == 144
     assert reply.status == 200 and reply.body["stopped"] is False
+    assert tariff.body["run_id"] in listing and "tariff" in listing and "optimal" in listing
+    lines = table.splitlines()
+    assert lines[0].startswith(f"run {tariff.body['run_id']} (tariff): optimal")
+    assert "alpha.bess at alpha (plan version 1)" in lines
+    header = lines.index("alpha.bess at alpha (plan version 1)") + 1
+    assert lines[header].split() == ["TIME", "SETPOINT", "KW", "SOC", "%"]
+    assert lines[header + 2].startswith("2026-12-08 00:00:00")
+    assert len(lines) - header - 2 >= 144
+
+
+async def _cli(directory: Path, amqp_url: str, *arguments: str) -> str:
+    """Run the gridloop CLI as a process (it imports no service), in ``directory`` so its dev files land there."""
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("GRIDLOOP_")}
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("gridloop")),
+        *arguments,
+        env={**environment, "GRIDLOOP_AMQP_URL": amqp_url},
+        cwd=directory,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    output, errors = await process.communicate()
+    assert process.returncode == 0, errors.decode()
+    return output.decode()
