@@ -150,12 +150,20 @@ def mpc_body(**overrides: Any) -> dict[str, Any]:
 
 async def test_a_time_of_use_tariff_charges_the_battery_cheap_and_discharges_it_dear(optimizer: Optimizer) -> None:
     await add_site(optimizer.pool, "alpha", battery=BATTERY)
+    await optimizer.pool.execute(
+        "INSERT INTO flux.mg_device_registry (name, type, site, metadata)"
+        """ VALUES ('alpha.unsized', 'bess', 'alpha', '{"max_power_kw": 5}')"""
+    )
 
     reply = await optimizer.ask(OperatorRpc.TIME_OF_USE_TARIFF, TOU)
 
     assert reply.status == 200, reply.body
     body = reply.body
     assert body["date"] == "2026-12-08" and body["state"] == "optimal"
+    # A battery whose size the registry does not give is left out and reported, never guessed.
+    assert body["left_out"] == [
+        {"site": "alpha", "device": "alpha.unsized", "reason": "metadata.capacity_kwh is missing"}
+    ]
     prices = body["prices"]
     assert isinstance(prices, list) and len(prices) == 144
     assert (

@@ -229,7 +229,8 @@ class MpcService:
                 return
             await self._sleep_until(due)
             try:
-                await self.tick(live.session_id, max(due, self._clock.now()))
+                if await self.tick(live.session_id, max(due, self._clock.now())) is None:
+                    return  # over (its stop passed) or stopped: the session is ended already
             except Refusal as refusal:
                 # No price for a step any more: this re-plan is skipped; the last plan's steps expire.
                 logger.warning(
