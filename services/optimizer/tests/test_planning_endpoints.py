@@ -391,3 +391,20 @@ async def _cli(directory: Path, amqp_url: str, *arguments: str) -> str:
     output, errors = await process.communicate()
     assert process.returncode == 0, errors.decode()
     return output.decode()
+
+
+async def test_an_mpc_replaced_without_storage_returns_the_battery_to_its_default(optimizer: Optimizer) -> None:
+    await add_site(optimizer.pool, "alpha", battery=BATTERY)
+    first = await optimizer.ask(OperatorRpc.CALCULATE_MPC, mpc_body())
+    await optimizer.published()
+
+    replaced = await optimizer.ask(OperatorRpc.CALCULATE_MPC, mpc_body(electric_storage=False))
+
+    assert replaced.status == 200
+    [site] = replaced.body["sites"]  # type: ignore[misc]
+    assert site["devices"] == [] and site["import_kw"] == [2.0] * 6
+    [empty] = await optimizer.published()
+    assert empty.device_name == "alpha.bess" and empty.steps == []
+    assert len(optimizer.mpc.active()) == 1
+    states = dict(await optimizer.pool.fetch("SELECT run_id::text, state FROM optimizer.runs"))
+    assert states == {first.body["run_id"]: "stopped", replaced.body["run_id"]: "optimal"}

@@ -117,12 +117,25 @@ class MpcService:
         )
         for old in replaced:
             await self._forget(old.session_id)
-        await self._planning.optimizer.stop_runs(RunKind.MPC, scope, now, reason="replaced by a new MPC")
+        replaced_runs = await self._planning.optimizer.stop_runs(
+            RunKind.MPC, scope, now, reason="replaced by a new MPC"
+        )
         live = _LiveMpc(session.session_id, request, scope, self._planning.new_solver())
         self._live[session.session_id] = live
         result = await self._plan(live, sites, now)
         if result is None:  # the stop passed while it was being stored
             raise Refusal(422, "invalid_request", "stop: the MPC's stop has already passed", field="stop")
+        # A device the replaced MPC planned and this one does not (electric_storage false, a battery left
+        # out) returns to its default now rather than when the old plan's steps run out.
+        planned = {device for _, device in result.devices}
+        orphans = await self._devices_of(replaced_runs)
+        result.unpublished += await self._planning.publish(
+            [
+                empty_plan(RunKind.MPC, run_id, device, issued_at=now)
+                for device, run_id in sorted(orphans.items())
+                if device not in planned
+            ]
+        )
         live.task = asyncio.create_task(self._run(live), name=f"mpc-{session.session_id}")
         return result
 
@@ -142,10 +155,7 @@ class MpcService:
         for session in ended:
             await self._forget(session.session_id)
         run_ids = await self._planning.optimizer.stop_runs(RunKind.MPC, key, now, reason=_STOPPED_BY_REQUEST)
-        devices: dict[str, UUID] = {}
-        for run_id in run_ids:
-            for plan in await self._planning.optimizer.plans_of_run(run_id):
-                devices[plan.device] = run_id
+        devices = await self._devices_of(run_ids)
         unpublished = await self._planning.publish(
             [empty_plan(RunKind.MPC, run_id, device, issued_at=now) for device, run_id in sorted(devices.items())]
         )
@@ -161,6 +171,14 @@ class MpcService:
         if unpublished:
             body["unpublished"] = unpublished
         return body
+
+    async def _devices_of(self, run_ids: Sequence[UUID]) -> dict[str, UUID]:
+        """The devices the runs planned, each with the run that planned it."""
+        devices: dict[str, UUID] = {}
+        for run_id in run_ids:
+            for plan in await self._planning.optimizer.plans_of_run(run_id):
+                devices[plan.device] = run_id
+        return devices
 
     async def resume(self, *, now: datetime) -> list[UUID]:
         """After a restart: fail the runs nobody is solving, finish the MPCs past their stop, resume the others."""
@@ -266,6 +284,7 @@ class MpcService:
                     import_limits=limits,
                     kept_steps=kept,
                     live_load=True,
+                    with_batteries=request.electric_storage,
                 )
             )
         return horizons

@@ -89,6 +89,7 @@ class SiteHorizon:
     import_limits: Sequence[float | None]
     kept_steps: int
     live_load: bool = False  # take the first step's load from the site meter when it is fresh
+    with_batteries: bool = True  # False: plan the site without its batteries (MPC electric_storage false)
 
     @property
     def steps(self) -> int:
@@ -204,7 +205,7 @@ class PlanningRun:
                 now=now,
                 time_zone=horizon.site.zone,
             )
-            site_batteries = batteries.by_site.get(name, [])
+            site_batteries = batteries.by_site.get(name, []) if horizon.with_batteries else []
             load = list(forecast.load.values)
             pv = list(forecast.pv.values)
             if horizon.live_load:
