@@ -31,7 +31,7 @@ def test_batteries_without_capacity_power_reading_or_with_refused_metadata_are_l
 
     [battery] = found.by_site["alpha"]
     assert (battery.name, battery.capacity_kwh, battery.max_charge_kw, battery.max_discharge_kw) == ("good", 9.0, 5, 5)
-    assert (battery.reserve_pct, battery.soc_initial_pct) == (20, 40.0)
+    assert (battery.reserve_pct, battery.soc_initial_pct, battery.soc_target_pct) == (20, 40.0, 40.0)
     reasons = {each.device: each.reason for each in found.left_out}
     assert reasons["no-capacity"] == "metadata.capacity_kwh is missing"
     assert reasons["no-power"] == "metadata.max_power_kw is missing"

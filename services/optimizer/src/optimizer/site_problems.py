@@ -76,13 +76,18 @@ def plannable_batteries(registered: Sequence[RegisteredBattery], states: Mapping
             found.left_out.append(LeftOut(device.site, device.name, "no state-of-charge reading yet"))
             continue
         health = (metadata.state_of_health_percentage or 100.0) / 100.0
+        soc = min(100.0, max(0.0, state.soc_pct))
         battery = Battery(
             name=device.name,
             capacity_kwh=metadata.capacity_kwh * health,
             max_charge_kw=metadata.max_power_kw,
             max_discharge_kw=metadata.max_power_kw,
-            soc_initial_pct=min(100.0, max(0.0, state.soc_pct)),
+            soc_initial_pct=soc,
             reserve_pct=metadata.backup_reserve_percentage or 0.0,
+            # Ends the horizon with at least the energy it starts with (soft): without a feed-in price,
+            # energy sent to the grid is worth nothing, and a plan free to drain the battery may do so for
+            # no gain. So a plan stores energy cheap and spends it dear, and leaves the battery as full.
+            soc_target_pct=soc,
         )
         found.by_site.setdefault(device.site, []).append(battery)
     return found
