@@ -145,6 +145,9 @@ class MpcService:
         if live is None:
             return None
         lookup = await self._planning.optimizer.sites(None if live.scope is None else list(live.scope))
+        if not lookup.found:
+            # Its sites are gone from the registry: this re-plan is skipped, the MPC carries on until its stop.
+            raise Refusal(409, "no_sites", "no site of this MPC's scope is registered any more")
         return await self._plan(live, list(lookup.found.values()), now)
 
     async def stop(self, scope: Sequence[str] | None, *, now: datetime) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from uuid import UUID
 from gridloop_common.contracts import SiteParameters, routing
 from gridloop_common.contracts.plans import DevicePlan, PlanKind, PlanStep
 from gridloop_common.messaging import Publisher, PublishError
-from optimizer.problem import Plan, PlanStatus, SiteProblem
+from optimizer.problem import Plan, PlanStatus, ProblemError, SiteProblem
 from optimizer.repository import (
     ForecastRepository,
     OptimizerRepository,
@@ -219,21 +219,20 @@ class PlanningRun:
                 )
                 load[0] = load[0] if measured is None else measured
             limits = [_tighter(limit, horizon.site.import_limit_kw) for limit in horizon.import_limits]
-            problems.append(
-                (
-                    name,
-                    site_problem(
-                        start=horizon.start,
-                        step=horizon.step,
-                        prices=horizon.prices,
-                        load_kw=load,
-                        pv_kw=pv,
-                        batteries=site_batteries,
-                        import_limit_kw=limits,
-                        export_limit_kw=horizon.site.export_limit_kw,
-                    ),
+            try:
+                problem = site_problem(
+                    start=horizon.start,
+                    step=horizon.step,
+                    prices=horizon.prices,
+                    load_kw=load,
+                    pv_kw=pv,
+                    batteries=site_batteries,
+                    import_limit_kw=limits,
+                    export_limit_kw=horizon.site.export_limit_kw,
                 )
-            )
+            except ProblemError as error:
+                raise Refusal(422, "invalid_request", f"site {name}: {error}", field=error.field) from error
+            problems.append((name, problem))
         digest = digest_inputs(
             {
                 "kind": kind.value,
