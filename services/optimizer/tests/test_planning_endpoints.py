@@ -408,3 +408,38 @@ async def test_an_mpc_replaced_without_storage_returns_the_battery_to_its_defaul
     assert len(optimizer.mpc.active()) == 1
     states = dict(await optimizer.pool.fetch("SELECT run_id::text, state FROM optimizer.runs"))
     assert states == {first.body["run_id"]: "stopped", replaced.body["run_id"]: "optimal"}
+
+
+async def test_each_site_is_planned_on_its_local_day_within_its_own_import_limit(optimizer: Optimizer) -> None:
+    await add_site(optimizer.pool, "alpha", battery=BATTERY)
+    await add_site(optimizer.pool, "toronto", load_kw=2.0)
+    await optimizer.pool.execute(
+        "UPDATE flux.mg_sites SET timezone = 'America/Toronto', import_limit_kw = 1.5 WHERE name = 'toronto'"
+    )
+
+    reply = await optimizer.ask(OperatorRpc.TIME_OF_USE_TARIFF, TOU)
+
+    assert reply.status == 200, reply.body
+    # The peak is 16:00-21:00 wall-clock time at each site, so both local days have the same vector (one
+    # list); in real time Toronto's day, and its peak, start five hours later.
+    prices = reply.body["prices"]
+    assert isinstance(prices, list) and prices[16 * 6] == 0.25 and prices[16 * 6 - 1] == 0.05
+    sites = {entry["site"]: entry for entry in reply.body["sites"]}  # type: ignore[union-attr]
+    assert sites["alpha"]["starts_at"] == "2026-12-08T00:00:00+00:00"
+    assert sites["toronto"]["starts_at"] == "2026-12-08T05:00:00+00:00"
+    limits = {(v["limit"], v["amount"]) for v in sites["toronto"]["violations"]}
+    assert limits == {("import_limit", 0.5)} and len(sites["toronto"]["violations"]) == 144
+    assert sites["alpha"]["violations"] == []
+
+
+async def test_a_day_already_over_at_one_site_of_the_scope_is_refused(optimizer: Optimizer) -> None:
+    await add_site(optimizer.pool, "kiritimati")
+    await optimizer.pool.execute("UPDATE flux.mg_sites SET timezone = 'Pacific/Kiritimati'")
+
+    # 12:03 UTC on the 7th is 02:03 on the 8th at UTC+14: the 7th is over there, not everywhere.
+    reply = await optimizer.ask(OperatorRpc.FLAT_TARIFF, {"date": "2026-12-07T00:00:00Z"})
+
+    assert reply.status == 422
+    assert reply.body["errors"] == [
+        {"field": "date", "message": "date: 2026-12-07 is already over at site kiritimati (Pacific/Kiritimati)"}
+    ]
