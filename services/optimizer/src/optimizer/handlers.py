@@ -159,7 +159,8 @@ class Handlers:
 
     async def _sites(self, scope: Sequence[str] | None) -> list[SiteParameters]:
         lookup = await self._planning.optimizer.sites(scope)
-        for name, error in lookup.refused.items():
+        if lookup.refused:
+            name, error = next(iter(lookup.refused.items()))
             raise Refusal(409, "site_refused", f"site {name}: {error}", field="site")
         if scope is not None:
             unknown = [name for name in scope if name not in lookup.found]

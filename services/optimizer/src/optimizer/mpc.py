@@ -122,7 +122,15 @@ class MpcService:
         )
         live = _LiveMpc(session.session_id, request, scope, self._planning.new_solver())
         self._live[session.session_id] = live
-        result = await self._plan(live, sites, now)
+        try:
+            result = await self._plan(live, sites, now)
+        except BaseException:
+            # No first plan, no MPC: a session left active would be resumed by the next process.
+            self._live.pop(session.session_id, None)
+            await repository.end_mpc_session(
+                session.session_id, at=now, state="stopped", reason="its first plan could not be made"
+            )
+            raise
         if result is None:  # the stop passed while it was being stored
             raise Refusal(422, "invalid_request", "stop: the MPC's stop has already passed", field="stop")
         # A device the replaced MPC planned and this one does not (electric_storage false, a battery left
@@ -203,6 +211,8 @@ class MpcService:
                 logger.warning(
                     "resumed MPC could not plan", extra={"session": str(session.session_id), "reason": refusal.message}
                 )
+            except Exception:  # the next interval tries again; start-up must not fail on one MPC
+                logger.exception("resumed MPC could not plan", extra={"session": str(session.session_id)})
             live.task = asyncio.create_task(self._run(live), name=f"mpc-{session.session_id}")
             resumed.append(session.session_id)
         return resumed
