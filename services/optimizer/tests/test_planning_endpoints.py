@@ -443,3 +443,23 @@ async def test_a_day_already_over_at_one_site_of_the_scope_is_refused(optimizer:
     assert reply.body["errors"] == [
         {"field": "date", "message": "date: 2026-12-07 is already over at site kiritimati (Pacific/Kiritimati)"}
     ]
+
+
+async def test_mpc_steps_before_the_first_price_take_the_tariff_in_force_else_409(optimizer: Optimizer) -> None:
+    await add_site(optimizer.pool, "alpha", battery=BATTERY)
+    late_prices = {"2026-12-07T12:30:00Z": 0.3}
+
+    refused = await optimizer.ask(OperatorRpc.CALCULATE_MPC, mpc_body(prices=late_prices))
+    assert refused.status == 409 and refused.body["error"] == "no_prices"
+    assert refused.body["errors"][0]["field"] == "prices"  # type: ignore[index]
+    assert optimizer.mpc.active() == []
+
+    await optimizer.ask(OperatorRpc.FLAT_TARIFF, {"flat_price": 0.1, "date": "2026-12-07T00:00:00Z"})
+    await optimizer.published()
+    started = await optimizer.ask(OperatorRpc.CALCULATE_MPC, mpc_body(prices=late_prices))
+
+    assert started.status == 200, started.body
+    # Cheap (the tariff's 0.1) for the two steps before 12:30, dear (0.3) after: it charges first.
+    [plan] = await optimizer.published()
+    assert [step.power_w > 0 for step in plan.steps[:2]] == [True, True]
+    assert all(step.power_w <= 0 for step in plan.steps[2:])
