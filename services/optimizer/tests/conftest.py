@@ -7,15 +7,20 @@ flux.mg_device_registry, which the optimizer reads.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
 
+from gridloop_common.contracts import routing
 from gridloop_common.db import migrate_database, open_pool
+from gridloop_common.messaging import Broker, open_broker
+from gridloop_common.settings import AmqpSettings
 
 _TABLES = (
-    "optimizer.plans, optimizer.runs, optimizer.tariffs, optimizer.external_forecasts, flux.mg_sites,"
+    "optimizer.run_details, optimizer.mpc_sessions, optimizer.plans, optimizer.runs, optimizer.tariffs,"
+    " optimizer.external_forecasts, flux.mg_sites,"
     " flux.mg_device_registry, flux.mg_meter_readings, flux.mg_bess_readings, flux.meter_reading_rollups"
 )
 
@@ -50,3 +55,13 @@ async def pool(optimizer_database_url: str) -> AsyncIterator[asyncpg.Pool]:
     async with open_pool(optimizer_database_url, min_size=1, max_size=4) as opened:
         await opened.execute(f"TRUNCATE {_TABLES}")
         yield opened
+
+
+@pytest.fixture
+async def plan_broker(amqp_url: str) -> AsyncIterator[tuple[Broker, str]]:
+    """The test vhost's broker, and a queue bound to every device plan on gridloop.devices (what a scheduler reads)."""
+    async with open_broker(AmqpSettings(amqp_url=amqp_url), client_name="test-optimizer", url=amqp_url) as broker:
+        observed = f"test.plans.{uuid.uuid4().hex[:8]}"
+        queue = await broker.channel.declare_queue(observed, exclusive=True)
+        await queue.bind(routing.DEVICES_EXCHANGE, routing_key=routing.RoutingKeys.DEVICE_PLAN_ALL)
+        yield broker, observed

@@ -20,7 +20,10 @@ from gridloop_common.db import (
 )
 from gridloop_common.messaging import open_broker, rpc_handler
 from gridloop_common.observability import Health, configure_logging, health_routes, serve_http
-from optimizer import handlers
+from optimizer.handlers import Handlers
+from optimizer.mpc import MpcService
+from optimizer.planning_runs import PlanningRun
+from optimizer.repository import ForecastRepository, OptimizerRepository, PlanningRepository
 from optimizer.settings import OptimizerSettings
 
 __all__ = ["SERVICE", "migrate", "run"]
@@ -78,10 +81,25 @@ async def run(settings: OptimizerSettings, *, clock: Clock | None = None) -> Non
                 settings=settings.http,
             )
         )
+        forecasts = ForecastRepository(pool)
+        planning = PlanningRun(
+            optimizer=OptimizerRepository(pool),
+            planning=PlanningRepository(pool),
+            forecasts=forecasts,
+            publisher=broker.publisher,
+            time_limit_s=settings.optimizer_time_limit_s,
+        )
+        mpc = MpcService(planning, clock)
+        stack.push_async_callback(mpc.close)
+        # The MPCs the previous process ran carry on (mpc.py: what a restart does).
+        resumed = await mpc.resume(now=clock.now())
+        if resumed:
+            logger.info("MPCs resumed", extra={"sessions": [str(session) for session in resumed]})
+        handlers = Handlers(planning=planning, mpc=mpc, forecasts=forecasts, clock=clock)
         await stack.enter_async_context(
             broker.consumer(
                 routing.Queues.OPTIMIZER_RPC,
-                rpc_handler(broker.publisher, handlers.serve_request),
+                rpc_handler(broker.publisher, handlers.serve),
                 drain_timeout_s=settings.observability.shutdown_timeout_s,
             )
         )

@@ -28,10 +28,15 @@ from optimizer.forecasts import ExternalForecast, StepSeries, step_series
 from optimizer.tariffs import Tariff
 
 __all__ = [
+    "BatteryState",
     "ForecastRepository",
+    "MeterState",
+    "MpcSession",
     "OptimizerRepository",
     "PlanVersion",
     "PlanWrite",
+    "PlanningRepository",
+    "RegisteredBattery",
     "RunKind",
     "RunOutcome",
     "RunRecord",
@@ -755,3 +760,210 @@ class ForecastRepository:
             )
             for row in rows
         ]
+
+
+# ---- what plans start from: batteries, live state, MPC sessions ----
+
+
+@dataclass(frozen=True)
+class RegisteredBattery:
+    """An active battery of the registry, its metadata as stored (checked by DeviceMetadata, not here)."""
+
+    name: str
+    site: str
+    metadata: object
+
+
+@dataclass(frozen=True)
+class BatteryState:
+    """A battery's latest reading: state of energy (percent) and power (kW, positive charging)."""
+
+    name: str
+    time: datetime
+    soc_pct: float
+    power_kw: float
+
+
+@dataclass(frozen=True)
+class MeterState:
+    """A site meter's latest reading: power at the grid connection (kW, positive importing)."""
+
+    site: str
+    time: datetime
+    power_kw: float
+
+
+@dataclass(frozen=True)
+class MpcSession:
+    session_id: UUID
+    scope: tuple[str, ...] | None
+    request: dict[str, Any]
+    state: str
+    reason: str | None
+    created_at: datetime
+    stops_at: datetime
+    last_run_id: UUID | None
+    last_planned_at: datetime | None
+    ended_at: datetime | None
+
+
+_SESSION_COLUMNS = (
+    "session_id, scope, request, state, reason, created_at, stops_at, last_run_id, last_planned_at, ended_at"
+)
+
+
+def _session(row: Mapping[str, Any]) -> MpcSession:
+    return MpcSession(
+        session_id=row["session_id"],
+        scope=None if row["scope"] is None else tuple(row["scope"]),
+        request=dict(row["request"]),
+        state=row["state"],
+        reason=row["reason"],
+        created_at=row["created_at"],
+        stops_at=row["stops_at"],
+        last_run_id=row["last_run_id"],
+        last_planned_at=row["last_planned_at"],
+        ended_at=row["ended_at"],
+    )
+
+
+class PlanningRepository:
+    """The inputs of a plan from schema flux (batteries, their latest SoC, site meters) and the MPC sessions."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def batteries(self, sites: Sequence[str]) -> list[RegisteredBattery]:
+        """The active batteries of ``sites``, by site and name."""
+        rows = await self._pool.fetch(
+            "SELECT name, site, metadata FROM flux.mg_device_registry"
+            " WHERE type = 'bess' AND active AND site = ANY ($1::text[]) ORDER BY site, name",
+            list(sites),
+        )
+        return [RegisteredBattery(row["name"], row["site"], row["metadata"]) for row in rows]
+
+    async def battery_states(self, names: Sequence[str]) -> dict[str, BatteryState]:
+        """Each named battery's latest reading of flux.mg_bess_readings; a battery without one is absent."""
+        rows = await self._pool.fetch(
+            "SELECT registry.name, reading.time, reading.soe, reading.target_power"
+            " FROM flux.mg_device_registry AS registry"
+            " CROSS JOIN LATERAL (SELECT time, soe, target_power FROM flux.mg_bess_readings AS bess"
+            "                     WHERE bess.device_id = registry.id ORDER BY time DESC LIMIT 1) AS reading"
+            " WHERE registry.name = ANY ($1::text[])",
+            list(names),
+        )
+        return {
+            row["name"]: BatteryState(row["name"], row["time"], float(row["soe"]), float(row["target_power"]))
+            for row in rows
+        }
+
+    async def meter_states(self, site_meters: Mapping[str, str]) -> dict[str, MeterState]:
+        """The latest ``power_total_active`` of each site's meter (``{site: meter name}``), when it has one."""
+        if not site_meters:
+            return {}
+        sites = list(site_meters)
+        rows = await self._pool.fetch(
+            "SELECT asked.site, reading.time, reading.power_total_active"
+            " FROM unnest($1::text[], $2::text[]) AS asked (site, meter)"
+            " JOIN flux.mg_device_registry AS registry ON registry.name = asked.meter"
+            " CROSS JOIN LATERAL (SELECT time, power_total_active FROM flux.mg_meter_readings AS meter"
+            "                     WHERE meter.device_id = registry.id AND power_total_active IS NOT NULL"
+            "                     ORDER BY time DESC LIMIT 1) AS reading",
+            sites,
+            [site_meters[site] for site in sites],
+        )
+        return {row["site"]: MeterState(row["site"], row["time"], float(row["power_total_active"])) for row in rows}
+
+    async def fail_unfinished_runs(self, at: datetime, reason: str) -> list[UUID]:
+        """Mark failed every run still 'running': after a restart nobody is solving it any more."""
+        rows = await self._pool.fetch(
+            "UPDATE optimizer.runs SET state = 'failed', reason = $2, finished_at = greatest(started_at, $1)"
+            " WHERE state = 'running' RETURNING run_id",
+            at,
+            reason,
+        )
+        return [row["run_id"] for row in rows]
+
+    async def start_mpc_session(
+        self, scope: Sequence[str] | None, request: Mapping[str, Any], *, at: datetime, stops_at: datetime
+    ) -> tuple[MpcSession, list[MpcSession]]:
+        """Record a new active MPC for ``scope``, ending the one active for the same scope (returned too)."""
+        stored_scope = _scope(scope)
+        async with self._pool.acquire() as connection, connection.transaction():
+            replaced = await connection.fetch(
+                "UPDATE optimizer.mpc_sessions SET state = 'stopped', reason = 'replaced', ended_at = $2"
+                " WHERE state = 'active' AND scope IS NOT DISTINCT FROM $1::text[]"
+                f" RETURNING {_SESSION_COLUMNS}",
+                stored_scope,
+                at,
+            )
+            row = await connection.fetchrow(
+                "INSERT INTO optimizer.mpc_sessions (scope, request, created_at, stops_at) VALUES ($1, $2, $3, $4)"
+                f" RETURNING {_SESSION_COLUMNS}",
+                stored_scope,
+                dict(request),
+                at,
+                stops_at,
+            )
+        assert row is not None  # INSERT ... RETURNING returns its row
+        return _session(row), [_session(each) for each in replaced]
+
+    async def end_mpc_sessions(
+        self, scope: Sequence[str] | None, *, at: datetime, state: str = "stopped", reason: str
+    ) -> list[MpcSession]:
+        """End the active MPC of ``scope`` (exactly that scope); returns what was ended."""
+        rows = await self._pool.fetch(
+            "UPDATE optimizer.mpc_sessions SET state = $3, reason = $4, ended_at = $2"
+            " WHERE state = 'active' AND scope IS NOT DISTINCT FROM $1::text[]"
+            f" RETURNING {_SESSION_COLUMNS}",
+            _scope(scope),
+            at,
+            state,
+            reason,
+        )
+        return [_session(row) for row in rows]
+
+    async def end_mpc_session(self, session_id: UUID, *, at: datetime, state: str, reason: str) -> bool:
+        """End one MPC if it is still active; False when it was not."""
+        row = await self._pool.fetchrow(
+            "UPDATE optimizer.mpc_sessions SET state = $3, reason = $4, ended_at = $2"
+            " WHERE session_id = $1 AND state = 'active' RETURNING session_id",
+            session_id,
+            at,
+            state,
+            reason,
+        )
+        return row is not None
+
+    async def record_mpc_run(self, session_id: UUID, run_id: UUID, planned_at: datetime) -> None:
+        await self._pool.execute(
+            "UPDATE optimizer.mpc_sessions SET last_run_id = $2, last_planned_at = $3 WHERE session_id = $1",
+            session_id,
+            run_id,
+            planned_at,
+        )
+
+    async def mpc_session(self, session_id: UUID) -> MpcSession | None:
+        row = await self._pool.fetchrow(
+            f"SELECT {_SESSION_COLUMNS} FROM optimizer.mpc_sessions WHERE session_id = $1", session_id
+        )
+        return None if row is None else _session(row)
+
+    async def active_mpc_sessions(self) -> list[MpcSession]:
+        rows = await self._pool.fetch(
+            f"SELECT {_SESSION_COLUMNS} FROM optimizer.mpc_sessions WHERE state = 'active' ORDER BY created_at"
+        )
+        return [_session(row) for row in rows]
+
+    async def store_run_details(self, run_id: UUID, sites: Sequence[Mapping[str, Any]]) -> None:
+        """What a run planned per site (optimizer.run_details), written once the run is finished."""
+        await self._pool.execute(
+            "INSERT INTO optimizer.run_details (run_id, sites) VALUES ($1, $2)"
+            " ON CONFLICT (run_id) DO UPDATE SET sites = excluded.sites",
+            run_id,
+            [dict(site) for site in sites],
+        )
+
+    async def run_details(self, run_id: UUID) -> list[dict[str, Any]] | None:
+        sites = await self._pool.fetchval("SELECT sites FROM optimizer.run_details WHERE run_id = $1", run_id)
+        return None if sites is None else [dict(site) for site in sites]

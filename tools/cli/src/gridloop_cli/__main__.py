@@ -15,7 +15,7 @@ from pathlib import Path
 
 import asyncpg
 
-from gridloop_cli import commands, keys, stack, status
+from gridloop_cli import commands, keys, plans, stack, status
 from gridloop_cli.services import SERVICES, SIMULATED_DEVICES
 from gridloop_common.messaging import RpcError, UnroutableError
 
@@ -138,6 +138,28 @@ def _commands(environment: dict[str, str], action: list[str], limit: int) -> int
     return 0
 
 
+def _plans(environment: dict[str, str], action: list[str], limit: int) -> int:
+    amqp_url = environment.get("GRIDLOOP_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    try:
+        if action[:1] == ["show"] and len(action) == 2:
+            answer = asyncio.run(
+                commands.fetch(amqp_url=amqp_url, routing_key=plans.RUNS_SHOW, request={"run_id": action[1]})
+            )
+            print(plans.render_show(answer))
+        elif not action:
+            answer = asyncio.run(
+                commands.fetch(amqp_url=amqp_url, routing_key=plans.RUNS_LIST, request={"limit": limit})
+            )
+            print(plans.render_list(answer))
+        else:
+            print("usage: gridloop plans [show RUN_ID]", file=sys.stderr)
+            return 2
+    except (RpcError, UnroutableError) as error:
+        print(f"gridloop: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _plan(scenario: str, out: str | None, repetitions: int) -> int:
     """Solve one scenario file with the optimizer's own command, run as a process: the CLI imports no
     service (import-linter contract), it runs them, as `migrate` does."""
@@ -182,6 +204,9 @@ def main(argv: list[str] | None = None) -> None:
     listing = subcommands.add_parser("commands", help="the scheduler's commands; `commands show ID` for one's history")
     listing.add_argument("action", nargs="*", help="nothing, or: show COMMAND_ID")
     listing.add_argument("--limit", type=int, default=50, help="most commands listed")
+    runs = subcommands.add_parser("plans", help="the optimizer's runs; `plans show RUN_ID` for one run's plan")
+    runs.add_argument("action", nargs="*", help="nothing, or: show RUN_ID")
+    runs.add_argument("--limit", type=int, default=20, help="most runs listed")
     subcommands.add_parser("asyncapi", help="print the AsyncAPI 3 description (docs/asyncapi.yaml)")
     subcommands.add_parser("keys", help="print anon, authenticated, service_role and grid_operator API keys")
     plan = subcommands.add_parser("plan", help="solve a bess-arbitrage-scenario/1 file, write its result file")
@@ -206,6 +231,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(_status(environment))
     if arguments.command == "commands":
         raise SystemExit(_commands(environment, arguments.action, arguments.limit))
+    if arguments.command == "plans":
+        raise SystemExit(_plans(environment, arguments.action, arguments.limit))
     if arguments.command == "keys":
         raise SystemExit(_keys(environment))
     if arguments.command == "sim":

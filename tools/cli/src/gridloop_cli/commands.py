@@ -13,7 +13,7 @@ __all__ = ["fetch", "render_list", "render_show"]
 
 
 async def fetch(*, amqp_url: str, routing_key: str, request: dict[str, Any], timeout_s: float = 5.0) -> dict[str, Any]:
-    """Ask the scheduler; raises RpcError (RpcTimeout when it does not answer)."""
+    """Ask a service over RPC; raises RpcError (RpcTimeout when it does not answer)."""
     settings = AmqpSettings(amqp_url=amqp_url)
     async with (
         open_broker(settings, client_name="gridloop-cli", startup_timeout_s=5.0, url=amqp_url) as broker,
