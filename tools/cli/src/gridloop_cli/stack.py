@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from gridloop_cli import demo, keys
 from gridloop_cli.services import SERVICES, SIMULATORS, ServiceProcess
+from gridloop_common.clock import SystemClock
 
 __all__ = ["Supervisor", "format_line"]
 
@@ -74,6 +76,7 @@ class Supervisor:
         secrets = self._environment.get("GRIDLOOP_WEBHOOK_SECRET", "").replace(",", " ").split()
         self._environment.setdefault("GRIDLOOP_WEBHOOK_SECRET_FIRST", secrets[0] if secrets else "")
         self._grace_period_s = grace_period_s
+        self._with_simulators = with_simulators and processes is None
         self._stopping = False
         self._width = max(len(spec.name) for spec in specs)
         self._colour = sys.stdout.isatty()
@@ -177,6 +180,16 @@ class Supervisor:
         if still_running:
             await asyncio.wait(still_running, timeout=5)
 
+    async def _post_demo_tariff(self) -> None:
+        """Give the simulated battery a plan to follow (gridloop_cli.demo)."""
+        secret = self._environment.get("GRIDLOOP_JWT_SECRET")
+        if not secret:
+            self._print(None, "demo: GRIDLOOP_JWT_SECRET is not set; no tariff posted")
+            return
+        port = self._environment.get("GRIDLOOP_GATEWAY_PORT", "8080")
+        key = keys.make_key(secret=secret, role="grid_operator", valid_days=1)
+        self._print(None, await demo.post_demo_tariff(f"http://127.0.0.1:{port}", key=key, clock=SystemClock()))
+
     async def run(self, *, ready_timeout_s: float = 60.0, exit_when_ready: bool = False) -> int:
         """Run until a signal arrives (or, with ``exit_when_ready``, until all services are ready)."""
         loop = asyncio.get_running_loop()
@@ -200,6 +213,9 @@ class Supervisor:
                 "upstream sim http://127.0.0.1:8090  status: `gridloop status`  stop: Ctrl-C",
             )
             outcome = 0
+            if self._with_simulators and not exit_when_ready:
+                # A task, so Ctrl-C is not held up while the demo waits for the battery's first reading.
+                watchers.append(asyncio.create_task(self._post_demo_tariff()))
         if not exit_when_ready:
             await stop_requested.wait()
         await self.stop()
