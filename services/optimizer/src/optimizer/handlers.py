@@ -41,8 +41,8 @@ __all__ = ["RUNS_LIST", "RUNS_SHOW", "STATUS", "Handlers", "put_external_forecas
 
 STATUS: Final = "optimizer.status"
 # `gridloop plans` (tools/cli): the recent runs, and one run's plans.
-RUNS_LIST: Final = "optimizer.runs.list"
-RUNS_SHOW: Final = "optimizer.runs.show"
+RUNS_LIST: Final = RoutingKeys.OPTIMIZER_RUNS_LIST
+RUNS_SHOW: Final = RoutingKeys.OPTIMIZER_RUNS_SHOW
 _DAY_AHEAD_STEPS: Final = 144
 _STATUS_RUNS: Final = 20
 

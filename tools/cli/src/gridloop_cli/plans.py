@@ -6,11 +6,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from gridloop_cli.status import table
+from gridloop_common.contracts.routing import RoutingKeys
 
 __all__ = ["RUNS_LIST", "RUNS_SHOW", "render_list", "render_show"]
 
-RUNS_LIST = "optimizer.runs.list"
-RUNS_SHOW = "optimizer.runs.show"
+RUNS_LIST = RoutingKeys.OPTIMIZER_RUNS_LIST
+RUNS_SHOW = RoutingKeys.OPTIMIZER_RUNS_SHOW
 
 
 def _short_time(value: Any) -> str:

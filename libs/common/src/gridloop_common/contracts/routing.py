@@ -61,6 +61,9 @@ class RoutingKeys:
     OPTIMIZER_ALL: Final = "optimizer.#"
     # An external load or PV forecast for a site (contracts.forecasts.ExternalForecastRequest).
     OPTIMIZER_FORECASTS_PUT: Final = "optimizer.forecasts.put"
+    # `gridloop plans`: the optimizer's runs, and one run's plan.
+    OPTIMIZER_RUNS_LIST: Final = "optimizer.runs.list"
+    OPTIMIZER_RUNS_SHOW: Final = "optimizer.runs.show"
     SCHEDULER_RPC_ALL: Final = "scheduler.#"
 
 
