@@ -200,7 +200,8 @@ async def test_with_the_optimizer_dead_no_setpoint_outlives_its_step(stack: Stac
     assert int(battery.raw(STORAGE, "StorCtl_Mod")) != 0
 
     await eventually(
-        lambda: _released(battery), timeout_s=(step_ends - datetime.now(tz=UTC)).total_seconds() + 15,
+        lambda: _released(battery),
+        timeout_s=(step_ends - datetime.now(tz=UTC)).total_seconds() + 15,
         what="the battery released after the step's end",
     )
     assert datetime.now(tz=UTC) >= step_ends, "released before its step ended"
