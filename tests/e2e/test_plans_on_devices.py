@@ -6,8 +6,8 @@ runs here), and the site's load an external forecast put over RPC: export earns 
 discharges to serve load, and only charges when a dearer step follows where that load can use the energy.
 
 Every MPC here has 1-minute steps and a `start` in the past, so its first step ends within the minute and
-the test sees two steps in well under two minutes. Each re-plan of an MPC ends at least at the SoC it starts
-from, so a dear step is followed by a cheaper one, where the battery refills what it spent.
+the test sees two steps in well under two minutes. The dear step is followed by a less dear one, so the
+plan spends the charge in the dearest step rather than being indifferent between them.
 """
 
 from __future__ import annotations
