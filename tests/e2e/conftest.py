@@ -33,6 +33,7 @@ SCRIPTS = {
     "scheduler": ("gridloop-scheduler", "GRIDLOOP_SCHEDULER_PORT"),
     "scheduler-2": ("gridloop-scheduler", "GRIDLOOP_SCHEDULER_PORT"),
     "agent": ("gridloop-agent", "GRIDLOOP_AGENT_PORT"),
+    "optimizer": ("gridloop-optimizer", "GRIDLOOP_OPTIMIZER_PORT"),
 }
 
 
@@ -85,6 +86,7 @@ class Stack:
     batteries: dict[str, BatterySimulator] = field(default_factory=dict)
     processes: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
     logs: dict[str, Path] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
     log_dir: Path = Path(".")
 
     async def start(self, name: str) -> None:
@@ -100,6 +102,7 @@ class Stack:
         )
         handle.close()
         self.processes[name] = process
+        self.ports[name] = port
         async with httpx.AsyncClient(timeout=1.0) as client:
 
             async def ready() -> bool:
@@ -120,16 +123,23 @@ class Stack:
             await asyncio.wait_for(process.wait(), 25)
 
     async def add_battery(
-        self, name: str, *, max_power_kw: float = 5, soc: float = 60, **metadata: Any
+        self, name: str, *, max_power_kw: float = 5, soc: float = 60, site: str = "TEST", **metadata: Any
     ) -> BatterySimulator:
         simulator = BatterySimulator(port=0, max_power_w=max_power_kw * 1000, initial_soc_pct=soc)
         await simulator.__aenter__()
         self.batteries[name] = simulator
-        await self.register(name, port=simulator.port, max_power_kw=max_power_kw, **metadata)
+        await self.register(name, port=simulator.port, max_power_kw=max_power_kw, site=site, **metadata)
         return simulator
 
     async def register(
-        self, name: str, *, port: int, device_type: str = "bess", max_power_kw: float = 5, **extra: Any
+        self,
+        name: str,
+        *,
+        port: int,
+        device_type: str = "bess",
+        max_power_kw: float = 5,
+        site: str = "TEST",
+        **extra: Any,
     ) -> None:
         metadata = {
             "capacity_kwh": 13.5,
@@ -138,9 +148,10 @@ class Stack:
             **extra,
         }
         await self.pool.execute(
-            "INSERT INTO flux.mg_device_registry (name, type, site, metadata) VALUES ($1, $2, 'TEST', $3::jsonb)",
+            "INSERT INTO flux.mg_device_registry (name, type, site, metadata) VALUES ($1, $2, $3, $4::jsonb)",
             name,
             device_type,
+            site,
             json.dumps(metadata),
         )
 
@@ -171,6 +182,7 @@ async def stack(service_environment: dict[str, str], database_url: str, tmp_path
         "GRIDLOOP_SHUTDOWN_TIMEOUT_S": "5",
         "GRIDLOOP_LOG_LEVEL": "INFO",
     }
+    # The optimizer migrates its schema when it starts: only the tests that start it pay for it.
     for script in ("gridloop-ingest", "gridloop-scheduler"):
         subprocess.run([_script(script), "migrate"], env=environment, check=True, capture_output=True)
     async with UpstreamSimulator(webhook_secret=WEBHOOK_SECRET, retry_delays_s=(0.2, 0.5, 1, 2)) as upstream:
@@ -183,6 +195,11 @@ async def stack(service_environment: dict[str, str], database_url: str, tmp_path
         finally:
             for name in list(stack.processes):
                 await stack.stop(name, kill=True)
+            if "optimizer" in stack.logs:
+                # The database outlives the test: an MPC left active would be resumed by the next test's optimizer.
+                await pool.execute(
+                    "UPDATE optimizer.mpc_sessions SET state = 'stopped', ended_at = now() WHERE state = 'active'"
+                )
             for simulator in stack.batteries.values():
                 await simulator.__aexit__(None, None, None)
             await pool.close()

@@ -265,6 +265,44 @@ async def test_the_mpc_plans_at_once_replans_on_the_next_interval_and_stops_with
     assert session == "stopped"
 
 
+async def test_an_mpc_re_plan_spends_what_its_earlier_steps_stored(optimizer: Optimizer) -> None:
+    # Regression: each re-plan ended at least at the SoC it started from, so energy a cheap step stored was
+    # never spent in the dear steps after it (there was nothing cheap left to refill it with) and the MPC paid
+    # to charge for nothing. A re-plan ends at least at the SoC the MPC started with.
+    await add_site(optimizer.pool, "alpha", battery=BATTERY, load_kw=10.0)
+    start = datetime(2026, 12, 7, 12, 10, tzinfo=UTC)
+    # The dear step, then one a little cheaper: too dear to refill in (0.95 / 0.95**2 > 1), so a re-plan held
+    # to its own starting SoC stays idle; one held to the MPC's can spend the charge, and spends it first in
+    # the dearest step.
+    prices = {start.isoformat(): 0.01, (start + STEP).isoformat(): 1.0, (start + 2 * STEP).isoformat(): 0.95}
+    body = mpc_body(prices=prices)
+    body["stop"] = (start + 3 * STEP).isoformat()
+
+    started = await optimizer.ask(OperatorRpc.CALCULATE_MPC, body)
+
+    assert started.status == 200, started.body
+    first = started.body["sites"][0]["devices"][0]["setpoints"]  # type: ignore[index]
+    assert first[0] > 0  # stores the cheap energy for the dear steps
+    [session_id] = optimizer.mpc.active()
+    # The battery charged as planned: the next reading is higher than the MPC's first.
+    optimizer.clock.set(start + STEP)
+    charged = 50.0 + first[0] * (STEP / timedelta(hours=1)) / BATTERY["capacity_kwh"] * 100 * 0.95
+    await optimizer.pool.execute(
+        "INSERT INTO flux.mg_bess_readings (time, device_id, soe, target_power)"
+        " SELECT $1, id, $2, 0 FROM flux.mg_device_registry WHERE name = 'alpha.bess'",
+        start + STEP - timedelta(seconds=30),
+        charged,
+    )
+
+    replanned = await optimizer.mpc.tick(session_id, optimizer.clock.now())
+
+    assert replanned is not None
+    setpoints = replanned.sites[0]["devices"][0]["setpoints"]
+    assert setpoints[0] < 0, setpoints  # the dear step uses what was stored
+    assert replanned.sites[0]["devices"][0]["soc_pct"][-1] == pytest.approx(50.0, abs=0.01)
+    assert replanned.sites[0]["violations"] == []
+
+
 async def test_the_mpc_loop_replans_when_the_clock_reaches_the_next_step(optimizer: Optimizer) -> None:
     await add_site(optimizer.pool, "alpha", battery=BATTERY)
     await optimizer.ask(OperatorRpc.CALCULATE_MPC, mpc_body())

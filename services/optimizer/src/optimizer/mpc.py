@@ -88,6 +88,10 @@ class _LiveMpc:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     task: asyncio.Task[None] | None = None
     planned_from: datetime | None = None
+    # Each battery's SoC when this MPC first planned it: every re-plan ends at least there. A re-plan aiming
+    # at the SoC it starts from would never spend what an earlier step stored (export earns nothing, so
+    # spending now would need refilling within the horizon), and the MPC would pay to charge for nothing.
+    soc_targets: dict[str, float] = field(default_factory=dict)
 
 
 class MpcService:
@@ -241,8 +245,15 @@ class MpcService:
                 return None
             start = horizons[0].start
             result = await self._planning.run(
-                kind=RunKind.MPC, scope=live.scope, horizons=horizons, now=now, solver=live.solver
+                kind=RunKind.MPC,
+                scope=live.scope,
+                horizons=horizons,
+                now=now,
+                solver=live.solver,
+                soc_targets=live.soc_targets,
             )
+            for device, soc in result.starting_soc.items():
+                live.soc_targets.setdefault(device, soc)
             live.planned_from = start
             await self._planning.planning.record_mpc_run(live.session_id, result.run_id, start)
             return result

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Final, Protocol
@@ -106,6 +106,7 @@ class RunResult:
     left_out: list[LeftOut] = field(default_factory=list)
     unpublished: list[str] = field(default_factory=list)  # devices whose plan the broker did not confirm
     devices: list[tuple[str, str]] = field(default_factory=list)  # (site, device) planned
+    starting_soc: dict[str, float] = field(default_factory=dict)  # each planned battery's SoC at the start, %
 
     def summary(self) -> dict[str, Any]:
         """The fields every planning answer carries."""
@@ -184,12 +185,16 @@ class PlanningRun:
         day: date | None = None,
         iteration: int | None = None,
         tariff_id: UUID | None = None,
+        soc_targets: Mapping[str, float] | None = None,
     ) -> RunResult:
-        """Plan every horizon in one run; the run is stored before its plans are published."""
+        """Plan every horizon in one run; the run is stored before its plans are published.
+
+        Each battery ends the horizon with at least ``soc_targets[name]`` (%), else the SoC it starts with.
+        """
         names = [horizon.site.name for horizon in horizons]
         registered = await self.planning.batteries(names)
         states = await self.planning.battery_states([device.name for device in registered])
-        batteries = plannable_batteries(registered, states)
+        batteries = plannable_batteries(registered, states, soc_targets)
         meters = await self.planning.meter_states(
             {h.site.name: h.site.site_meter for h in horizons if h.live_load and h.site.site_meter}
         )
@@ -264,6 +269,9 @@ class PlanningRun:
         )
         result = RunResult(run_id=record.run_id, state=RunState.RUNNING, objective=None, reason=None)
         result.left_out = batteries.left_out
+        result.starting_soc = {
+            battery.name: battery.soc_initial_pct for name, problem in problems for battery in problem.batteries
+        }
         try:
             plans = await asyncio.to_thread(_solve_all, solver or self.new_solver(), problems, self.time_limit_s)
         except Exception as error:  # whatever a solve raises is this run's failure

@@ -55,9 +55,16 @@ class SiteBatteries:
     left_out: list[LeftOut] = field(default_factory=list)
 
 
-def plannable_batteries(registered: Sequence[RegisteredBattery], states: Mapping[str, BatteryState]) -> SiteBatteries:
+def plannable_batteries(
+    registered: Sequence[RegisteredBattery],
+    states: Mapping[str, BatteryState],
+    soc_targets: Mapping[str, float] | None = None,
+) -> SiteBatteries:
     """A ``Battery`` for each registered battery whose metadata gives its capacity and power and that has a
-    state-of-charge reading; the others are left out with the reason (the field the contract names)."""
+    state-of-charge reading; the others are left out with the reason (the field the contract names).
+
+    Each ends the horizon with at least ``soc_targets[name]`` (%) when given, else the SoC it starts with.
+    """
     found = SiteBatteries()
     for device in registered:
         try:
@@ -87,7 +94,7 @@ def plannable_batteries(registered: Sequence[RegisteredBattery], states: Mapping
             # Ends the horizon with at least the energy it starts with (soft): without a feed-in price,
             # energy sent to the grid is worth nothing, and a plan free to drain the battery may do so for
             # no gain. So a plan stores energy cheap and spends it dear, and leaves the battery as full.
-            soc_target_pct=soc,
+            soc_target_pct=min(100.0, max(0.0, (soc_targets or {}).get(device.name, soc))),
         )
         found.by_site.setdefault(device.site, []).append(battery)
     return found
