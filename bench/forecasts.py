@@ -28,6 +28,7 @@ import asyncio
 import json
 import platform
 import statistics
+import sys
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -40,7 +41,12 @@ from infrastructure import Infrastructure
 from gridloop_common.contracts.forecasts import ForecastQuantity
 from gridloop_common.db import migrate_database, open_pool
 from gridloop_simulators.site_history import synthetic_site_history
-from optimizer.forecasts import (
+
+# bench/optimizer.py is named like the optimizer package, and this script's folder is first on sys.path:
+# drop it (infrastructure is imported already) so that "optimizer" is the package.
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
+
+from optimizer.forecasts import (  # noqa: E402
     StepSeries,
     forecast_error,
     forecast_from_history,
@@ -48,7 +54,7 @@ from optimizer.forecasts import (
     persistence_forecast,
     seasonal_weights,
 )
-from optimizer.repository import ForecastRepository
+from optimizer.repository import ForecastRepository  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "forecasts.json"

@@ -251,3 +251,35 @@ async def test_a_tou_tariff_for_today_makes_the_battery_charge_in_the_cheap_wind
     (planned,) = tariff.json()["sites"]
     (device,) = planned["devices"]
     assert device["setpoints"][0] > 0 and min(device["setpoints"]) < 0, device["setpoints"]
+
+
+async def test_a_tou_tariff_whose_peak_holds_now_makes_the_battery_discharge_in_it(stack: Stack) -> None:
+    site, battery = await _site_with_battery(stack, soc=80)
+    now = datetime.now(tz=UTC)
+    zone = _zone_where_it_is_morning(now)
+    await stack.pool.execute("INSERT INTO flux.mg_sites (name, timezone) VALUES ($1, $2)", site, zone.key)
+    await _start_all(stack)
+    local_now = now.astimezone(zone)
+    midnight = local_now.replace(hour=0, minute=0, second=0, microsecond=0)
+    # The peak began before now and lasts into the afternoon; the evening is off-peak, to refill in.
+    start_peak = local_now.replace(second=0, microsecond=0) - timedelta(minutes=local_now.minute % 10 + 10)
+    await _put_load(stack, site, start=midnight, step_minutes=60, steps=24)
+
+    async with _operator(stack) as client:
+        tariff = await client.post(
+            "/toutariff",
+            json={
+                "site": site,
+                "date": midnight.isoformat(),
+                "start_peak": start_peak.isoformat(),
+                "stop_peak": (start_peak + timedelta(hours=4)).isoformat(),
+            },
+        )
+        assert tariff.status_code == 200, tariff.text
+        soc_before = battery.soc_pct
+        await eventually(lambda: battery.applied_power_w < 0, timeout_s=15, what="the battery discharging now")
+        await eventually(lambda: battery.soc_pct < soc_before, timeout_s=15, what="the battery's SoC falling")
+
+    (planned,) = tariff.json()["sites"]
+    (device,) = planned["devices"]
+    assert device["setpoints"][0] < 0 and max(device["setpoints"]) > 0, device["setpoints"]  # it refills later
