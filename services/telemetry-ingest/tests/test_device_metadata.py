@@ -62,6 +62,18 @@ EXAMPLES: list[tuple[str, str | None]] = [
     ('{"modbus": {"host": "h", "unit_id": true}}', "metadata.modbus.unit_id"),
     ('{"modbus": {"host": "h", "profile": 1}}', "metadata.modbus.profile"),
     ('{"modbus": {"host": "h", "port": 0}, "max_power_kw": 0}', "metadata.modbus.port"),  # the first, in order
+    ('{"ocpp": {"id": "cp-1", "protocol": "ocpp2.1", "password_sha256": "' + "a" * 64 + '"}}', None),
+    ('{"ocpp": {"id": "cp-1", "protocol": null, "password_sha256": null}}', None),
+    ('{"ocpp": "cp-1"}', "metadata.ocpp"),
+    ('{"ocpp": {"protocol": "ocpp1.6"}}', "metadata.ocpp.id"),
+    ('{"ocpp": {"id": ""}}', "metadata.ocpp.id"),
+    ('{"ocpp": {"id": 7}}', "metadata.ocpp.id"),
+    ('{"ocpp": {"id": "' + "c" * 49 + '"}}', "metadata.ocpp.id"),
+    ('{"ocpp": {"id": "cp-1", "protocol": "ocpp1.5"}}', "metadata.ocpp.protocol"),
+    ('{"ocpp": {"id": "cp-1", "protocol": 16}}', "metadata.ocpp.protocol"),
+    ('{"ocpp": {"id": "cp-1", "password_sha256": "secret"}}', "metadata.ocpp.password_sha256"),
+    ('{"ocpp": {"id": "cp-1", "password_sha256": "' + "A" * 64 + '"}}', "metadata.ocpp.password_sha256"),
+    ('{"ocpp": {"id": "cp-1", "protocol": "x"}, "max_power_kw": 0}', "metadata.ocpp.protocol"),
     ("[1, 2]", "metadata"),
     ('"text"', "metadata"),
 ]

@@ -4,7 +4,13 @@ Routing names live in ``gridloop_common.contracts.routing`` and are imported fro
 """
 
 from gridloop_common.contracts.agent import DeviceAction, DeviceAvailability, DeviceOutcome, DeviceResyncRequest
-from gridloop_common.contracts.device_metadata import DeviceMetadata, InvalidDeviceMetadata, ModbusAddress
+from gridloop_common.contracts.device_metadata import (
+    OCPP_PROTOCOLS,
+    DeviceMetadata,
+    InvalidDeviceMetadata,
+    ModbusAddress,
+    OcppEndpoint,
+)
 from gridloop_common.contracts.flux import (
     MARKET_DATA_TYPES,
     BessReading,
@@ -95,6 +101,8 @@ __all__ = [
     "MeterReading5m",
     "MeterReading30m",
     "ModbusAddress",
+    "OCPP_PROTOCOLS",
+    "OcppEndpoint",
     "MpcRequest",
     "MpcStopRequest",
     "OperatorReply",

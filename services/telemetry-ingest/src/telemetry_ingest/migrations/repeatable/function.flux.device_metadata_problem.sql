@@ -8,6 +8,7 @@ SET search_path = pg_catalog
 AS $$
 DECLARE
     modbus jsonb := metadata -> 'modbus';
+    ocpp jsonb := metadata -> 'ocpp';
     problem text;
     field text;
     sign text;
@@ -35,6 +36,38 @@ BEGIN
                 RETURN format('metadata.modbus.%s: %s', field, problem);
             END IF;
         END LOOP;
+    END IF;
+    -- An EV charger's OCPP identity, version and password hash (gridloop_common's OcppEndpoint).
+    IF ocpp IS NOT NULL AND jsonb_typeof(ocpp) <> 'null' THEN
+        IF jsonb_typeof(ocpp) <> 'object' THEN
+            RETURN 'metadata.ocpp: must be a JSON object';
+        END IF;
+        IF NOT ocpp ? 'id' THEN
+            RETURN 'metadata.ocpp.id: required';
+        END IF;
+        problem := flux.device_metadata_value_problem(ocpp -> 'id', 'string', false);
+        IF problem IS NULL AND length(ocpp ->> 'id') > 48 THEN
+            problem := 'must have at most 48 characters';
+        END IF;
+        IF problem IS NOT NULL THEN
+            RETURN format('metadata.ocpp.id: %s', problem);
+        END IF;
+        problem := flux.device_metadata_value_problem(ocpp -> 'protocol', 'string', true);
+        IF problem IS NULL AND jsonb_typeof(ocpp -> 'protocol') = 'string'
+                AND ocpp ->> 'protocol' NOT IN ('ocpp1.6', 'ocpp2.0.1', 'ocpp2.1') THEN
+            problem := 'must be ocpp1.6, ocpp2.0.1 or ocpp2.1';
+        END IF;
+        IF problem IS NOT NULL THEN
+            RETURN format('metadata.ocpp.protocol: %s', problem);
+        END IF;
+        problem := flux.device_metadata_value_problem(ocpp -> 'password_sha256', 'string', true);
+        IF problem IS NULL AND jsonb_typeof(ocpp -> 'password_sha256') = 'string'
+                AND ocpp ->> 'password_sha256' !~ '^[0-9a-f]{64}$' THEN
+            problem := 'must be 64 lowercase hexadecimal digits (a SHA-256)';
+        END IF;
+        IF problem IS NOT NULL THEN
+            RETURN format('metadata.ocpp.password_sha256: %s', problem);
+        END IF;
     END IF;
     FOR field, problem IN VALUES
         ('max_power_kw', flux.device_metadata_value_problem(metadata -> 'max_power_kw', 'number', true, 0, true)),
