@@ -179,11 +179,13 @@ def _plan(scenario: str, out: str | None, repetitions: int) -> int:
 def _simulate(kind: str, argv: list[str]) -> int:
     # Imported late: heavy, and needed only by `sim`.
     import gridloop_simulators.battery
+    import gridloop_simulators.charger
     import gridloop_simulators.meter
     import gridloop_simulators.upstream
 
     runner = {
         "battery": gridloop_simulators.battery.main,
+        "charger": gridloop_simulators.charger.main,
         "meter": gridloop_simulators.meter.main,
         "upstream": gridloop_simulators.upstream.main,
     }[kind]
@@ -214,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     plan.add_argument("--out", help="where to write the result (default: standard output)")
     plan.add_argument("--repetitions", type=int, default=10, help="timed solves after one warm-up (default 10)")
     simulate = subcommands.add_parser("sim", help="run a simulator")
-    simulate.add_argument("kind", choices=["battery", "meter", "upstream"])
+    simulate.add_argument("kind", choices=["battery", "charger", "meter", "upstream"])
     simulate.add_argument("options", nargs=argparse.REMAINDER, help="options of the simulator (see --help)")
     arguments = parser.parse_args(argv)
     if arguments.command == "asyncapi":

@@ -1,0 +1,254 @@
+"""The agent's OCPP central system against the charger simulator (the ``ocpp`` library's charge-point side).
+
+Real PostgreSQL (telemetry-ingest's registry, read at each connection) and RabbitMQ (availability reports), on
+loopback: a registered charger is accepted and reports; an unknown identity, a wrong password, no password and
+the wrong OCPP version are refused; a closed connection is reported offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+from websockets.exceptions import InvalidStatus
+
+from device_agent.chargers.central_system import CentralSystem, ChargerSession
+from device_agent.repository import find_charger
+from gridloop_common.clock import SystemClock
+from gridloop_common.contracts import DeviceAvailability, routing
+from gridloop_common.db import migrate_database, open_pool
+from gridloop_common.messaging import Broker, QueueSpec, declare_queue, open_broker
+from gridloop_common.settings import AmqpSettings
+from gridloop_simulators.charger import CarVisit, ChargerSimulator, ChargerSpec, UnacceptedProtocol
+
+pytestmark = pytest.mark.connected
+
+HEARTBEAT_S = 1
+PASSWORD = "correct horse battery staple"
+WAIT_S = 15.0
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    await migrate_database(database_url, owner="telemetry-ingest", package="telemetry_ingest")
+    async with open_pool(database_url, min_size=1, max_size=4) as opened:
+        yield opened
+
+
+@pytest.fixture
+async def broker(amqp_url: str) -> AsyncIterator[Broker]:
+    settings = AmqpSettings(amqp_url=amqp_url, amqp_prefetch=10, amqp_confirm_timeout_s=5.0)
+    async with open_broker(settings, client_name=f"test-{uuid.uuid4().hex[:6]}", url=amqp_url) as opened:
+        yield opened
+
+
+@pytest.fixture
+async def availability_queue(broker: Broker) -> str:
+    name = f"test.ocpp-availability.{uuid.uuid4().hex[:10]}"
+    await declare_queue(
+        broker.channel, QueueSpec(name, bindings=((routing.DEVICES_EXCHANGE, routing.RoutingKeys.DEVICE_AVAILABILITY),))
+    )
+    return name
+
+
+@pytest.fixture
+async def central_system(pool: asyncpg.Pool, broker: Broker) -> AsyncIterator[tuple[CentralSystem, str]]:
+    system = CentralSystem(
+        find_charger=lambda ocpp_id: find_charger(pool, ocpp_id),
+        publisher=broker.publisher,
+        clock=SystemClock(),
+        heartbeat_interval_s=HEARTBEAT_S,
+        offline_margin_s=1.0,
+    )
+    async with system.serving("127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        yield system, f"ws://127.0.0.1:{port}/ocpp"
+
+
+async def _register(pool: asyncpg.Pool, device_type: str, ocpp: dict[str, Any], **metadata: Any) -> str:
+    name = f"charger-{uuid.uuid4().hex[:8]}"
+    await pool.execute(
+        "INSERT INTO flux.mg_device_registry (name, type, site, metadata) VALUES ($1, $2, 'TEST', $3::jsonb)",
+        name,
+        device_type,
+        {"ocpp": ocpp, **metadata},
+    )
+    return name
+
+
+def _hashed(password: str) -> str:
+    return hashlib.sha256(password.encode()).hexdigest()
+
+
+async def _availability_of(broker: Broker, queue_name: str, device_name: str) -> DeviceAvailability:
+    """The next availability report for ``device_name``, awaited as the broker delivers it."""
+    queue = await broker.channel.get_queue(queue_name, ensure=False)
+    async with queue.iterator() as messages, asyncio.timeout(WAIT_S):
+        async for message in messages:
+            await message.ack()
+            report = DeviceAvailability.model_validate_json(message.body)
+            if report.device_name == device_name:
+                return report
+    raise AssertionError("the queue closed before an availability report arrived")
+
+
+async def _session(system: CentralSystem, name: str) -> ChargerSession:
+    async with asyncio.timeout(WAIT_S):
+        return await system.session_for(name)
+
+
+async def test_a_registered_v1g_charger_is_accepted_reports_and_is_offline_when_it_disconnects(
+    pool: asyncpg.Pool,
+    broker: Broker,
+    availability_queue: str,
+    central_system: tuple[CentralSystem, str],
+) -> None:
+    system, url = central_system
+    ocpp_id = f"CP-{uuid.uuid4().hex[:6]}"
+    name = await _register(
+        pool, "electric_vehicle_v1g", {"id": ocpp_id, "password_sha256": _hashed(PASSWORD)}, max_power_kw=11
+    )
+    simulator = ChargerSimulator(
+        url=url,
+        charge_point_id=ocpp_id,
+        password=PASSWORD,
+        protocol="ocpp1.6",
+        car=CarVisit(arrive_after_s=0.0, initial_soc_percentage=40.0),
+        meter_interval_s=0.2,
+        tick_s=0.1,
+    )
+    await simulator.connect()
+    try:
+        assert (simulator.boot_status, simulator.heartbeat_interval_s) == ("Accepted", HEARTBEAT_S)
+        online = await _availability_of(broker, availability_queue, name)
+        assert (online.online, online.reason) == (True, None)
+
+        session = await _session(system, name)
+        async with asyncio.timeout(WAIT_S):
+            await session.wait_until(lambda current: current.heartbeats >= 1)
+            # With the car plugged in and no profile, it charges at its rated 11 kW (16 A on three phases).
+            await session.wait_until(
+                lambda current: (
+                    current.latest_reading is not None
+                    and current.latest_reading.power_w is not None
+                    and current.latest_reading.power_w > 0
+                    and current.latest_reading.soc_percentage is not None
+                )
+            )
+        reading = session.latest_reading
+        assert reading is not None and reading.power_w == pytest.approx(16 * 3 * 230.0)
+        assert reading.soc_percentage is not None and reading.soc_percentage >= 40.0
+        assert session.booted_as == ("gridloop", "gridloop-sim")
+        assert session.transaction_id is not None
+        assert session.connector_status == "Charging"
+    finally:
+        await simulator.disconnect()
+
+    offline = await _availability_of(broker, availability_queue, name)
+    assert offline.online is False
+    assert offline.reason is not None and offline.reason.startswith("OCPP connection")
+    assert session.connected is False
+
+
+async def test_a_v2g_charger_speaks_ocpp_2_1_and_its_transaction_events_are_handled(
+    pool: asyncpg.Pool,
+    broker: Broker,
+    availability_queue: str,
+    central_system: tuple[CentralSystem, str],
+) -> None:
+    system, url = central_system
+    ocpp_id = f"V2G-{uuid.uuid4().hex[:6]}"
+    # No protocol registered: a V2G charger speaks OCPP 2.1.
+    name = await _register(pool, "electric_vehicle_v2g", {"id": ocpp_id, "password_sha256": _hashed(PASSWORD)})
+    simulator = ChargerSimulator(
+        url=url,
+        charge_point_id=ocpp_id,
+        password=PASSWORD,
+        protocol="ocpp2.1",
+        spec=ChargerSpec(v2g=True),
+        car=CarVisit(arrive_after_s=0.0, leave_after_s=1.0, initial_soc_percentage=70.0),
+        meter_interval_s=0.2,
+        tick_s=0.1,
+    )
+    async with simulator:
+        assert simulator.boot_status == "Accepted"
+        session = await _session(system, name)
+        async with asyncio.timeout(WAIT_S):
+            await session.wait_until(lambda current: current.transaction_id is not None)
+            started = session.transaction_id
+            await session.wait_until(
+                lambda current: current.latest_reading is not None and current.latest_reading.soc_percentage is not None
+            )
+            # The car leaves after a second: TransactionEvent Ended closes the transaction, then the connector is free.
+            await session.wait_until(lambda current: current.transaction_id is None)
+            await session.wait_until(lambda current: current.connector_status == "Available")
+        assert started is not None
+        assert (await _availability_of(broker, availability_queue, name)).online is True
+
+
+async def test_an_unknown_charger_is_refused_with_404(
+    pool: asyncpg.Pool, central_system: tuple[CentralSystem, str]
+) -> None:
+    system, url = central_system
+    simulator = ChargerSimulator(url=url, charge_point_id="NOT-REGISTERED", password=PASSWORD)
+
+    with pytest.raises(InvalidStatus) as refused:
+        await simulator.connect()
+
+    assert refused.value.response.status_code == 404
+    assert system.sessions == {}
+
+
+async def test_a_battery_with_an_ocpp_block_is_not_a_charger(
+    pool: asyncpg.Pool, central_system: tuple[CentralSystem, str]
+) -> None:
+    _, url = central_system
+    ocpp_id = f"BAT-{uuid.uuid4().hex[:6]}"
+    await _register(pool, "bess", {"id": ocpp_id, "password_sha256": _hashed(PASSWORD)})
+
+    with pytest.raises(InvalidStatus) as refused:
+        await ChargerSimulator(url=url, charge_point_id=ocpp_id, password=PASSWORD).connect()
+
+    assert refused.value.response.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("registered_hash", "password"),
+    [(_hashed(PASSWORD), "wrong password"), (_hashed(PASSWORD), None), (None, PASSWORD)],
+    ids=["wrong-password", "no-credentials", "no-password-registered"],
+)
+async def test_a_charger_without_the_registered_password_is_refused_with_401(
+    pool: asyncpg.Pool, central_system: tuple[CentralSystem, str], registered_hash: str | None, password: str | None
+) -> None:
+    system, url = central_system
+    ocpp_id = f"CP-{uuid.uuid4().hex[:6]}"
+    await _register(pool, "on_off_ev_charger", {"id": ocpp_id, "password_sha256": registered_hash})
+
+    with pytest.raises(InvalidStatus) as refused:
+        await ChargerSimulator(url=url, charge_point_id=ocpp_id, password=password).connect()
+
+    assert refused.value.response.status_code == 401
+    assert refused.value.response.headers["WWW-Authenticate"].startswith("Basic")
+    assert system.sessions == {}
+
+
+async def test_a_charger_speaking_another_ocpp_version_than_registered_is_closed(
+    pool: asyncpg.Pool, central_system: tuple[CentralSystem, str]
+) -> None:
+    system, url = central_system
+    ocpp_id = f"CP-{uuid.uuid4().hex[:6]}"
+    await _register(
+        pool, "electric_vehicle_v1g", {"id": ocpp_id, "protocol": "ocpp1.6", "password_sha256": _hashed(PASSWORD)}
+    )
+    simulator = ChargerSimulator(url=url, charge_point_id=ocpp_id, password=PASSWORD, protocol="ocpp2.0.1")
+
+    # The handshake completes without a subprotocol and the agent closes it before any OCPP message.
+    with pytest.raises(UnacceptedProtocol):
+        await simulator.connect()
+
+    assert system.sessions == {}
