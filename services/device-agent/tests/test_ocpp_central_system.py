@@ -252,3 +252,28 @@ async def test_a_charger_speaking_another_ocpp_version_than_registered_is_closed
         await simulator.connect()
 
     assert system.sessions == {}
+
+
+async def test_a_charger_that_falls_silent_is_offline_within_a_heartbeat_interval_and_the_margin(
+    pool: asyncpg.Pool,
+    broker: Broker,
+    availability_queue: str,
+    central_system: tuple[CentralSystem, str],
+) -> None:
+    system, url = central_system
+    ocpp_id = f"CP-{uuid.uuid4().hex[:6]}"
+    name = await _register(pool, "on_off_ev_charger", {"id": ocpp_id, "password_sha256": _hashed(PASSWORD)})
+    simulator = ChargerSimulator(url=url, charge_point_id=ocpp_id, password=PASSWORD, meter_interval_s=3600)
+    await simulator.connect()
+    try:
+        assert (await _availability_of(broker, availability_queue, name)).online is True
+        session = await _session(system, name)
+        # The link goes dead without a close: the charger reads nothing more, so it answers no ping either.
+        simulator.stop_reading()
+        offline = await _availability_of(broker, availability_queue, name)
+    finally:
+        await simulator.disconnect()
+
+    assert offline.online is False
+    assert offline.reason == "OCPP connection lost (no answer to the keepalive ping)"
+    assert session.connected is False

@@ -199,6 +199,7 @@ class ChargerSimulator:
             subprotocols=[Subprotocol(self.protocol)],
             additional_headers=headers,
             open_timeout=10,
+            close_timeout=2,
         )
         if self._connection.subprotocol != self.protocol:
             await self._connection.close()
@@ -219,6 +220,13 @@ class ChargerSimulator:
         self._tasks.clear()
         if self._connection is not None:
             await self._connection.close()
+
+    def stop_reading(self) -> None:
+        """Stop reading from the socket without closing it: a dead link, as the central system sees it."""
+        for task in self._tasks:
+            task.cancel()
+        if self._connection is not None:
+            self._connection.transport.pause_reading()
 
     async def _receive(self) -> None:
         with contextlib.suppress(Exception):  # the connection closing ends it, however it closes

@@ -154,6 +154,8 @@ class CentralSystem:
             # A dead link is found by pings: one per heartbeat interval, each answered within the margin.
             ping_interval=self.heartbeat_interval_s,
             ping_timeout=self.offline_margin_s,
+            # ...and the closing handshake of a dead link waits no longer than the margin either (10 s by default).
+            close_timeout=self.offline_margin_s,
             logger=logging.getLogger("device_agent.chargers.websocket"),
         ) as server:
             logger.info("OCPP central system listening", extra={"host": host, "port": port})
