@@ -6,7 +6,7 @@ never guessed at (a ``max_power_kw`` of ``0`` or ``true`` is an error, not "unli
 
 Numbers are strict: JSON booleans and numeric strings are refused, integers are accepted where a float is
 expected. Keys this model does not name are kept (``extra="allow"``), so metadata written for a later
-feature (a charger's ``min_current_a``, ``phases``) passes through until the feature types it here.
+feature passes through until the feature types it here.
 
 telemetry-ingest's migration 0019 holds the same rules in SQL (``flux.device_metadata_problem``), so a
 bad value written through the REST API is refused with the field named; its agreement test runs one table
@@ -72,6 +72,17 @@ class DeviceMetadata(_Metadata):
     )
     site_meter: str | None = Field(default=None, min_length=1, description="Name of the site meter in the registry.")
     ac_power_sign: int = Field(default=1, description="-1 when the AC model reports charging as negative power.")
+    phases: int | None = Field(default=None, description="An EV charger's phases, 1 or 3. Absent: 3.")
+    min_current_a: _Positive | None = Field(
+        default=None, description="An EV charger's minimum current per phase, A (below it, it pauses). Absent: 6."
+    )
+
+    @field_validator("phases")
+    @classmethod
+    def _phases(cls, value: int | None) -> int | None:
+        if value is not None and value not in (1, 3):
+            raise ValueError("must be 1 or 3")
+        return value
 
     @field_validator("ac_power_sign")
     @classmethod

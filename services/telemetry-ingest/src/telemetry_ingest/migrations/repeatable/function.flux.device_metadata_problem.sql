@@ -87,6 +87,18 @@ BEGIN
     IF sign IS NOT NULL AND sign NOT IN ('1', '-1') THEN
         RETURN 'metadata.ac_power_sign: must be 1 or -1';
     END IF;
+    -- An EV charger's electrical limits, after ac_power_sign as in the contract's field order.
+    problem := flux.device_metadata_value_problem(metadata -> 'phases', 'integer', true);
+    IF problem IS NULL AND jsonb_typeof(metadata -> 'phases') = 'number' AND metadata ->> 'phases' NOT IN ('1', '3') THEN
+        problem := 'must be 1 or 3';
+    END IF;
+    IF problem IS NOT NULL THEN
+        RETURN format('metadata.phases: %s', problem);
+    END IF;
+    problem := flux.device_metadata_value_problem(metadata -> 'min_current_a', 'number', true, 0, true);
+    IF problem IS NOT NULL THEN
+        RETURN format('metadata.min_current_a: %s', problem);
+    END IF;
     RETURN NULL;
 END
 $$;
