@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -18,9 +19,9 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from device_agent.chargers.central_system import CentralSystem, ChargerSession
-from device_agent.repository import find_charger
+from device_agent.repository import charger_named, find_charger
 from gridloop_common.clock import SystemClock
-from gridloop_common.contracts import DeviceAvailability, routing
+from gridloop_common.contracts import BatteryMode, DeviceAction, DeviceAvailability, PowerMode, routing
 from gridloop_common.db import migrate_database, open_pool
 from gridloop_common.messaging import Broker, QueueSpec, declare_queue, open_broker
 from gridloop_common.settings import AmqpSettings
@@ -277,3 +278,145 @@ async def test_a_charger_that_falls_silent_is_offline_within_a_heartbeat_interva
     assert offline.online is False
     assert offline.reason == "OCPP connection lost (no answer to the keepalive ping)"
     assert session.connected is False
+
+
+def _action(name: str, mode: BatteryMode, *, setpoint_w: int | None = None, lasts_s: float = 600) -> DeviceAction:
+    now = datetime.now(tz=UTC)
+    return DeviceAction(
+        device_name=name,
+        mode=mode,
+        power_mode=PowerMode.SETPOINT if setpoint_w is not None else None,
+        setpoint_w=setpoint_w,
+        issued_at=now,
+        valid_until=now + timedelta(seconds=lasts_s),
+    )
+
+
+async def test_a_v1g_profile_is_accepted_applied_and_the_charger_falls_back_when_it_expires(
+    pool: asyncpg.Pool, central_system: tuple[CentralSystem, str]
+) -> None:
+    system, url = central_system
+    ocpp_id = f"CP-{uuid.uuid4().hex[:6]}"
+    name = await _register(
+        pool, "electric_vehicle_v1g", {"id": ocpp_id, "password_sha256": _hashed(PASSWORD)}, max_power_kw=11
+    )
+    simulator = ChargerSimulator(
+        url=url,
+        charge_point_id=ocpp_id,
+        password=PASSWORD,
+        car=CarVisit(arrive_after_s=0.0, initial_soc_percentage=40.0),
+        meter_interval_s=0.1,
+        tick_s=0.05,
+    )
+    rated_w = 16 * 3 * 230.0
+    async with simulator:
+        session = await _session(system, name)
+        # 5 kW for two seconds: accepted, and the charger delivers it (three phases: 7.2 A, above 6 A).
+        outcome = await system.carry_out(_action(name, BatteryMode.CHARGE, setpoint_w=5000, lasts_s=2), _no_lookup)
+
+        assert outcome is not None and outcome.applied, outcome
+        assert outcome.applied_setpoint_w == 5000
+        [profile] = simulator.state.profiles_received
+        assert profile["charging_profile_purpose"] == "TxDefaultProfile"
+        assert profile["valid_to"] is not None
+        async with asyncio.timeout(WAIT_S):
+            await session.wait_until(lambda current: _power(current) == pytest.approx(5000, abs=1))
+            # The action ends, nobody renews the profile: at its validTo the charger is back at its rated power.
+            await session.wait_until(lambda current: _power(current) == pytest.approx(rated_w, abs=1))
+        assert simulator.state.limit is None
+
+
+async def test_under_the_minimum_current_a_v1g_charger_is_switched_off(
+    pool: asyncpg.Pool, central_system: tuple[CentralSystem, str]
+) -> None:
+    system, url = central_system
+    ocpp_id = f"CP-{uuid.uuid4().hex[:6]}"
+    name = await _register(pool, "electric_vehicle_v1g", {"id": ocpp_id, "password_sha256": _hashed(PASSWORD)})
+    async with ChargerSimulator(url=url, charge_point_id=ocpp_id, password=PASSWORD) as simulator:
+        await _session(system, name)
+        outcome = await system.carry_out(_action(name, BatteryMode.CHARGE, setpoint_w=3000), _no_lookup)
+
+        assert outcome is not None and outcome.applied
+        assert outcome.applied_setpoint_w == 0
+        assert outcome.reason is not None and "minimum current" in outcome.reason
+        assert simulator.state.limit is not None and simulator.state.limit.limit_w == 0
+
+
+async def test_a_v2g_charger_on_ocpp_2_1_takes_a_discharge_setpoint(
+    pool: asyncpg.Pool, central_system: tuple[CentralSystem, str]
+) -> None:
+    system, url = central_system
+    ocpp_id = f"V2G-{uuid.uuid4().hex[:6]}"
+    name = await _register(pool, "electric_vehicle_v2g", {"id": ocpp_id, "password_sha256": _hashed(PASSWORD)})
+    simulator = ChargerSimulator(
+        url=url,
+        charge_point_id=ocpp_id,
+        password=PASSWORD,
+        protocol="ocpp2.1",
+        spec=ChargerSpec(v2g=True),
+        car=CarVisit(arrive_after_s=0.0, initial_soc_percentage=80.0),
+        meter_interval_s=0.1,
+        tick_s=0.05,
+    )
+    async with simulator:
+        session = await _session(system, name)
+        outcome = await system.carry_out(_action(name, BatteryMode.DISCHARGE, setpoint_w=7000), _no_lookup)
+
+        assert outcome is not None and outcome.applied, outcome
+        assert outcome.applied_setpoint_w == 7000
+        [profile] = simulator.state.profiles_received
+        assert profile["charging_schedule"][0]["charging_schedule_period"][0]["operation_mode"] == "CentralSetpoint"
+        async with asyncio.timeout(WAIT_S):
+            await session.wait_until(lambda current: _power(current) == pytest.approx(-7000, abs=1))
+
+
+async def test_a_charger_that_rejects_the_profile_yields_a_failed_outcome_with_its_reason(
+    pool: asyncpg.Pool, central_system: tuple[CentralSystem, str]
+) -> None:
+    system, url = central_system
+    ocpp_id = f"V2G-{uuid.uuid4().hex[:6]}"
+    name = await _register(
+        pool, "electric_vehicle_v2g", {"id": ocpp_id, "protocol": "ocpp2.0.1", "password_sha256": _hashed(PASSWORD)}
+    )
+    simulator = ChargerSimulator(
+        url=url,
+        charge_point_id=ocpp_id,
+        password=PASSWORD,
+        protocol="ocpp2.0.1",
+        spec=ChargerSpec(v2g=True),
+        reject_profiles="schedule overlaps the site limit",
+    )
+    async with simulator:
+        await _session(system, name)
+        outcome = await system.carry_out(_action(name, BatteryMode.CHARGE, setpoint_w=7000), _no_lookup)
+
+    assert outcome is not None and outcome.applied is False
+    assert outcome.reason == (
+        f"charger {name} rejected the charging profile (Rejected: Rejected, schedule overlaps the site limit)"
+    )
+
+
+async def test_an_action_for_a_registered_charger_that_is_not_connected_fails_and_a_battery_is_not_a_charger(
+    pool: asyncpg.Pool, central_system: tuple[CentralSystem, str]
+) -> None:
+    system, _ = central_system
+    name = await _register(pool, "on_off_ev_charger", {"id": f"CP-{uuid.uuid4().hex[:6]}"})
+
+    outcome = await system.carry_out(
+        _action(name, BatteryMode.CHARGE), lambda device_name: charger_named(pool, device_name)
+    )
+    not_a_charger = await system.carry_out(
+        _action("some-battery", BatteryMode.CHARGE), lambda device_name: charger_named(pool, device_name)
+    )
+
+    assert outcome is not None and outcome.applied is False
+    assert outcome.reason is not None and "is not connected" in outcome.reason
+    assert not_a_charger is None
+
+
+def _power(session: ChargerSession) -> float | None:
+    return None if session.latest_reading is None else session.latest_reading.power_w
+
+
+async def _no_lookup(name: str) -> None:
+    raise AssertionError(f"a connected charger's action needs no registry lookup ({name})")

@@ -17,6 +17,7 @@ __all__ = [
     "RegisteredDevice",
     "RegistryRead",
     "UnusableDevice",
+    "charger_named",
     "find_charger",
     "load_devices",
 ]
@@ -52,6 +53,8 @@ class RegisteredCharger:
     protocol: str  # the WebSocket subprotocol it must speak: ocpp1.6, ocpp2.0.1 or ocpp2.1
     password_sha256: str | None  # None: no password registered, so the charger is refused
     max_power_kw: float | None
+    phases: int | None
+    min_current_a: float | None
 
 
 @dataclass(frozen=True)
@@ -107,18 +110,28 @@ async def load_devices(pool: asyncpg.Pool) -> RegistryRead | None:
     return RegistryRead(devices=devices, unusable=unusable)
 
 
+_CHARGER_QUERY = (
+    "SELECT id, name, type, metadata FROM flux.mg_device_registry"
+    " WHERE active AND type = ANY($1::text[]) AND metadata ? 'ocpp' AND {condition} ORDER BY name"
+)
+
+
 async def find_charger(pool: asyncpg.Pool, ocpp_id: str) -> RegisteredCharger | UnusableDevice | None:
     """The active EV charger registered with this OCPP identity (or why its metadata is refused); None if none.
 
     Read at each connection, so a charger registered, changed or deactivated counts from its next connection.
     """
+    return await _charger(pool, "metadata -> 'ocpp' ->> 'id' = $2", ocpp_id)
+
+
+async def charger_named(pool: asyncpg.Pool, name: str) -> RegisteredCharger | UnusableDevice | None:
+    """The active EV charger registered under ``name`` (an action's device), or None if it is not one."""
+    return await _charger(pool, "name = $2", name)
+
+
+async def _charger(pool: asyncpg.Pool, condition: str, value: str) -> RegisteredCharger | UnusableDevice | None:
     try:
-        rows = await pool.fetch(
-            "SELECT id, name, type, metadata FROM flux.mg_device_registry"
-            " WHERE active AND type = ANY($1::text[]) AND metadata -> 'ocpp' ->> 'id' = $2 ORDER BY name",
-            sorted(EV_CHARGER_TYPES),
-            ocpp_id,
-        )
+        rows = await pool.fetch(_CHARGER_QUERY.format(condition=condition), sorted(EV_CHARGER_TYPES), value)
     except asyncpg.exceptions.UndefinedTableError:
         return None
     if not rows:
@@ -128,7 +141,8 @@ async def find_charger(pool: asyncpg.Pool, ocpp_id: str) -> RegisteredCharger | 
         metadata = DeviceMetadata.from_registry(row["metadata"])
     except InvalidDeviceMetadata as error:
         return UnusableDevice(name=row["name"], field=error.field, reason=error.reason)
-    assert metadata.ocpp is not None  # the query selected on it
+    if metadata.ocpp is None:
+        return None  # "ocpp": null
     device_type = DeviceType(row["type"])
     default_protocol = "ocpp2.1" if device_type is DeviceType.ELECTRIC_VEHICLE_V2G else "ocpp1.6"
     return RegisteredCharger(
@@ -139,4 +153,6 @@ async def find_charger(pool: asyncpg.Pool, ocpp_id: str) -> RegisteredCharger | 
         protocol=metadata.ocpp.protocol or default_protocol,
         password_sha256=metadata.ocpp.password_sha256,
         max_power_kw=metadata.max_power_kw,
+        phases=metadata.phases,
+        min_current_a=metadata.min_current_a,
     )

@@ -138,8 +138,9 @@ class _State:
 
 
 def _schedule_limit_w(schedule: dict[str, Any], spec: ChargerSpec) -> float:
-    """The first period's limit of a charging schedule, in W (a limit in A is per phase)."""
-    limit = float(schedule["charging_schedule_period"][0]["limit"])
+    """The first period's limit of a charging schedule, in W (a limit in A is per phase; a 2.1 setpoint wins)."""
+    period = schedule["charging_schedule_period"][0]
+    limit = float(period["setpoint"] if period.get("setpoint") is not None else period["limit"])
     return limit * spec.watts_per_amp if schedule.get("charging_rate_unit") == "A" else limit
 
 

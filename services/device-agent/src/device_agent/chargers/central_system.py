@@ -29,10 +29,11 @@ from websockets.typing import Subprotocol
 
 from device_agent.chargers.authentication import basic_credentials, password_matches
 from device_agent.chargers.charge_points import charge_point_for
+from device_agent.chargers.charger_control import ChargerControl
 from device_agent.chargers.meter_values import ChargerReading
 from device_agent.repository import RegisteredCharger, UnusableDevice
 from gridloop_common.clock import Clock
-from gridloop_common.contracts import DeviceAvailability, routing
+from gridloop_common.contracts import DeviceAction, DeviceAvailability, DeviceOutcome, routing
 from gridloop_common.messaging import Publisher, PublishError
 
 __all__ = ["CentralSystem", "ChargerLookup", "ChargerSession", "charge_point_id_of"]
@@ -68,6 +69,7 @@ class ChargerSession:
         self.connected = True
         self.charge_point: Any = None  # the library's ChargePoint, through which the agent calls the charger
         self.connection: ServerConnection | None = None
+        self.control: ChargerControl | None = None  # how actions reach it, once connected
         self._changed = asyncio.Event()
 
     def now(self) -> datetime:
@@ -106,6 +108,8 @@ class ChargerSession:
 
     def closed(self) -> None:
         self.connected = False
+        if self.control is not None:
+            self.control.close()
         self._notify()
 
     def _notify(self) -> None:
@@ -130,6 +134,7 @@ class CentralSystem:
         clock: Clock,
         heartbeat_interval_s: int,
         offline_margin_s: float,
+        profile_hold_s: float = 60.0,
         response_timeout_s: float = 30.0,
     ) -> None:
         self._find_charger = find_charger
@@ -138,6 +143,7 @@ class CentralSystem:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.offline_margin_s = offline_margin_s
         self._response_timeout_s = response_timeout_s
+        self._profile_hold_s = profile_hold_s
         self.sessions: dict[str, ChargerSession] = {}  # by device name
         self._admitted: weakref.WeakKeyDictionary[ServerConnection, RegisteredCharger] = weakref.WeakKeyDictionary()
         self._session_opened = asyncio.Condition()
@@ -168,6 +174,29 @@ class CentralSystem:
                 lambda: device_name in self.sessions and self.sessions[device_name].connected
             )
             return self.sessions[device_name]
+
+    async def carry_out(self, action: DeviceAction, charger_named: ChargerLookup) -> DeviceOutcome | None:
+        """The outcome of ``action`` if its device is an EV charger (``charger_named`` reads the registry by
+        name): applied through the charger's connection, or failed when it is not connected; None otherwise."""
+        session = self.sessions.get(action.device_name)
+        if session is not None and session.connected and session.control is not None:
+            return await session.control.apply(action)
+        charger = await charger_named(action.device_name)
+        if charger is None:
+            return None
+        reason = (
+            charger.reason
+            if isinstance(charger, UnusableDevice)
+            else f"charger {charger.name} is not connected to the agent's OCPP central system (id {charger.ocpp_id})"
+        )
+        return DeviceOutcome(
+            action_id=action.action_id,
+            command_id=action.command_id,
+            device_name=action.device_name,
+            applied=False,
+            reason=reason,
+            observed_at=self._clock.now(),
+        )
 
     async def _refusal(self, charge_point_id: str, authorization: str | None) -> RegisteredCharger | _Refusal:
         found = await self._find_charger(charge_point_id)
@@ -235,6 +264,7 @@ class CentralSystem:
         session.charge_point = charge_point_for(
             charger.protocol, charger.ocpp_id, connection, session, response_timeout_s=self._response_timeout_s
         )
+        session.control = ChargerControl(charger, session.charge_point, clock=self._clock, hold_s=self._profile_hold_s)
         previous = self.sessions.get(charger.name)
         if previous is not None and previous.connected and previous.connection is not None:
             logger.info("charger reconnected; the older connection is dropped", extra={"device": charger.name})
