@@ -19,11 +19,21 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from device_agent.chargers.central_system import CentralSystem, ChargerSession
+from device_agent.fleet import Fleet
+from device_agent.handlers import device_action_handler
+from device_agent.modbus.bus import ModbusBus
 from device_agent.repository import charger_named, find_charger
 from gridloop_common.clock import SystemClock
-from gridloop_common.contracts import BatteryMode, DeviceAction, DeviceAvailability, PowerMode, routing
+from gridloop_common.contracts import (
+    BatteryMode,
+    DeviceAction,
+    DeviceAvailability,
+    DeviceOutcome,
+    PowerMode,
+    routing,
+)
 from gridloop_common.db import migrate_database, open_pool
-from gridloop_common.messaging import Broker, QueueSpec, declare_queue, open_broker
+from gridloop_common.messaging import Broker, Delivery, QueueSpec, declare_queue, open_broker
 from gridloop_common.settings import AmqpSettings
 from gridloop_simulators.charger import CarVisit, ChargerSimulator, ChargerSpec, UnacceptedProtocol
 
@@ -420,3 +430,51 @@ def _power(session: ChargerSession) -> float | None:
 
 async def _no_lookup(name: str) -> None:
     raise AssertionError(f"a connected charger's action needs no registry lookup ({name})")
+
+
+async def test_a_device_action_for_a_charger_reaches_it_through_the_agents_action_handler(
+    pool: asyncpg.Pool, broker: Broker, central_system: tuple[CentralSystem, str]
+) -> None:
+    system, url = central_system
+    ocpp_id = f"CP-{uuid.uuid4().hex[:6]}"
+    name = await _register(pool, "on_off_ev_charger", {"id": ocpp_id, "password_sha256": _hashed(PASSWORD)})
+    outcome_queue = f"test.ocpp-outcome.{uuid.uuid4().hex[:10]}"
+    await declare_queue(
+        broker.channel,
+        QueueSpec(outcome_queue, bindings=((routing.DEVICES_EXCHANGE, routing.RoutingKeys.DEVICE_OUTCOME),)),
+    )
+    action = _action(name, BatteryMode.CHARGE, setpoint_w=2000)
+    delivery = Delivery(
+        body=action.model_dump_json().encode(),
+        headers={},
+        routing_key=routing.device_action_key(name),
+        exchange=routing.DEVICES_EXCHANGE,
+        message_id=str(action.action_id),
+        correlation_id=None,
+        reply_to=None,
+        attempt=1,
+        redelivered=False,
+    )
+    async with (
+        ChargerSimulator(url=url, charge_point_id=ocpp_id, password=PASSWORD) as simulator,
+        ModbusBus(timeout_s=0.5) as bus,
+    ):
+        await _session(system, name)
+        fleet = Fleet(pool=pool, bus=bus, publisher=broker.publisher, revert_timeout_s=60, refresh_interval_s=300.0)
+        await fleet.refresh()
+        handler = device_action_handler(
+            fleet, broker.publisher, SystemClock(), (system, lambda device_name: charger_named(pool, device_name))
+        )
+        await handler(delivery)
+
+        # An on/off charger asked for any charge runs at its rated power (16 A on three phases).
+        assert simulator.state.limit is not None
+        assert simulator.state.limit.limit_w == pytest.approx(16 * 3 * 230.0)
+    queue = await broker.channel.get_queue(outcome_queue, ensure=False)
+    async with queue.iterator() as messages, asyncio.timeout(WAIT_S):
+        async for message in messages:
+            await message.ack()
+            outcome = DeviceOutcome.model_validate_json(message.body)
+            break
+    assert (outcome.action_id, outcome.applied, outcome.applied_setpoint_w) == (action.action_id, True, 11040)
+    assert outcome.reason == "an on/off charger runs at 0 or 11040 W"
