@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 from websockets.exceptions import InvalidStatus
 
 from device_agent.chargers.central_system import CentralSystem, ChargerSession
@@ -161,8 +162,7 @@ async def test_a_registered_v1g_charger_is_accepted_reports_and_is_offline_when_
         await simulator.disconnect()
 
     offline = await _availability_of(broker, availability_queue, name)
-    assert offline.online is False
-    assert offline.reason is not None and offline.reason.startswith("OCPP connection")
+    assert (offline.online, offline.reason) == (False, "OCPP connection closed")
     assert session.connected is False
 
 
@@ -207,12 +207,14 @@ async def test_an_unknown_charger_is_refused_with_404(
 ) -> None:
     system, url = central_system
     simulator = ChargerSimulator(url=url, charge_point_id="NOT-REGISTERED", password=PASSWORD)
+    refused_before = _refused(404)
 
     with pytest.raises(InvalidStatus) as refused:
         await simulator.connect()
 
     assert refused.value.response.status_code == 404
     assert system.sessions == {}
+    assert _refused(404) == refused_before + 1
 
 
 async def test_a_battery_with_an_ocpp_block_is_not_a_charger(
@@ -422,6 +424,10 @@ async def test_an_action_for_a_registered_charger_that_is_not_connected_fails_an
     assert outcome is not None and outcome.applied is False
     assert outcome.reason is not None and "is not connected" in outcome.reason
     assert not_a_charger is None
+
+
+def _refused(status: int) -> float:
+    return REGISTRY.get_sample_value("gridloop_agent_ocpp_connections_refused_total", {"status": str(status)}) or 0.0
 
 
 def _power(session: ChargerSession) -> float | None:

@@ -22,8 +22,9 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import unquote
 
+from prometheus_client import Counter, Gauge
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
@@ -39,6 +40,15 @@ from gridloop_common.messaging import Publisher, PublishError
 __all__ = ["CentralSystem", "ChargerLookup", "ChargerSession", "charge_point_id_of"]
 
 logger = logging.getLogger(__name__)
+
+CHARGERS_CONNECTED = Gauge(
+    "gridloop_agent_ocpp_chargers_connected", "EV chargers connected to the agent's OCPP central system."
+)
+CHARGERS_REFUSED = Counter(
+    "gridloop_agent_ocpp_connections_refused",
+    "OCPP connections refused before the WebSocket opened, by HTTP status (404 unknown id, 401 credentials).",
+    ["status"],
+)
 
 ChargerLookup = Callable[[str], Awaitable[RegisteredCharger | UnusableDevice | None]]
 
@@ -220,6 +230,7 @@ class CentralSystem:
         charge_point_id = charge_point_id_of(request.path)
         admitted = await self._refusal(charge_point_id, request.headers.get("Authorization"))
         if isinstance(admitted, _Refusal):
+            CHARGERS_REFUSED.labels(status=str(int(admitted.status))).inc()
             logger.warning(
                 "charger refused",
                 extra={
@@ -274,14 +285,14 @@ class CentralSystem:
             self._session_opened.notify_all()
         logger.info("charger connected", extra={"device": charger.name, "protocol": charger.protocol})
         await self._publish_availability(charger.name, online=True, reason=None)
+        CHARGERS_CONNECTED.inc()
         reason = "OCPP connection closed"
         try:
             await session.charge_point.start()
         except ConnectionClosed as closed:
-            reason = f"OCPP connection lost ({closed.rcvd.reason if closed.rcvd else 'no close frame'})"
-            if closed.rcvd is None and closed.sent is not None and closed.sent.code == 1011:
-                reason = "OCPP connection lost (no answer to the keepalive ping)"
+            reason = _disconnect_reason(closed)
         finally:
+            CHARGERS_CONNECTED.dec()
             session.closed()
             # A newer connection of the same charger has taken over: it is online, whatever this one did.
             if self.sessions.get(charger.name) is session:
@@ -298,3 +309,14 @@ class CentralSystem:
             )
         except PublishError as error:
             logger.warning("availability not published", extra={"device": device_name, "error": str(error)})
+
+
+def _disconnect_reason(closed: ConnectionClosed) -> str:
+    """Why a charger's connection ended, for the offline report."""
+    if isinstance(closed, ConnectionClosedOK):
+        return "OCPP connection closed"
+    if closed.rcvd is None and closed.sent is not None and closed.sent.code == 1011:
+        return "OCPP connection lost (no answer to the keepalive ping)"
+    if closed.rcvd is None:
+        return "OCPP connection lost (no close frame)"
+    return f"OCPP connection lost (code {closed.rcvd.code}{': ' + closed.rcvd.reason if closed.rcvd.reason else ''})"
