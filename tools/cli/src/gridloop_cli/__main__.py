@@ -51,6 +51,7 @@ def development_environment() -> dict[str, str]:
     environment = {**generated, **_read_environment_file(Path(".env")), **os.environ}
     environment.setdefault("GRIDLOOP_UPSTREAM_URL", "http://127.0.0.1:8090")
     environment.setdefault("GRIDLOOP_WEBHOOK_URL", "http://127.0.0.1:8080/v1/webhooks")
+    environment.setdefault("GRIDLOOP_AGENT_OCPP_PORT", "9000")  # where the simulated chargers dial in
     return environment
 
 
@@ -68,7 +69,7 @@ def _migrate(environment: dict[str, str]) -> int:
 
 
 def _register_simulated_devices(environment: dict[str, str]) -> None:
-    """Put the simulators' battery and meter in the registry (once), so the agent drives them."""
+    """Put the simulators' battery, meter and chargers in the registry (once), so the agent drives them."""
     url = environment.get("GRIDLOOP_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/gridloop")
 
     async def register() -> None:

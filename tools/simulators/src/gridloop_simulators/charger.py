@@ -33,6 +33,7 @@ from ocpp.v201 import ChargePoint as ChargePoint201
 from ocpp.v201 import call as call201
 from ocpp.v201 import call_result as result201
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidHandshake
 from websockets.typing import Subprotocol
 
 __all__ = [
@@ -46,6 +47,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+RECONNECT_S = 5.0
 
 
 class UnacceptedProtocol(ConnectionError):
@@ -221,6 +224,11 @@ class ChargerSimulator:
         self._tasks.clear()
         if self._connection is not None:
             await self._connection.close()
+
+    async def closed(self) -> None:
+        """Until the connection to the central system is closed, from either side."""
+        if self._connection is not None:
+            await self._connection.wait_closed()
 
     def stop_reading(self) -> None:
         """Stop reading from the socket without closing it: a dead link, as the central system sees it."""
@@ -517,6 +525,17 @@ async def main(argv: list[str]) -> None:
         meter_interval_s=arguments.meter_interval,
         fallback_limit_w=arguments.fallback_w,
     )
-    async with simulator:
-        logger.info("charger simulator connected", extra={"charger": arguments.id, "boot": simulator.boot_status})
-        await asyncio.Event().wait()
+    # Like a real charger, it dials in again whenever it cannot reach the central system or loses it.
+    while True:
+        try:
+            async with simulator:
+                logger.info(
+                    "charger simulator connected", extra={"charger": arguments.id, "boot": simulator.boot_status}
+                )
+                await simulator.closed()
+            logger.warning("central system connection lost; dialling in again", extra={"charger": arguments.id})
+        except (OSError, InvalidHandshake, TimeoutError) as error:
+            logger.warning(
+                "central system not reachable; retrying", extra={"charger": arguments.id, "error": repr(error)}
+            )
+        await asyncio.sleep(RECONNECT_S)
