@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from device_agent.chargers.charging_profile import (
+    CarState,
     ChargerLimits,
     UnsupportedAction,
     plan_charging_limit,
@@ -95,3 +96,18 @@ def test_the_profiles_are_tx_default_with_a_valid_to_in_watts() -> None:
 def test_a_naive_now_is_refused() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         plan_charging_limit(_action(BatteryMode.CHARGE, 5000), V1G, now=NOW.replace(tzinfo=None), hold_s=60)
+
+
+def test_v2g_discharges_only_a_plugged_in_car_above_its_minimum_soc() -> None:
+    discharge = _action(BatteryMode.DISCHARGE, 7000)
+
+    plugged = plan_charging_limit(discharge, V2G, now=NOW, hold_s=60, car=CarState(True, 55.0, 20.0))
+    assert plugged.limit_w == -7000
+    unplugged = plan_charging_limit(discharge, V2G, now=NOW, hold_s=60, car=CarState(False, None))
+    assert (unplugged.limit_w, unplugged.note) == (0, "no car plugged in: nothing to discharge")
+    at_minimum = plan_charging_limit(discharge, V2G, now=NOW, hold_s=60, car=CarState(True, 20.0, 20.0))
+    assert at_minimum.limit_w == 0
+    assert at_minimum.note == "the car's SoC 20 % is at its minimum 20 %: no discharge"
+    # Charging is not held back by either.
+    charge = plan_charging_limit(_action(BatteryMode.CHARGE, 7000), V2G, now=NOW, hold_s=60, car=CarState(False, 5.0))
+    assert charge.limit_w == 7000

@@ -366,12 +366,20 @@ async def test_a_v2g_charger_on_ocpp_2_1_takes_a_discharge_setpoint(
         password=PASSWORD,
         protocol="ocpp2.1",
         spec=ChargerSpec(v2g=True),
-        car=CarVisit(arrive_after_s=0.0, initial_soc_percentage=80.0),
+        car=None,  # it arrives once the test has seen that nothing is discharged without it
         meter_interval_s=0.1,
         tick_s=0.05,
     )
     async with simulator:
         session = await _session(system, name)
+        # Before the car is plugged in there is nothing to discharge: the limit is 0, and the outcome says why.
+        no_car = await system.carry_out(_action(name, BatteryMode.DISCHARGE, setpoint_w=7000), _no_lookup)
+        assert no_car is not None and no_car.applied and no_car.applied_setpoint_w == 0
+        assert no_car.reason == "no car plugged in: nothing to discharge"
+        simulator.state.profiles_received.clear()
+        simulator.car = CarVisit(arrive_after_s=0.0, initial_soc_percentage=80.0)
+        async with asyncio.timeout(WAIT_S):
+            await session.wait_until(lambda current: current.transaction_id is not None)
         outcome = await system.carry_out(_action(name, BatteryMode.DISCHARGE, setpoint_w=7000), _no_lookup)
 
         assert outcome is not None and outcome.applied, outcome

@@ -55,6 +55,7 @@ class RegisteredCharger:
     max_power_kw: float | None
     phases: int | None
     min_current_a: float | None
+    reserve_percentage: float | None  # backup_reserve_percentage: for V2G, the car's minimum SoC
 
 
 @dataclass(frozen=True)
@@ -155,4 +156,5 @@ async def _charger(pool: asyncpg.Pool, condition: str, value: str) -> Registered
         max_power_kw=metadata.max_power_kw,
         phases=metadata.phases,
         min_current_a=metadata.min_current_a,
+        reserve_percentage=metadata.backup_reserve_percentage,
     )

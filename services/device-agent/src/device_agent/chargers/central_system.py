@@ -31,6 +31,7 @@ from websockets.typing import Subprotocol
 from device_agent.chargers.authentication import basic_credentials, password_matches
 from device_agent.chargers.charge_points import charge_point_for
 from device_agent.chargers.charger_control import ChargerControl
+from device_agent.chargers.charging_profile import DEFAULT_V2G_MIN_SOC_PERCENTAGE, CarState
 from device_agent.chargers.meter_values import ChargerReading
 from device_agent.repository import RegisteredCharger, UnusableDevice
 from gridloop_common.clock import Clock
@@ -49,6 +50,9 @@ CHARGERS_REFUSED = Counter(
     "OCPP connections refused before the WebSocket opened, by HTTP status (404 unknown id, 401 credentials).",
     ["status"],
 )
+
+# Connector states (1.6 and 2.x) in which a car is at the charger.
+_CAR_PRESENT = frozenset({"Preparing", "Charging", "SuspendedEV", "SuspendedEVSE", "Finishing", "Occupied"})
 
 ChargerLookup = Callable[[str], Awaitable[RegisteredCharger | UnusableDevice | None]]
 
@@ -84,6 +88,17 @@ class ChargerSession:
 
     def now(self) -> datetime:
         return self._clock.now()
+
+    def car(self) -> CarState:
+        """The car as the charger last described it: plugged in while a transaction runs or the connector
+        says so; its SoC from the latest meter values."""
+        plugged_in = self.transaction_id is not None or self.connector_status in _CAR_PRESENT
+        reserve = self.charger.reserve_percentage
+        return CarState(
+            plugged_in=plugged_in,
+            soc_percentage=None if self.latest_reading is None else self.latest_reading.soc_percentage,
+            min_soc_percentage=DEFAULT_V2G_MIN_SOC_PERCENTAGE if reserve is None else reserve,
+        )
 
     def booted(self, vendor: str, model: str) -> None:
         self.booted_as = (vendor, model)
@@ -275,7 +290,9 @@ class CentralSystem:
         session.charge_point = charge_point_for(
             charger.protocol, charger.ocpp_id, connection, session, response_timeout_s=self._response_timeout_s
         )
-        session.control = ChargerControl(charger, session.charge_point, clock=self._clock, hold_s=self._profile_hold_s)
+        session.control = ChargerControl(
+            charger, session.charge_point, car=session.car, clock=self._clock, hold_s=self._profile_hold_s
+        )
         previous = self.sessions.get(charger.name)
         if previous is not None and previous.connected and previous.connection is not None:
             logger.info("charger reconnected; the older connection is dropped", extra={"device": charger.name})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from ocpp.exceptions import OCPPError
@@ -19,6 +20,7 @@ from ocpp.v21 import call as call21
 from ocpp.v201 import call as call201
 
 from device_agent.chargers.charging_profile import (
+    CarState,
     ChargerLimits,
     ChargingLimitPlan,
     UnsupportedAction,
@@ -42,8 +44,17 @@ _PROFILE_IDS = itertools.count(1)
 class ChargerControl:
     """The actions of one charger connection: apply (confirmed), keep alive, replace."""
 
-    def __init__(self, charger: RegisteredCharger, charge_point: Any, *, clock: Clock, hold_s: float) -> None:
+    def __init__(
+        self,
+        charger: RegisteredCharger,
+        charge_point: Any,
+        *,
+        car: Callable[[], CarState],
+        clock: Clock,
+        hold_s: float,
+    ) -> None:
         self.charger = charger
+        self._car = car
         self._charge_point = charge_point
         self._clock = clock
         self._hold_s = hold_s
@@ -63,7 +74,7 @@ class ChargerControl:
         async with self._lock:
             now = self._clock.now()
             try:
-                plan = plan_charging_limit(action, self._limits, now=now, hold_s=self._hold_s)
+                plan = plan_charging_limit(action, self._limits, now=now, hold_s=self._hold_s, car=self._car())
             except UnsupportedAction as refused:
                 return self._outcome(action, applied=False, reason=str(refused))
             refusal = await self._send(plan)
@@ -90,7 +101,7 @@ class ChargerControl:
             if action.valid_until is not None and now >= action.valid_until:
                 return  # the action is over: its last profile ends with it
             async with self._lock:
-                plan = plan_charging_limit(action, self._limits, now=now, hold_s=self._hold_s)
+                plan = plan_charging_limit(action, self._limits, now=now, hold_s=self._hold_s, car=self._car())
                 refusal = await self._send(plan)
             if refusal is not None:
                 logger.warning("charging profile not renewed", extra={"device": self.charger.name, "reason": refusal})

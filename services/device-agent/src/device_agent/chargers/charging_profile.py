@@ -16,6 +16,8 @@ from typing import Any
 from gridloop_common.contracts import BatteryMode, DeviceAction, DeviceType, PowerMode
 
 __all__ = [
+    "DEFAULT_V2G_MIN_SOC_PERCENTAGE",
+    "CarState",
     "ChargerLimits",
     "ChargingLimitPlan",
     "UnsupportedAction",
@@ -28,6 +30,16 @@ VOLTAGE_V = 230.0
 DEFAULT_MAX_CURRENT_A = 16.0
 DEFAULT_MIN_CURRENT_A = 6.0  # IEC 61851: the least current a pilot signal can ask for
 DEFAULT_PHASES = 3
+DEFAULT_V2G_MIN_SOC_PERCENTAGE = 20.0  # V2G never takes a car below this unless the registry says otherwise
+
+
+@dataclass(frozen=True)
+class CarState:
+    """What the charger last said of the car: plugged in or not, its SoC if reported, and the floor for V2G."""
+
+    plugged_in: bool
+    soc_percentage: float | None
+    min_soc_percentage: float = DEFAULT_V2G_MIN_SOC_PERCENTAGE
 
 
 @dataclass(frozen=True)
@@ -86,11 +98,13 @@ def _requested_w(action: DeviceAction, limits: ChargerLimits) -> tuple[float, bo
 
 
 def plan_charging_limit(
-    action: DeviceAction, limits: ChargerLimits, *, now: datetime, hold_s: float
+    action: DeviceAction, limits: ChargerLimits, *, now: datetime, hold_s: float, car: CarState | None = None
 ) -> ChargingLimitPlan:
     """The limit for ``action``, valid until its end or ``hold_s`` from ``now``, whichever is first.
 
-    Raises UnsupportedAction for what the charger cannot do (discharge without V2G, FOLLOW_LOAD).
+    A discharge needs a car plugged in and above its minimum SoC (``car``: None when nothing is known yet,
+    the charger's own floor then holds); otherwise the limit is 0. Raises UnsupportedAction for what the
+    charger cannot do (discharge without V2G, FOLLOW_LOAD).
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
@@ -110,6 +124,14 @@ def plan_charging_limit(
         note = f"{magnitude:g} W is under the minimum current ({limits.minimum_w:g} W): off"
         magnitude = 0.0
     limit_w = magnitude if requested_w >= 0 else -magnitude
+    if limit_w < 0 and car is not None:
+        if not car.plugged_in:
+            limit_w, note = 0.0, "no car plugged in: nothing to discharge"
+        elif car.soc_percentage is not None and car.soc_percentage <= car.min_soc_percentage:
+            limit_w = 0.0
+            note = (
+                f"the car's SoC {car.soc_percentage:g} % is at its minimum {car.min_soc_percentage:g} %: no discharge"
+            )
     return ChargingLimitPlan(limit_w=limit_w, valid_to=valid_to, note=note, released=released)
 
 
