@@ -30,6 +30,7 @@ from gridloop_common.contracts import (
     DeviceAction,
     DeviceAvailability,
     DeviceOutcome,
+    DeviceResyncRequest,
     PowerMode,
     routing,
 )
@@ -176,6 +177,11 @@ async def test_a_v2g_charger_speaks_ocpp_2_1_and_its_transaction_events_are_hand
     ocpp_id = f"V2G-{uuid.uuid4().hex[:6]}"
     # No protocol registered: a V2G charger speaks OCPP 2.1.
     name = await _register(pool, "electric_vehicle_v2g", {"id": ocpp_id, "password_sha256": _hashed(PASSWORD)})
+    resync_queue = f"test.ocpp-resync.{uuid.uuid4().hex[:10]}"
+    await declare_queue(
+        broker.channel,
+        QueueSpec(resync_queue, bindings=((routing.DEVICES_EXCHANGE, routing.RoutingKeys.DEVICE_RESYNC),)),
+    )
     simulator = ChargerSimulator(
         url=url,
         charge_point_id=ocpp_id,
@@ -200,6 +206,14 @@ async def test_a_v2g_charger_speaks_ocpp_2_1_and_its_transaction_events_are_hand
             await session.wait_until(lambda current: current.connector_status == "Available")
         assert started is not None
         assert (await _availability_of(broker, availability_queue, name)).online is True
+        # Taken under control like a battery: the scheduler is asked for the charger's current action.
+        queue = await broker.channel.get_queue(resync_queue, ensure=False)
+        async with queue.iterator() as messages, asyncio.timeout(WAIT_S):
+            async for message in messages:
+                await message.ack()
+                request = DeviceResyncRequest.model_validate_json(message.body)
+                break
+        assert (request.device_name, request.reason) == (name, "charger connected")
 
 
 async def test_an_unknown_charger_is_refused_with_404(

@@ -35,7 +35,7 @@ from device_agent.chargers.charging_profile import DEFAULT_V2G_MIN_SOC_PERCENTAG
 from device_agent.chargers.meter_values import ChargerReading
 from device_agent.repository import RegisteredCharger, UnusableDevice
 from gridloop_common.clock import Clock
-from gridloop_common.contracts import DeviceAction, DeviceAvailability, DeviceOutcome, routing
+from gridloop_common.contracts import DeviceAction, DeviceAvailability, DeviceOutcome, DeviceResyncRequest, routing
 from gridloop_common.messaging import Publisher, PublishError
 
 __all__ = ["CentralSystem", "ChargerLookup", "ChargerSession", "charge_point_id_of"]
@@ -302,6 +302,8 @@ class CentralSystem:
             self._session_opened.notify_all()
         logger.info("charger connected", extra={"device": charger.name, "protocol": charger.protocol})
         await self._publish_availability(charger.name, online=True, reason=None)
+        # As for a battery taken under control: the scheduler answers with the charger's current action.
+        await self._request_resync(charger.name)
         CHARGERS_CONNECTED.inc()
         reason = "OCPP connection closed"
         try:
@@ -315,6 +317,17 @@ class CentralSystem:
             if self.sessions.get(charger.name) is session:
                 await self._publish_availability(charger.name, online=False, reason=reason)
         logger.info("charger disconnected", extra={"device": charger.name, "reason": reason})
+
+    async def _request_resync(self, device_name: str) -> None:
+        request = DeviceResyncRequest(
+            device_name=device_name, reason="charger connected", requested_at=self._clock.now()
+        )
+        try:
+            await self._publisher.publish(
+                exchange=routing.DEVICES_EXCHANGE, routing_key=routing.RoutingKeys.DEVICE_RESYNC, body=request
+            )
+        except PublishError as error:
+            logger.warning("resync request not published", extra={"device": device_name, "error": str(error)})
 
     async def _publish_availability(self, device_name: str, *, online: bool, reason: str | None) -> None:
         report = DeviceAvailability(

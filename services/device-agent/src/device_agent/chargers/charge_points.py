@@ -7,6 +7,7 @@ charger back, because the library runs them inside its receive loop (a call from
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -23,6 +24,17 @@ from ocpp.v201 import call_result as result201
 from device_agent.chargers.meter_values import ChargerReading, reading_from_meter_values
 
 __all__ = ["ChargerEvents", "charge_point_for"]
+
+
+class _MessageLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The ocpp library logs every message it sends and receives at INFO: with a thousand chargers that is
+    most of the agent's log. They go to DEBUG (logger ``device_agent.chargers.messages``)."""
+
+    def info(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self.debug(msg, *args, **kwargs)
+
+
+_MESSAGES = _MessageLog(logging.getLogger("device_agent.chargers.messages"), {})
 
 
 class ChargerEvents(Protocol):
@@ -53,7 +65,7 @@ class CentralSystem16(ChargePoint16):
     """OCPP 1.6J: on/off and V1G chargers."""
 
     def __init__(self, charge_point_id: str, connection: Any, events: ChargerEvents, *, response_timeout_s: float):
-        super().__init__(charge_point_id, connection, response_timeout=response_timeout_s)
+        super().__init__(charge_point_id, connection, response_timeout=response_timeout_s, logger=_MESSAGES)
         self.events = events
         self._next_transaction_id = 1
 
@@ -108,7 +120,7 @@ def _charge_point_2x(version_result: Any, base: Any) -> Any:
         def __init__(
             self, charge_point_id: str, connection: Any, events: ChargerEvents, *, response_timeout_s: float
         ) -> None:
-            super().__init__(charge_point_id, connection, response_timeout=response_timeout_s)
+            super().__init__(charge_point_id, connection, response_timeout=response_timeout_s, logger=_MESSAGES)
             self.events = events
 
         @on("BootNotification")
