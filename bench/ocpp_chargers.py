@@ -84,8 +84,8 @@ async def run(chargers: int, minutes: float, interval_s: int) -> dict[str, objec
         ocpp_port = free_port()
         environment = infrastructure.environment(
             GRIDLOOP_AGENT_PORT=str(free_port()),
-            GRIDLOOP_AGENT_OCPP_PORT=str(ocpp_port),
-            GRIDLOOP_AGENT_OCPP_HEARTBEAT_INTERVAL_S=str(interval_s),
+            GRIDLOOP_OCPP_PORT=str(ocpp_port),
+            GRIDLOOP_OCPP_HEARTBEAT_INTERVAL_S=str(interval_s),
             GRIDLOOP_AGENT_REVERT_TIMEOUT_S="600",
         )
         async with open_broker(

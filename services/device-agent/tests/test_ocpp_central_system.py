@@ -270,7 +270,7 @@ async def test_a_charger_speaking_another_ocpp_version_than_registered_is_closed
     system, url = central_system
     ocpp_id = f"CP-{uuid.uuid4().hex[:6]}"
     await _register(
-        pool, "electric_vehicle_v1g", {"id": ocpp_id, "protocol": "ocpp1.6", "password_sha256": _hashed(PASSWORD)}
+        pool, "electric_vehicle_v1g", {"id": ocpp_id, "version": "1.6", "password_sha256": _hashed(PASSWORD)}
     )
     simulator = ChargerSimulator(url=url, charge_point_id=ocpp_id, password=PASSWORD, protocol="ocpp2.0.1")
 
@@ -410,7 +410,7 @@ async def test_a_charger_that_rejects_the_profile_yields_a_failed_outcome_with_i
     system, url = central_system
     ocpp_id = f"V2G-{uuid.uuid4().hex[:6]}"
     name = await _register(
-        pool, "electric_vehicle_v2g", {"id": ocpp_id, "protocol": "ocpp2.0.1", "password_sha256": _hashed(PASSWORD)}
+        pool, "electric_vehicle_v2g", {"id": ocpp_id, "version": "2.0.1", "password_sha256": _hashed(PASSWORD)}
     )
     simulator = ChargerSimulator(
         url=url,
@@ -449,7 +449,7 @@ async def test_an_action_for_a_registered_charger_that_is_not_connected_fails_an
 
 
 def _refused(status: int) -> float:
-    return REGISTRY.get_sample_value("gridloop_agent_ocpp_connections_refused_total", {"status": str(status)}) or 0.0
+    return REGISTRY.get_sample_value("gridloop_ocpp_connections_refused_total", {"status": str(status)}) or 0.0
 
 
 def _power(session: ChargerSession) -> float | None:

@@ -98,18 +98,18 @@ async def run(settings: DeviceAgentSettings, *, clock: Clock | None = None) -> N
         poller_task = tasks.create_task(poller.run_forever(ready=fleet.loaded), name="telemetry")
         stack.callback(poller_task.cancel)
         chargers = None
-        if settings.agent_ocpp_port:
+        if settings.ocpp_port:
             # EV chargers dial in over OCPP-J; each connection is checked against the registry as it arrives.
             # Their profiles hold for the revert timeout, as a battery's revert timer does.
             central_system = CentralSystem(
                 find_charger=lambda ocpp_id: find_charger(pool, ocpp_id),
                 publisher=broker.publisher,
                 clock=clock,
-                heartbeat_interval_s=settings.agent_ocpp_heartbeat_interval_s,
-                offline_margin_s=settings.agent_ocpp_offline_margin_s,
+                heartbeat_interval_s=settings.ocpp_heartbeat_interval_s,
+                offline_margin_s=settings.ocpp_offline_margin_s,
                 profile_hold_s=settings.agent_revert_timeout_s,
             )
-            await stack.enter_async_context(central_system.serving(settings.agent_host, settings.agent_ocpp_port))
+            await stack.enter_async_context(central_system.serving(settings.agent_host, settings.ocpp_port))
             chargers = (central_system, lambda name: charger_named(pool, name))
         await stack.enter_async_context(
             broker.consumer(

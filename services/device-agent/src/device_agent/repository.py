@@ -145,13 +145,13 @@ async def _charger(pool: asyncpg.Pool, condition: str, value: str) -> Registered
     if metadata.ocpp is None:
         return None  # "ocpp": null
     device_type = DeviceType(row["type"])
-    default_protocol = "ocpp2.1" if device_type is DeviceType.ELECTRIC_VEHICLE_V2G else "ocpp1.6"
+    default_version = "2.1" if device_type is DeviceType.ELECTRIC_VEHICLE_V2G else "1.6"
     return RegisteredCharger(
         device_id=row["id"],
         name=row["name"],
         device_type=device_type,
         ocpp_id=metadata.ocpp.id,
-        protocol=metadata.ocpp.protocol or default_protocol,
+        protocol=f"ocpp{metadata.ocpp.version or default_version}",
         password_sha256=metadata.ocpp.password_sha256,
         max_power_kw=metadata.max_power_kw,
         phases=metadata.phases,

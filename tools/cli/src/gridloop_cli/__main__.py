@@ -51,7 +51,7 @@ def development_environment() -> dict[str, str]:
     environment = {**generated, **_read_environment_file(Path(".env")), **os.environ}
     environment.setdefault("GRIDLOOP_UPSTREAM_URL", "http://127.0.0.1:8090")
     environment.setdefault("GRIDLOOP_WEBHOOK_URL", "http://127.0.0.1:8080/v1/webhooks")
-    environment.setdefault("GRIDLOOP_AGENT_OCPP_PORT", "9000")  # where the simulated chargers dial in
+    environment.setdefault("GRIDLOOP_OCPP_PORT", "9000")  # where the simulated chargers dial in
     return environment
 
 

@@ -45,7 +45,7 @@ SIMULATORS: Final[tuple[ServiceProcess, ...]] = (
             "sim",
             "charger",
             "--url",
-            "ws://127.0.0.1:{GRIDLOOP_AGENT_OCPP_PORT}/ocpp",
+            "ws://127.0.0.1:{GRIDLOOP_OCPP_PORT}/ocpp",
             "--id",
             "SIM-V1G-1",
             "--password",
@@ -63,7 +63,7 @@ SIMULATORS: Final[tuple[ServiceProcess, ...]] = (
             "sim",
             "charger",
             "--url",
-            "ws://127.0.0.1:{GRIDLOOP_AGENT_OCPP_PORT}/ocpp",
+            "ws://127.0.0.1:{GRIDLOOP_OCPP_PORT}/ocpp",
             "--id",
             "SIM-V2G-1",
             "--password",
@@ -111,7 +111,7 @@ SIMULATED_DEVICES: Final[tuple[tuple[str, str, dict[str, object]], ...]] = (
         {
             "max_power_kw": 11,
             "phases": 3,
-            "ocpp": {"id": "SIM-V1G-1", "protocol": "ocpp1.6", "password_sha256": _SIMULATED_CHARGER_PASSWORD_SHA256},
+            "ocpp": {"id": "SIM-V1G-1", "version": "1.6", "password_sha256": _SIMULATED_CHARGER_PASSWORD_SHA256},
         },
     ),
     (
@@ -120,7 +120,7 @@ SIMULATED_DEVICES: Final[tuple[tuple[str, str, dict[str, object]], ...]] = (
         {
             "max_power_kw": 11,
             "phases": 3,
-            "ocpp": {"id": "SIM-V2G-1", "protocol": "ocpp2.1", "password_sha256": _SIMULATED_CHARGER_PASSWORD_SHA256},
+            "ocpp": {"id": "SIM-V2G-1", "version": "2.1", "password_sha256": _SIMULATED_CHARGER_PASSWORD_SHA256},
         },
     ),
 )

@@ -5,7 +5,7 @@ Routing names live in ``gridloop_common.contracts.routing`` and are imported fro
 
 from gridloop_common.contracts.agent import DeviceAction, DeviceAvailability, DeviceOutcome, DeviceResyncRequest
 from gridloop_common.contracts.device_metadata import (
-    OCPP_PROTOCOLS,
+    OCPP_VERSIONS,
     DeviceMetadata,
     InvalidDeviceMetadata,
     ModbusAddress,
@@ -66,7 +66,7 @@ __all__ = [
     "MAX_FORECAST_STEPS",
     "MAX_PLAN_STEPS",
     "MPC_DEFAULT_HORIZON",
-    "OCPP_PROTOCOLS",
+    "OCPP_VERSIONS",
     "OPERATOR_REQUESTS",
     "UNKNOWN_EVENT_TYPE",
     "BatteryCommand",

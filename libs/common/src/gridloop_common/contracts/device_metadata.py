@@ -19,13 +19,14 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-__all__ = ["OCPP_PROTOCOLS", "DeviceMetadata", "InvalidDeviceMetadata", "ModbusAddress", "OcppEndpoint"]
+__all__ = ["OCPP_VERSIONS", "DeviceMetadata", "InvalidDeviceMetadata", "ModbusAddress", "OcppEndpoint"]
 
 _Positive = Annotated[float, Field(gt=0)]
 _Percentage = Annotated[float, Field(ge=0, le=100)]
 
-# The OCPP-J versions the device-agent's central system speaks, as the WebSocket subprotocols name them.
-OCPP_PROTOCOLS = ("ocpp1.6", "ocpp2.0.1", "ocpp2.1")
+# The OCPP-J versions the device-agent's central system speaks (metadata.ocpp.version); the WebSocket
+# subprotocol is "ocpp" + the version.
+OCPP_VERSIONS = ("1.6", "2.0.1", "2.1")
 
 
 class _Metadata(BaseModel):
@@ -45,9 +46,9 @@ class OcppEndpoint(_Metadata):
     """How an EV charger dials in to the device-agent's OCPP central system: ``metadata.ocpp``."""
 
     id: str = Field(min_length=1, max_length=48, description="Charge point identity, the last segment of its URL.")
-    protocol: Literal["ocpp1.6", "ocpp2.0.1", "ocpp2.1"] | None = Field(
+    version: Literal["1.6", "2.0.1", "2.1"] | None = Field(
         default=None,
-        description="OCPP-J version (WebSocket subprotocol). Absent: ocpp2.1 for V2G, ocpp1.6 for the others.",
+        description="OCPP-J version (subprotocol ocpp<version>). Absent: 2.1 for V2G, 1.6 for the others.",
     )
     password_sha256: str | None = Field(
         default=None,

@@ -43,10 +43,10 @@ __all__ = ["CentralSystem", "ChargerLookup", "ChargerSession", "charge_point_id_
 logger = logging.getLogger(__name__)
 
 CHARGERS_CONNECTED = Gauge(
-    "gridloop_agent_ocpp_chargers_connected", "EV chargers connected to the agent's OCPP central system."
+    "gridloop_ocpp_chargers_connected", "EV chargers connected to the agent's OCPP central system."
 )
 CHARGERS_REFUSED = Counter(
-    "gridloop_agent_ocpp_connections_refused",
+    "gridloop_ocpp_connections_refused",
     "OCPP connections refused before the WebSocket opened, by HTTP status (404 unknown id, 401 credentials).",
     ["status"],
 )

@@ -178,5 +178,5 @@ _BY_PROTOCOL: dict[str, Any] = {"ocpp1.6": CentralSystem16, "ocpp2.0.1": Central
 def charge_point_for(
     protocol: str, charge_point_id: str, connection: Any, events: ChargerEvents, *, response_timeout_s: float
 ) -> Any:
-    """The library ChargePoint that speaks ``protocol`` (a subprotocol of OCPP_PROTOCOLS) on ``connection``."""
+    """The library ChargePoint that speaks ``protocol`` (ocpp1.6, ocpp2.0.1 or ocpp2.1) on ``connection``."""
     return _BY_PROTOCOL[protocol](charge_point_id, connection, events, response_timeout_s=response_timeout_s)

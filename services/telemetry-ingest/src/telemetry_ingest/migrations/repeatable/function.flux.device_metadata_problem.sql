@@ -52,13 +52,13 @@ BEGIN
         IF problem IS NOT NULL THEN
             RETURN format('metadata.ocpp.id: %s', problem);
         END IF;
-        problem := flux.device_metadata_value_problem(ocpp -> 'protocol', 'string', true);
-        IF problem IS NULL AND jsonb_typeof(ocpp -> 'protocol') = 'string'
-                AND ocpp ->> 'protocol' NOT IN ('ocpp1.6', 'ocpp2.0.1', 'ocpp2.1') THEN
-            problem := 'must be ocpp1.6, ocpp2.0.1 or ocpp2.1';
+        problem := flux.device_metadata_value_problem(ocpp -> 'version', 'string', true);
+        IF problem IS NULL AND jsonb_typeof(ocpp -> 'version') = 'string'
+                AND ocpp ->> 'version' NOT IN ('1.6', '2.0.1', '2.1') THEN
+            problem := 'must be 1.6, 2.0.1 or 2.1';
         END IF;
         IF problem IS NOT NULL THEN
-            RETURN format('metadata.ocpp.protocol: %s', problem);
+            RETURN format('metadata.ocpp.version: %s', problem);
         END IF;
         problem := flux.device_metadata_value_problem(ocpp -> 'password_sha256', 'string', true);
         IF problem IS NULL AND jsonb_typeof(ocpp -> 'password_sha256') = 'string'
