@@ -80,7 +80,7 @@ async def _watch_log(agent: asyncio.subprocess.Process, no_registry: asyncio.Eve
 async def one_round() -> dict[str, float]:
     async with Infrastructure() as run, WatchedBattery() as battery:
         port = free_port()
-        environment = run.environment(GRIDLOOP_AGENT_PORT=str(port))
+        environment = run.environment(GRIDLOOP_AGENT_PORT=str(port), GRIDLOOP_OCPP_PORT=str(free_port()))
         agent = await asyncio.create_subprocess_exec(
             str(BIN / "gridloop-agent"), env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )

@@ -345,6 +345,7 @@ async def end_to_end(infrastructure: Infrastructure, *, batteries: int = 100, co
             GRIDLOOP_GATEWAY_PORT=str(ports["gateway"]),
             GRIDLOOP_SCHEDULER_PORT=str(ports["scheduler"]),
             GRIDLOOP_AGENT_PORT=str(ports["agent"]),
+            GRIDLOOP_OCPP_PORT=str(free_port()),
             GRIDLOOP_UPSTREAM_URL=upstream.url,
         )
         for script in ("gridloop-ingest", "gridloop-scheduler"):

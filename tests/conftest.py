@@ -31,6 +31,7 @@ def service_environment(amqp_url: str, database_url: str) -> dict[str, str]:
             "GRIDLOOP_OPTIMIZER_PORT": str(free_port()),
             "GRIDLOOP_INGEST_PORT": str(free_port()),
             "GRIDLOOP_AGENT_PORT": str(free_port()),
+            "GRIDLOOP_OCPP_PORT": str(free_port()),
             "GRIDLOOP_STARTUP_TIMEOUT_S": "20",
         }
     )

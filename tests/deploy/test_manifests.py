@@ -102,6 +102,13 @@ class Service:
     settings: Mapping[str, Setting]
     port_variable: str
     port: int
+    # Further ports the service serves besides health and metrics (the device-agent's OCPP central system):
+    # (port name, variable, default), from the *_port fields marked json_schema_extra={"published_port": name}.
+    extra_ports: tuple[tuple[str, str, int], ...] = ()
+
+    @property
+    def all_ports(self) -> list[int]:
+        return [self.port, *(number for _, _, number in self.extra_ports)]
 
     @property
     def dockerfile(self) -> str:
@@ -158,9 +165,20 @@ def service(directory: str) -> Service:
     assert len(classes) == 1, f"{module.__file__}: expected one BaseSettings class, found {classes}"
     settings_class = classes[0]
     settings = _settings_of(settings_class)
-    ports = [name for name in settings_class.model_fields if name.endswith("_port")]
-    assert len(ports) == 1, f"{module.__file__}: expected one *_port field, found {ports}"
-    port_variable = f"{settings_class.model_config.get('env_prefix', '')}{ports[0]}".upper()
+    prefix = settings_class.model_config.get("env_prefix", "")
+    extra_ports: list[tuple[str, str, int]] = []
+    ports = []
+    for name, field in settings_class.model_fields.items():
+        if not name.endswith("_port"):
+            continue
+        marks = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if "published_port" in marks:
+            variable = f"{prefix}{name}".upper()
+            extra_ports.append((str(marks["published_port"]), variable, int(str(settings[variable].default))))
+        else:
+            ports.append(name)
+    assert len(ports) == 1, f"{module.__file__}: expected one *_port field for health and metrics, found {ports}"
+    port_variable = f"{prefix}{ports[0]}".upper()
     port = settings[port_variable].default
     assert port is not None, f"{module.__file__}: {port_variable} has no default"
     return Service(
@@ -172,6 +190,7 @@ def service(directory: str) -> Service:
         settings=settings,
         port_variable=port_variable,
         port=int(port),
+        extra_ports=tuple(extra_ports),
     )
 
 
@@ -383,8 +402,8 @@ def test_service_dockerfile(directory: str) -> None:
     where = each.dockerfile
 
     exposed = {port for i in final if i.keyword == "EXPOSE" for port in i.arguments.split()}
-    assert exposed == {str(each.port)}, (
-        f"{where}: EXPOSE {sorted(exposed)}, expected {each.port} ({each.port_variable})"
+    assert exposed == {str(port) for port in each.all_ports}, (
+        f"{where}: EXPOSE {sorted(exposed)}, expected {each.all_ports} ({each.port_variable} and any extra port)"
     )
 
     healthchecks = [i.arguments for i in final if i.keyword == "HEALTHCHECK"]
@@ -516,8 +535,8 @@ def test_compose_runs_each_service_as_built_and_configured(directory: str, monke
             command = command.split() if isinstance(command, str) else command
             assert command[:1] == [each.script], f"{where}: {key} must run {each.script}, got {command}"
 
-    assert published_ports(definition) == [(each.port, each.port)], (
-        f"{where}: must publish exactly {each.port}:{each.port} ({each.port_variable}), "
+    assert published_ports(definition) == [(port, port) for port in each.all_ports], (
+        f"{where}: must publish exactly {each.all_ports}, each as itself ({each.port_variable} first), "
         f"got {published_ports(definition)}"
     )
 
@@ -1018,9 +1037,11 @@ def test_every_service_has_a_sound_deployment_service_and_pdb(directory: Path, m
         assert len(containers) == 1, f"{where}: expected one container, found {len(containers)}"
         container = containers[0]
         ports = container.get("ports", [])
-        assert [p["containerPort"] for p in ports] == [each.port], (
-            f"{where}: containerPort must be {each.port} ({each.port_variable} default), got {ports}"
+        assert [p["containerPort"] for p in ports] == each.all_ports, (
+            f"{where}: containerPorts must be {each.all_ports} ({each.port_variable} default first), got {ports}"
         )
+        for (name, _, number), declared in zip(each.extra_ports, ports[1:], strict=True):
+            assert declared.get("name") == name, f"{where}: containerPort {number} must be named {name}"
         port = ports[0]
         assert probe_port_ok(container.get("livenessProbe"), "/healthz", port), (
             f"{where}: livenessProbe must be httpGet /healthz on port {each.port}"
@@ -1093,8 +1114,12 @@ def test_every_service_has_a_sound_deployment_service_and_pdb(directory: Path, m
         assert each.directory in services_, f"{where}: no Service named {each.directory}"
         service_ = services_[each.directory]
         assert selects(service_["spec"].get("selector", {}), labels), f"{where}: Service selector misses the pods"
+        targets = {p.get("name") for p in ports} | set(each.all_ports)
+        assert {service_port.get("targetPort", service_port["port"]) for service_port in service_["spec"]["ports"]} == (
+            {port.get("name") or each.port, *(name for name, _, _ in each.extra_ports)}
+        ), f"{where}: the Service must route to every container port, by name"
         for service_port in service_["spec"]["ports"]:
-            assert service_port.get("targetPort", service_port["port"]) in (port.get("name"), each.port), (
+            assert service_port.get("targetPort", service_port["port"]) in targets, (
                 f"{where}: Service targetPort {service_port.get('targetPort')} is not the container port"
             )
         assert each.directory in budgets, f"{where}: no PodDisruptionBudget named {each.directory}"

@@ -94,6 +94,8 @@ class Stack:
         environment = dict(self.environment)
         port = _free_port()
         environment[port_variable] = str(port)
+        if name == "agent":
+            environment["GRIDLOOP_OCPP_PORT"] = str(_free_port())  # its OCPP server: never the fixed 9000
         log = self.log_dir / f"{name}-{len(self.logs)}.log"
         self.logs[name] = log
         handle = log.open("wb")

@@ -1,4 +1,4 @@
-"""Composition root of the device agent: broker, registry access, device loops, health server."""
+"""Composition root of the device agent: broker, registry access, device loops, OCPP central system, health server."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import logging
 from starlette.applications import Starlette
 
 from device_agent import handlers
+from device_agent.chargers.central_system import CentralSystem
 from device_agent.fleet import Fleet
 from device_agent.modbus.bus import ModbusBus
 from device_agent.registry_feed import listen_for_registry_changes
+from device_agent.repository import charger_named, find_charger
 from device_agent.settings import DeviceAgentSettings
 from device_agent.telemetry import TelemetryPoller
 from gridloop_common.clock import Clock, SystemClock
@@ -95,10 +97,24 @@ async def run(settings: DeviceAgentSettings, *, clock: Clock | None = None) -> N
         )
         poller_task = tasks.create_task(poller.run_forever(ready=fleet.loaded), name="telemetry")
         stack.callback(poller_task.cancel)
+        chargers = None
+        if settings.ocpp_port:
+            # EV chargers dial in over OCPP-J; each connection is checked against the registry as it arrives.
+            # Their profiles hold for the revert timeout, as a battery's revert timer does.
+            central_system = CentralSystem(
+                find_charger=lambda ocpp_id: find_charger(pool, ocpp_id),
+                publisher=broker.publisher,
+                clock=clock,
+                heartbeat_interval_s=settings.ocpp_heartbeat_interval_s,
+                offline_margin_s=settings.ocpp_offline_margin_s,
+                profile_hold_s=settings.agent_revert_timeout_s,
+            )
+            await stack.enter_async_context(central_system.serving(settings.agent_host, settings.ocpp_port))
+            chargers = (central_system, lambda name: charger_named(pool, name))
         await stack.enter_async_context(
             broker.consumer(
                 routing.Queues.AGENT_DEVICE_ACTIONS,
-                handlers.device_action_handler(fleet, broker.publisher, clock),
+                handlers.device_action_handler(fleet, broker.publisher, clock, chargers),
                 drain_timeout_s=settings.observability.shutdown_timeout_s,
             )
         )

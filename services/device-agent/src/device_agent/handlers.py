@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
+from device_agent.chargers.central_system import CentralSystem, ChargerLookup
 from device_agent.fleet import Fleet
 from gridloop_common.clock import Clock
 from gridloop_common.contracts import DeviceAction, DeviceOutcome, routing
@@ -32,12 +33,27 @@ def unknown_device_wait_s(issued_at: datetime, valid_until: datetime | None, *, 
     return max(0.0, min(UNKNOWN_DEVICE_WAIT_S, (deadline - now).total_seconds()))
 
 
-def device_action_handler(fleet: Fleet, publisher: Publisher, clock: Clock) -> Callable[[Delivery], Awaitable[None]]:
-    """Apply an action on its device and publish the outcome; ack only after the outcome is confirmed."""
+def device_action_handler(
+    fleet: Fleet,
+    publisher: Publisher,
+    clock: Clock,
+    chargers: tuple[CentralSystem, ChargerLookup] | None = None,
+) -> Callable[[Delivery], Awaitable[None]]:
+    """Apply an action on its device and publish the outcome; ack only after the outcome is confirmed.
+
+    ``chargers``: the OCPP central system and the registry lookup of a charger by name; an action for an EV
+    charger goes to its connection (a battery's goes to its control loop).
+    """
 
     async def handle(action: DeviceAction, delivery: Delivery) -> None:
         await asyncio.wait_for(fleet.loaded.wait(), 30)
         controller = fleet.control_loop(action.device_name)
+        if controller is None and chargers is not None:
+            central_system, charger_named = chargers
+            charger_outcome = await central_system.carry_out(action, charger_named)
+            if charger_outcome is not None:
+                await _publish(charger_outcome, action)
+                return
         if controller is None and fleet.unusable_reason(action.device_name) is None:
             # Registered a moment ago (the action overtook the registry's change notice)? Wait for it.
             wait_s = unknown_device_wait_s(action.issued_at, action.valid_until, now=clock.now())
@@ -60,6 +76,9 @@ def device_action_handler(fleet: Fleet, publisher: Publisher, clock: Clock) -> C
             outcome = await controller.submit(action)
         if outcome is None:
             return  # superseded by a newer action before it was applied
+        await _publish(outcome, action)
+
+    async def _publish(outcome: DeviceOutcome, action: DeviceAction) -> None:
         await publisher.publish(
             exchange=routing.DEVICES_EXCHANGE,
             routing_key=routing.RoutingKeys.DEVICE_OUTCOME,

@@ -24,6 +24,19 @@ class DeviceAgentSettings(BaseSettings):
     agent_revert_timeout_s: int = Field(
         default=60, ge=10, le=3600, description="Revert timer written with every control (InOutWRte_RvrtTms)."
     )
+    ocpp_port: int = Field(
+        default=9000,
+        ge=0,
+        le=65535,
+        description="Port of the OCPP-J central system EV chargers dial in to; 0: none.",
+        json_schema_extra={"published_port": "ocpp"},  # a second port the deployment publishes (tests/deploy)
+    )
+    ocpp_heartbeat_interval_s: int = Field(
+        default=60, ge=1, le=86400, description="Heartbeat interval given to chargers in the BootNotification answer."
+    )
+    ocpp_offline_margin_s: float = Field(
+        default=15.0, gt=0, le=600, description="A charger silent for a heartbeat interval plus this is offline."
+    )
     amqp: AmqpSettings = Field(default_factory=AmqpSettings)
     database: PostgresSettings = Field(default_factory=PostgresSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)

@@ -51,6 +51,7 @@ def development_environment() -> dict[str, str]:
     environment = {**generated, **_read_environment_file(Path(".env")), **os.environ}
     environment.setdefault("GRIDLOOP_UPSTREAM_URL", "http://127.0.0.1:8090")
     environment.setdefault("GRIDLOOP_WEBHOOK_URL", "http://127.0.0.1:8080/v1/webhooks")
+    environment.setdefault("GRIDLOOP_OCPP_PORT", "9000")  # where the simulated chargers dial in
     return environment
 
 
@@ -68,7 +69,7 @@ def _migrate(environment: dict[str, str]) -> int:
 
 
 def _register_simulated_devices(environment: dict[str, str]) -> None:
-    """Put the simulators' battery and meter in the registry (once), so the agent drives them."""
+    """Put the simulators' battery, meter and chargers in the registry (once), so the agent drives them."""
     url = environment.get("GRIDLOOP_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/gridloop")
 
     async def register() -> None:
@@ -179,11 +180,13 @@ def _plan(scenario: str, out: str | None, repetitions: int) -> int:
 def _simulate(kind: str, argv: list[str]) -> int:
     # Imported late: heavy, and needed only by `sim`.
     import gridloop_simulators.battery
+    import gridloop_simulators.charger
     import gridloop_simulators.meter
     import gridloop_simulators.upstream
 
     runner = {
         "battery": gridloop_simulators.battery.main,
+        "charger": gridloop_simulators.charger.main,
         "meter": gridloop_simulators.meter.main,
         "upstream": gridloop_simulators.upstream.main,
     }[kind]
@@ -214,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     plan.add_argument("--out", help="where to write the result (default: standard output)")
     plan.add_argument("--repetitions", type=int, default=10, help="timed solves after one warm-up (default 10)")
     simulate = subcommands.add_parser("sim", help="run a simulator")
-    simulate.add_argument("kind", choices=["battery", "meter", "upstream"])
+    simulate.add_argument("kind", choices=["battery", "charger", "meter", "upstream"])
     simulate.add_argument("options", nargs=argparse.REMAINDER, help="options of the simulator (see --help)")
     arguments = parser.parse_args(argv)
     if arguments.command == "asyncapi":

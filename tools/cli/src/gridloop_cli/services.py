@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Final
 
@@ -28,10 +29,52 @@ SERVICES: Final[tuple[ServiceProcess, ...]] = (
     ServiceProcess("device-agent", ("gridloop-agent",), 9103, False, "GRIDLOOP_AGENT_PORT"),
 )
 
+# The simulated chargers' Basic-auth password: a local development stack's, like guest/guest for RabbitMQ.
+SIMULATED_CHARGER_PASSWORD: Final = "simulated-charger"
+_SIMULATED_CHARGER_PASSWORD_SHA256: Final = hashlib.sha256(SIMULATED_CHARGER_PASSWORD.encode()).hexdigest()
+
 # Arguments in braces are filled from the environment when the process starts.
 SIMULATORS: Final[tuple[ServiceProcess, ...]] = (
     ServiceProcess("sim-battery", ("gridloop", "sim", "battery", "--port", "5020")),
     ServiceProcess("sim-meter", ("gridloop", "sim", "meter", "--port", "5021")),
+    # Two EV chargers dialling in to the agent: a V1G on OCPP 1.6J and a V2G on OCPP 2.1.
+    ServiceProcess(
+        "sim-charger-v1g",
+        (
+            "gridloop",
+            "sim",
+            "charger",
+            "--url",
+            "ws://127.0.0.1:{GRIDLOOP_OCPP_PORT}/ocpp",
+            "--id",
+            "SIM-V1G-1",
+            "--password",
+            SIMULATED_CHARGER_PASSWORD,
+            "--protocol",
+            "ocpp1.6",
+            "--soc",
+            "35",
+        ),
+    ),
+    ServiceProcess(
+        "sim-charger-v2g",
+        (
+            "gridloop",
+            "sim",
+            "charger",
+            "--url",
+            "ws://127.0.0.1:{GRIDLOOP_OCPP_PORT}/ocpp",
+            "--id",
+            "SIM-V2G-1",
+            "--password",
+            SIMULATED_CHARGER_PASSWORD,
+            "--protocol",
+            "ocpp2.1",
+            "--v2g",
+            "--soc",
+            "70",
+        ),
+    ),
     ServiceProcess(
         "sim-upstream",
         (
@@ -62,4 +105,22 @@ SIMULATED_DEVICES: Final[tuple[tuple[str, str, dict[str, object]], ...]] = (
         },
     ),
     ("meter-1", "meter", {"modbus": {"host": "127.0.0.1", "port": 5021, "unit_id": 1, "profile": "sunspec"}}),
+    (
+        "ev-v1g-1",
+        "electric_vehicle_v1g",
+        {
+            "max_power_kw": 11,
+            "phases": 3,
+            "ocpp": {"id": "SIM-V1G-1", "version": "1.6", "password_sha256": _SIMULATED_CHARGER_PASSWORD_SHA256},
+        },
+    ),
+    (
+        "ev-v2g-1",
+        "electric_vehicle_v2g",
+        {
+            "max_power_kw": 11,
+            "phases": 3,
+            "ocpp": {"id": "SIM-V2G-1", "version": "2.1", "password_sha256": _SIMULATED_CHARGER_PASSWORD_SHA256},
+        },
+    ),
 )

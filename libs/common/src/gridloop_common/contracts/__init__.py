@@ -4,7 +4,13 @@ Routing names live in ``gridloop_common.contracts.routing`` and are imported fro
 """
 
 from gridloop_common.contracts.agent import DeviceAction, DeviceAvailability, DeviceOutcome, DeviceResyncRequest
-from gridloop_common.contracts.device_metadata import DeviceMetadata, InvalidDeviceMetadata, ModbusAddress
+from gridloop_common.contracts.device_metadata import (
+    OCPP_VERSIONS,
+    DeviceMetadata,
+    InvalidDeviceMetadata,
+    ModbusAddress,
+    OcppEndpoint,
+)
 from gridloop_common.contracts.flux import (
     MARKET_DATA_TYPES,
     BessReading,
@@ -60,6 +66,7 @@ __all__ = [
     "MAX_FORECAST_STEPS",
     "MAX_PLAN_STEPS",
     "MPC_DEFAULT_HORIZON",
+    "OCPP_VERSIONS",
     "OPERATOR_REQUESTS",
     "UNKNOWN_EVENT_TYPE",
     "BatteryCommand",
@@ -97,6 +104,7 @@ __all__ = [
     "ModbusAddress",
     "MpcRequest",
     "MpcStopRequest",
+    "OcppEndpoint",
     "OperatorReply",
     "OptimizationStatusRequest",
     "PaidControlRequest",

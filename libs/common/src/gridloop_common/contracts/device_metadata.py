@@ -6,8 +6,7 @@ never guessed at (a ``max_power_kw`` of ``0`` or ``true`` is an error, not "unli
 
 Numbers are strict: JSON booleans and numeric strings are refused, integers are accepted where a float is
 expected. Keys this model does not name are kept (``extra="allow"``), so metadata written for a later
-feature (an OCPP charger's ``ocpp``, ``min_current_a``, ``phases``) passes through until the feature types
-it here.
+feature passes through until the feature types it here.
 
 telemetry-ingest's migration 0019 holds the same rules in SQL (``flux.device_metadata_problem``), so a
 bad value written through the REST API is refused with the field named; its agreement test runs one table
@@ -16,14 +15,18 @@ of examples through both.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-__all__ = ["DeviceMetadata", "InvalidDeviceMetadata", "ModbusAddress"]
+__all__ = ["OCPP_VERSIONS", "DeviceMetadata", "InvalidDeviceMetadata", "ModbusAddress", "OcppEndpoint"]
 
 _Positive = Annotated[float, Field(gt=0)]
 _Percentage = Annotated[float, Field(ge=0, le=100)]
+
+# The OCPP-J versions the device-agent's central system speaks (metadata.ocpp.version); the WebSocket
+# subprotocol is "ocpp" + the version.
+OCPP_VERSIONS = ("1.6", "2.0.1", "2.1")
 
 
 class _Metadata(BaseModel):
@@ -39,10 +42,27 @@ class ModbusAddress(_Metadata):
     profile: str | None = Field(default=None, min_length=1, description="Register map, e.g. sunspec.")
 
 
+class OcppEndpoint(_Metadata):
+    """How an EV charger dials in to the device-agent's OCPP central system: ``metadata.ocpp``."""
+
+    id: str = Field(min_length=1, max_length=48, description="Charge point identity, the last segment of its URL.")
+    version: Literal["1.6", "2.0.1", "2.1"] | None = Field(
+        default=None,
+        description="OCPP-J version (subprotocol ocpp<version>). Absent: 2.1 for V2G, 1.6 for the others.",
+    )
+    password_sha256: str | None = Field(
+        default=None,
+        pattern="^[0-9a-f]{64}$",
+        description="SHA-256 (64 lowercase hex digits) of the charger's Basic-auth password (security profile 1). "
+        "Absent: the charger is refused.",
+    )
+
+
 class DeviceMetadata(_Metadata):
     """``flux.mg_device_registry.metadata``; every field may be absent (or null), none may be wrong."""
 
     modbus: ModbusAddress | None = Field(default=None, description="Absent: the device is not driven over Modbus.")
+    ocpp: OcppEndpoint | None = Field(default=None, description="Absent: the device is not an OCPP charger.")
     max_power_kw: _Positive | None = Field(default=None, description="Power limit, kW; > 0. Absent: no limit.")
     capacity_kwh: _Positive | None = Field(default=None, description="Usable energy, kWh; > 0.")
     backup_reserve_percentage: _Percentage | None = Field(
@@ -53,6 +73,17 @@ class DeviceMetadata(_Metadata):
     )
     site_meter: str | None = Field(default=None, min_length=1, description="Name of the site meter in the registry.")
     ac_power_sign: int = Field(default=1, description="-1 when the AC model reports charging as negative power.")
+    phases: int | None = Field(default=None, description="An EV charger's phases, 1 or 3. Absent: 3.")
+    min_current_a: _Positive | None = Field(
+        default=None, description="An EV charger's minimum current per phase, A (below it, it pauses). Absent: 6."
+    )
+
+    @field_validator("phases")
+    @classmethod
+    def _phases(cls, value: int | None) -> int | None:
+        if value is not None and value not in (1, 3):
+            raise ValueError("must be 1 or 3")
+        return value
 
     @field_validator("ac_power_sign")
     @classmethod

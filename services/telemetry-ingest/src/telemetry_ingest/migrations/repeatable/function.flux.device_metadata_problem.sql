@@ -8,6 +8,7 @@ SET search_path = pg_catalog
 AS $$
 DECLARE
     modbus jsonb := metadata -> 'modbus';
+    ocpp jsonb := metadata -> 'ocpp';
     problem text;
     field text;
     sign text;
@@ -36,6 +37,38 @@ BEGIN
             END IF;
         END LOOP;
     END IF;
+    -- An EV charger's OCPP identity, version and password hash (gridloop_common's OcppEndpoint).
+    IF ocpp IS NOT NULL AND jsonb_typeof(ocpp) <> 'null' THEN
+        IF jsonb_typeof(ocpp) <> 'object' THEN
+            RETURN 'metadata.ocpp: must be a JSON object';
+        END IF;
+        IF NOT ocpp ? 'id' THEN
+            RETURN 'metadata.ocpp.id: required';
+        END IF;
+        problem := flux.device_metadata_value_problem(ocpp -> 'id', 'string', false);
+        IF problem IS NULL AND length(ocpp ->> 'id') > 48 THEN
+            problem := 'must have at most 48 characters';
+        END IF;
+        IF problem IS NOT NULL THEN
+            RETURN format('metadata.ocpp.id: %s', problem);
+        END IF;
+        problem := flux.device_metadata_value_problem(ocpp -> 'version', 'string', true);
+        IF problem IS NULL AND jsonb_typeof(ocpp -> 'version') = 'string'
+                AND ocpp ->> 'version' NOT IN ('1.6', '2.0.1', '2.1') THEN
+            problem := 'must be 1.6, 2.0.1 or 2.1';
+        END IF;
+        IF problem IS NOT NULL THEN
+            RETURN format('metadata.ocpp.version: %s', problem);
+        END IF;
+        problem := flux.device_metadata_value_problem(ocpp -> 'password_sha256', 'string', true);
+        IF problem IS NULL AND jsonb_typeof(ocpp -> 'password_sha256') = 'string'
+                AND ocpp ->> 'password_sha256' !~ '^[0-9a-f]{64}$' THEN
+            problem := 'must be 64 lowercase hexadecimal digits (a SHA-256)';
+        END IF;
+        IF problem IS NOT NULL THEN
+            RETURN format('metadata.ocpp.password_sha256: %s', problem);
+        END IF;
+    END IF;
     FOR field, problem IN VALUES
         ('max_power_kw', flux.device_metadata_value_problem(metadata -> 'max_power_kw', 'number', true, 0, true)),
         ('capacity_kwh', flux.device_metadata_value_problem(metadata -> 'capacity_kwh', 'number', true, 0, true)),
@@ -53,6 +86,18 @@ BEGIN
     sign := metadata ->> 'ac_power_sign';
     IF sign IS NOT NULL AND sign NOT IN ('1', '-1') THEN
         RETURN 'metadata.ac_power_sign: must be 1 or -1';
+    END IF;
+    -- An EV charger's electrical limits, after ac_power_sign as in the contract's field order.
+    problem := flux.device_metadata_value_problem(metadata -> 'phases', 'integer', true);
+    IF problem IS NULL AND jsonb_typeof(metadata -> 'phases') = 'number' AND metadata ->> 'phases' NOT IN ('1', '3') THEN
+        problem := 'must be 1 or 3';
+    END IF;
+    IF problem IS NOT NULL THEN
+        RETURN format('metadata.phases: %s', problem);
+    END IF;
+    problem := flux.device_metadata_value_problem(metadata -> 'min_current_a', 'number', true, 0, true);
+    IF problem IS NOT NULL THEN
+        RETURN format('metadata.min_current_a: %s', problem);
     END IF;
     RETURN NULL;
 END

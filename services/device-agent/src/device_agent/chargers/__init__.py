@@ -1,0 +1,1 @@
+"""EV chargers over OCPP-J: the device-agent is their central system (docs/design.md §4, §8)."""
