@@ -55,6 +55,27 @@ end-of-horizon target: the precedence of docs/design.md (the device's limits and
 site cap next). Scaling by the problem's own prices, rather than a fixed number, keeps the model's cost range
 near 1e5-1e7, where HiGHS's absolute tolerances (1e-7) stay meaningful, and works in any currency.
 
+Electric vehicles, per car k (formulation of docs/decisions/2026-12-08-ev-formulation.md):
+
+    ev_ch[t], ev_dis[t]   AC charge / discharge power, kW, hard [0, rated] while plugged in, 0 otherwise
+                          (ev_dis only for V2G, and only when the car starts at or above its minimum SoC)
+    ev_e[t]               energy at the end of step t, kWh, hard [V2G: min(initial, C*soc_min); else 0, C]
+    ev_short              kWh the car lacks at departure                                 (penalty TARGET)
+    ev_on[t], ev_back[t]  1 = may charge / may discharge (only for a semi-continuous or V2G car)
+
+    ev_energy  ev_e[t] - ev_e[t-1] - eta_c*dt*ev_ch[t] + dt/eta_d*ev_dis[t] = 0
+    ev_target  ev_e[t] + ev_short >= target at the departure step, free at every other step (one row per step,
+               so a departure that moves as the horizon recedes changes only row bounds, not the matrix)
+    ev_on      ev_ch - rated*ev_on <= 0,  ev_ch - floor*ev_on >= 0   (floor: the minimum current's power;
+               the rated power for an on/off charger, so it runs at exactly 0 or rated)
+    ev_back    the same for ev_dis and ev_back, and ev_on + ev_back <= 1
+    balance    ... - sum_k ev_ch + sum_k ev_dis
+
+The departure target is priced at the TARGET tier, like a battery's end-of-horizon target: missing a kWh
+saves at most S/eta_c <= 2*S (eta_c >= 0.5), so it is met whenever the car can take the energy, and the
+site's limits and the batteries' bounds and reserves still win over it. A car's binaries are integer only
+while it is plugged in; outside its window its columns are fixed at 0.
+
 Binaries: a battery charging and discharging in the same step, or a site importing and exporting, can only
 pay where energy has a negative value. At step t, if p_imp[t] >= 0, the export price is >= 0 or the site
 cannot export then, and the export limit cannot bind (pv - load + sum max_discharge <= export limit),
@@ -75,7 +96,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from optimizer.problem import Battery, FloatArray, SiteProblem, TargetMode
+from optimizer.problem import Battery, ElectricVehicle, EvKind, FloatArray, SiteProblem, TargetMode
 
 __all__ = [
     "ModelData",
@@ -89,6 +110,7 @@ __all__ = [
     "penalties_for",
     "shape_of",
     "soc_band_is_kept",
+    "vehicle_needs_binaries",
 ]
 
 IndexArray = npt.NDArray[np.int32]
@@ -140,16 +162,24 @@ class ModelShape:
     soft_soc: tuple[bool, ...]  # per battery: whether its SoC band needs slacks (see soc_band_is_kept)
     demand_charge: bool
     binaries: bool
+    # Per car: (kind, charge efficiency, discharge efficiency, whether it needs on/back binaries).
+    vehicles: tuple[tuple[str, float, float, bool], ...] = ()
 
     @property
     def battery_count(self) -> int:
         return len(self.efficiencies)
+
+    @property
+    def integers(self) -> bool:
+        """Whether a solve of this shape can be a MIP (battery/grid binaries or a car's)."""
+        return self.binaries or any(semi for _, _, _, semi in self.vehicles)
 
 
 def exclusivity_steps(problem: SiteProblem) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
     """The steps where a battery charging and discharging at once, and where importing and exporting at
     once, might pay (module docstring); elsewhere netting the LP's flows is never dearer."""
     max_discharge = sum(battery.max_discharge_kw for battery in problem.batteries)
+    max_discharge += sum(vehicle.max_discharge_kw for vehicle in problem.vehicles)
     can_export = problem.pv_kw - problem.load_kw + max_discharge
     battery_steps = (
         (problem.import_price < 0)
@@ -179,7 +209,17 @@ def shape_of(problem: SiteProblem) -> ModelShape:
         soft_soc=tuple(not soc_band_is_kept(b) for b in problem.batteries),
         demand_charge=problem.demand_charge is not None,
         binaries=bool(battery_steps.any() or grid_steps.any()),
+        vehicles=tuple(
+            (vehicle.kind.value, vehicle.charge_efficiency, vehicle.discharge_efficiency, vehicle_needs_binaries(vehicle))
+            for vehicle in problem.vehicles
+        ),
     )
+
+
+def vehicle_needs_binaries(vehicle: ElectricVehicle) -> bool:
+    """A charger with a minimum power (on/off: the rated power) is semi-continuous; V2G also needs them so it
+    never charges and discharges in one step. A V1G charger without a minimum current is a plain LP."""
+    return vehicle.kind is EvKind.V2G or vehicle.floor_kw > 0
 
 
 class ModelLayout:
@@ -233,6 +273,33 @@ class ModelLayout:
             self.target_rows.append(int(rows(1)[0]))
             self.charge_rows.append(rows(steps) if shape.binaries else empty)
             self.discharge_rows.append(rows(steps) if shape.binaries else empty)
+        self.vehicle_charge: list[IndexArray] = []
+        self.vehicle_discharge: list[IndexArray] = []
+        self.vehicle_energy: list[IndexArray] = []
+        self.vehicle_short: list[int] = []
+        self.vehicle_on: list[IndexArray] = []
+        self.vehicle_back: list[IndexArray] = []
+        self.vehicle_energy_rows: list[IndexArray] = []
+        self.vehicle_target_rows: list[IndexArray] = []
+        self.vehicle_on_upper_rows: list[IndexArray] = []
+        self.vehicle_on_lower_rows: list[IndexArray] = []
+        self.vehicle_back_upper_rows: list[IndexArray] = []
+        self.vehicle_back_lower_rows: list[IndexArray] = []
+        self.vehicle_exclusive_rows: list[IndexArray] = []
+        for _, _, _, semi in shape.vehicles:
+            self.vehicle_charge.append(columns(steps))
+            self.vehicle_discharge.append(columns(steps))
+            self.vehicle_energy.append(columns(steps))
+            self.vehicle_short.append(int(columns(1)[0]))
+            self.vehicle_on.append(columns(steps) if semi else empty)
+            self.vehicle_back.append(columns(steps) if semi else empty)
+            self.vehicle_energy_rows.append(rows(steps))
+            self.vehicle_target_rows.append(rows(steps))
+            self.vehicle_on_upper_rows.append(rows(steps) if semi else empty)
+            self.vehicle_on_lower_rows.append(rows(steps) if semi else empty)
+            self.vehicle_back_upper_rows.append(rows(steps) if semi else empty)
+            self.vehicle_back_lower_rows.append(rows(steps) if semi else empty)
+            self.vehicle_exclusive_rows.append(rows(steps) if semi else empty)
         self.grid_import = columns(steps)
         self.import_over = columns(steps)
         self.grid_export = columns(steps)
@@ -245,7 +312,10 @@ class ModelLayout:
         self.export_rows = rows(steps) if shape.binaries else empty
         self.column_count = column
         self.row_count = row
-        self.binary_columns = np.concatenate([*self.mode, self.direction]) if shape.binaries else empty
+        battery_binaries = [*self.mode, self.direction] if shape.binaries else []
+        # Per car: on then back, the order model_data lists their integrality in.
+        vehicle_binaries = [mode for pair in zip(self.vehicle_on, self.vehicle_back, strict=True) for mode in pair]
+        self.binary_columns = np.concatenate([*battery_binaries, *vehicle_binaries, empty])
 
 
 @dataclass(frozen=True, eq=False)
@@ -299,6 +369,38 @@ def build_structure(shape: ModelShape) -> ModelStructure:
             add(layout.charge_rows[b], layout.mode[b], -ones)
             add(layout.discharge_rows[b], layout.discharge[b], ones)
             add(layout.discharge_rows[b], layout.mode[b], ones)
+    for k, (_, eta_charge, eta_discharge, semi) in enumerate(shape.vehicles):
+        energy_rows = layout.vehicle_energy_rows[k]
+        add(energy_rows, layout.vehicle_energy[k], ones)
+        add(energy_rows[1:], layout.vehicle_energy[k][:-1], -ones[1:])
+        add(energy_rows, layout.vehicle_charge[k], np.full(steps, -eta_charge * dt))
+        add(energy_rows, layout.vehicle_discharge[k], np.full(steps, dt / eta_discharge))
+        add(layout.vehicle_target_rows[k], layout.vehicle_energy[k], ones)
+        add(layout.vehicle_target_rows[k], np.full(steps, layout.vehicle_short[k], dtype=np.int32), ones)
+        add(layout.balance_rows, layout.vehicle_charge[k], -ones)
+        add(layout.balance_rows, layout.vehicle_discharge[k], ones)
+        if semi:
+            # The on/back coefficients are the car's rated and minimum power, set per solve.
+            for flow, mode, upper_rows, lower_rows in (
+                (
+                    layout.vehicle_charge[k],
+                    layout.vehicle_on[k],
+                    layout.vehicle_on_upper_rows[k],
+                    layout.vehicle_on_lower_rows[k],
+                ),
+                (
+                    layout.vehicle_discharge[k],
+                    layout.vehicle_back[k],
+                    layout.vehicle_back_upper_rows[k],
+                    layout.vehicle_back_lower_rows[k],
+                ),
+            ):
+                add(upper_rows, flow, ones)
+                add(upper_rows, mode, -ones)
+                add(lower_rows, flow, ones)
+                add(lower_rows, mode, -ones)
+            add(layout.vehicle_exclusive_rows[k], layout.vehicle_on[k], ones)
+            add(layout.vehicle_exclusive_rows[k], layout.vehicle_back[k], ones)
     for flow, sign in (
         (layout.grid_import, 1.0),
         (layout.import_over, 1.0),
@@ -361,7 +463,9 @@ def model_data(problem: SiteProblem, layout: ModelLayout, penalties: Penalties) 
 
     net_load = problem.load_kw - problem.pv_kw
     max_charge = sum(battery.max_charge_kw for battery in problem.batteries)
+    max_charge += sum(vehicle.max_power_kw for vehicle in problem.vehicles)
     max_discharge = sum(battery.max_discharge_kw for battery in problem.batteries)
+    max_discharge += sum(vehicle.max_discharge_kw for vehicle in problem.vehicles)
     # What the site can physically draw or feed in (PV is not curtailed, the load is what it is).
     physical_import = np.maximum(0.0, net_load + max_charge)
     physical_export = np.maximum(0.0, -net_load + max_discharge)
@@ -396,6 +500,56 @@ def model_data(problem: SiteProblem, layout: ModelLayout, penalties: Penalties) 
             if battery.target_mode is TargetMode.AT_LEAST:
                 upper[over] = 0.0
 
+    vehicle_rows: list[IndexArray] = []
+    vehicle_columns: list[IndexArray] = []
+    vehicle_values: list[FloatArray] = []
+    vehicle_integers: list[npt.NDArray[np.uint8]] = []
+    for k, vehicle in enumerate(problem.vehicles):
+        plugged = vehicle.plugged(shape.steps)
+        capacity = vehicle.capacity_kwh
+        initial = capacity * vehicle.soc_initial_pct / 100
+        upper[layout.vehicle_charge[k]] = np.where(plugged, vehicle.max_power_kw, 0.0)
+        upper[layout.vehicle_discharge[k]] = np.where(plugged, vehicle.max_discharge_kw, 0.0)
+        if vehicle.kind is EvKind.V2G:
+            lower[layout.vehicle_energy[k]] = min(initial, capacity * vehicle.soc_min_pct / 100)
+        upper[layout.vehicle_energy[k]] = max(capacity, initial)
+        cost[layout.vehicle_short[k]] = penalties.target
+        energy_rows = layout.vehicle_energy_rows[k]
+        row_lower[energy_rows[0]] = row_upper[energy_rows[0]] = initial
+        target_rows = layout.vehicle_target_rows[k]
+        row_lower[target_rows] = -inf
+        row_upper[target_rows] = inf
+        target_step = vehicle.target_step(shape.steps)
+        if target_step is not None and vehicle.target_soc_pct is not None:
+            row_lower[target_rows[target_step]] = capacity * vehicle.target_soc_pct / 100
+        else:
+            upper[layout.vehicle_short[k]] = 0.0
+        if layout.vehicle_on[k].size:
+            integer = plugged.astype(np.uint8)
+            for flow_upper, mode, upper_rows, lower_rows in (
+                (
+                    upper[layout.vehicle_charge[k]],
+                    layout.vehicle_on[k],
+                    layout.vehicle_on_upper_rows[k],
+                    layout.vehicle_on_lower_rows[k],
+                ),
+                (
+                    upper[layout.vehicle_discharge[k]],
+                    layout.vehicle_back[k],
+                    layout.vehicle_back_upper_rows[k],
+                    layout.vehicle_back_lower_rows[k],
+                ),
+            ):
+                upper[mode] = np.where(flow_upper > 0, 1.0, 0.0)
+                row_lower[upper_rows] = -inf
+                row_upper[lower_rows] = inf
+                vehicle_rows += [upper_rows, lower_rows]
+                vehicle_columns += [mode, mode]
+                vehicle_values += [-np.maximum(flow_upper, 0.0), -np.minimum(vehicle.floor_kw, flow_upper)]
+                vehicle_integers.append(integer & (flow_upper > 0).astype(np.uint8))
+            row_lower[layout.vehicle_exclusive_rows[k]] = -inf
+            row_upper[layout.vehicle_exclusive_rows[k]] = 1.0
+
     cost[layout.grid_import] = problem.import_price * dt
     cost[layout.import_over] = (problem.import_price + penalties.site_limit) * dt
     cost[layout.grid_export] = -problem.export_price * dt
@@ -417,12 +571,12 @@ def model_data(problem: SiteProblem, layout: ModelLayout, penalties: Penalties) 
     coefficient_rows = coefficient_columns = empty_index
     coefficient_values = np.empty(0)
     integrality = np.empty(0, dtype=np.uint8)
+    row_parts: list[IndexArray] = []
+    column_parts: list[IndexArray] = []
+    value_parts: list[FloatArray] = []
+    integer_parts: list[npt.NDArray[np.uint8]] = []
     if shape.binaries:
         battery_steps, grid_steps = exclusivity_steps(problem)
-        row_parts: list[IndexArray] = []
-        column_parts: list[IndexArray] = []
-        value_parts: list[FloatArray] = []
-        integer_parts: list[npt.NDArray[np.uint8]] = []
         for b, battery in enumerate(problem.batteries):
             upper[layout.mode[b]] = 1.0
             row_lower[layout.charge_rows[b]] = -inf
@@ -443,6 +597,12 @@ def model_data(problem: SiteProblem, layout: ModelLayout, penalties: Penalties) 
         column_parts += [layout.direction, layout.direction]
         value_parts += [-physical_import, physical_export]
         integer_parts.append(grid_steps.astype(np.uint8))
+    # The cars' binaries come after the batteries' and the grid's, as in ModelLayout.binary_columns.
+    row_parts += vehicle_rows
+    column_parts += vehicle_columns
+    value_parts += vehicle_values
+    integer_parts += vehicle_integers
+    if row_parts:
         coefficient_rows = np.concatenate(row_parts)
         coefficient_columns = np.concatenate(column_parts)
         coefficient_values = np.concatenate(value_parts)

@@ -24,12 +24,15 @@ __all__ = [
     "Battery",
     "BatteryPlan",
     "DemandCharge",
+    "ElectricVehicle",
+    "EvKind",
     "FloatArray",
     "Plan",
     "PlanStatus",
     "ProblemError",
     "SiteProblem",
     "TargetMode",
+    "VehiclePlan",
     "ViolatedLimit",
     "Violation",
 ]
@@ -103,6 +106,94 @@ class Battery:
         return max(self.reserve_pct, self.soc_min_pct)
 
 
+class EvKind(enum.StrEnum):
+    """What a charger can do with the car plugged in (seed 000's three EV device types)."""
+
+    ON_OFF = "on_off"  # 0 or the rated power, nothing between
+    V1G = "v1g"  # 0, or between the minimum and the rated power (charging only)
+    V2G = "v2g"  # as V1G, and discharging between the minimum and the rated power
+
+
+@dataclass(frozen=True)
+class ElectricVehicle:
+    """A car at its charger: plugged in from the start of step `arrival_step` to the start of step
+    `departure_step` (clipped to the horizon; a departure past the horizon holds the target at its end).
+
+    Power is AC at the charger, kW, positive charging. `min_power_kw` is the minimum current as power
+    (6 A: 1.38 kW single-phase, 4.14 kW three-phase): a charger runs at 0 or between it and the rated power
+    (semi-continuous); for ON_OFF it is the rated power. The departure target is soft (priced shortfall,
+    `departure_target`); the power limits, the plug-in window, 0..capacity and, for V2G, discharging only
+    from above `soc_min_pct` are hard.
+    """
+
+    name: str
+    kind: EvKind
+    capacity_kwh: float
+    soc_initial_pct: float
+    max_power_kw: float
+    min_power_kw: float = 0.0
+    arrival_step: int = 0
+    departure_step: int | None = None  # None: plugged in past the horizon
+    target_soc_pct: float | None = None
+    soc_min_pct: float = 0.0  # V2G never discharges the car below it
+    charge_efficiency: float = 0.9
+    discharge_efficiency: float = 0.9
+
+    def __post_init__(self) -> None:
+        prefix = f"vehicles[{self.name}]"
+        _require(bool(self.name), f"{prefix}.name", "must not be empty")
+        _require(_finite(self.capacity_kwh) and self.capacity_kwh > 0, f"{prefix}.capacity_kwh", "must be > 0")
+        _require(_finite(self.max_power_kw) and self.max_power_kw > 0, f"{prefix}.max_power_kw", "must be > 0")
+        _require(
+            _finite(self.min_power_kw) and 0 <= self.min_power_kw <= self.max_power_kw,
+            f"{prefix}.min_power_kw",
+            "must be within [0, max_power_kw]",
+        )
+        for name in ("charge_efficiency", "discharge_efficiency"):
+            value = getattr(self, name)
+            # At 0.5 or more a kWh missed at departure saves at most 2 S, far below the target tier.
+            _require(_finite(value) and 0.5 <= value <= 1, f"{prefix}.{name}", "must be within [0.5, 1]")
+        for name in ("soc_initial_pct", "soc_min_pct"):
+            value = getattr(self, name)
+            _require(_finite(value) and 0 <= value <= 100, f"{prefix}.{name}", "must be within [0, 100]")
+        if self.target_soc_pct is not None:
+            _require(
+                _finite(self.target_soc_pct) and 0 <= self.target_soc_pct <= 100,
+                f"{prefix}.target_soc_pct",
+                "must be within [0, 100]",
+            )
+        _require(self.arrival_step >= 0, f"{prefix}.arrival_step", "must be >= 0")
+        if self.departure_step is not None:
+            _require(self.departure_step >= self.arrival_step, f"{prefix}.departure_step", "must be >= arrival_step")
+
+    @property
+    def floor_kw(self) -> float:
+        """The lowest power a running charger delivers: the rated power for an on/off charger."""
+        return self.max_power_kw if self.kind is EvKind.ON_OFF else self.min_power_kw
+
+    @property
+    def max_discharge_kw(self) -> float:
+        """V2G discharges up to the rated power, and only while above `soc_min_pct` (from the start:
+        a car below it is only charged, and a re-plan once it is above may discharge it)."""
+        if self.kind is not EvKind.V2G or self.soc_initial_pct < self.soc_min_pct:
+            return 0.0
+        return self.max_power_kw
+
+    def plugged(self, steps: int) -> npt.NDArray[np.bool_]:
+        """Per step of a horizon of `steps`, whether the car is plugged in."""
+        index = np.arange(steps)
+        departure = steps if self.departure_step is None else self.departure_step
+        return (index >= self.arrival_step) & (index < departure)
+
+    def target_step(self, steps: int) -> int | None:
+        """The step at whose end the departure target holds (the last plugged step in the horizon, or the
+        horizon's last); None without a target or when the car is not plugged in within the horizon."""
+        if self.target_soc_pct is None:
+            return None
+        plugged = np.flatnonzero(self.plugged(steps))
+        return int(plugged[-1]) if plugged.size else None
+
+
 @dataclass(frozen=True)
 class DemandCharge:
     """A billing-period charge on peak import: `price_per_kw` x (the period's peak - `period_peak_kw`).
@@ -132,6 +223,7 @@ class SiteProblem:
     load_kw: FloatArray
     pv_kw: FloatArray
     batteries: tuple[Battery, ...] = ()
+    vehicles: tuple[ElectricVehicle, ...] = ()
     import_limit_kw: FloatArray = field(default_factory=lambda: np.empty(0))  # empty: unlimited
     export_limit_kw: FloatArray = field(default_factory=lambda: np.empty(0))
     demand_charge: DemandCharge | None = None
@@ -147,6 +239,7 @@ class SiteProblem:
         load_kw: Sequence[float] | FloatArray,
         pv_kw: Sequence[float] | FloatArray | None = None,
         batteries: Sequence[Battery] = (),
+        vehicles: Sequence[ElectricVehicle] = (),
         import_limit_kw: float | Sequence[float] | FloatArray | None = None,
         export_limit_kw: float | Sequence[float] | FloatArray | None = None,
         demand_charge: DemandCharge | None = None,
@@ -162,6 +255,7 @@ class SiteProblem:
             load_kw=_array(load_kw, "load_kw"),
             pv_kw=np.zeros(steps) if pv_kw is None else _array(pv_kw, "pv_kw"),
             batteries=tuple(batteries),
+            vehicles=tuple(vehicles),
             import_limit_kw=_limit(import_limit_kw, steps, "import_limit_kw"),
             export_limit_kw=_limit(export_limit_kw, steps, "export_limit_kw"),
             demand_charge=demand_charge,
@@ -184,8 +278,8 @@ class SiteProblem:
                 continue
             _require(values.shape == (steps,), name, f"needs {steps} values (one per step), got {values.shape}")
             _require(bool(np.all(values >= 0)) and not bool(np.any(np.isnan(values))), name, "must be >= 0")
-        names = [battery.name for battery in self.batteries]
-        _require(len(set(names)) == len(names), "batteries", "names must be unique")
+        names = [battery.name for battery in self.batteries] + [vehicle.name for vehicle in self.vehicles]
+        _require(len(set(names)) == len(names), "batteries", "names must be unique (batteries and vehicles)")
 
     @property
     def steps(self) -> int:
@@ -209,6 +303,7 @@ class ViolatedLimit(enum.StrEnum):
     SOC_MAX = "soc_max"  # kWh above soc_max at the end of the step
     RESERVE = "reserve"  # kWh below the backup reserve (and not below soc_min) at the end of the step
     SOC_TARGET = "soc_target"  # kWh off the end-of-horizon target (last step)
+    DEPARTURE_TARGET = "departure_target"  # kWh a car lacks at departure (its last plugged step)
 
 
 @dataclass(frozen=True)
@@ -240,6 +335,16 @@ class BatteryPlan:
 
 
 @dataclass(frozen=True, eq=False)
+class VehiclePlan:
+    """One car's schedule: AC power per step (positive charging, negative V2G) and its SoC path."""
+
+    name: str
+    power_kw: FloatArray  # N
+    energy_kwh: FloatArray  # N + 1, as BatteryPlan's
+    soc_pct: FloatArray  # N + 1
+
+
+@dataclass(frozen=True, eq=False)
 class Plan:
     """The answer to a `SiteProblem`: schedules, grid flows, what they cost, and the limits they miss.
 
@@ -260,6 +365,8 @@ class Plan:
     iterations: int  # simplex iterations of the solve (a warm start needs few)
     build_s: float  # model built (or updated in place) from the problem's arrays
     solve_s: float  # HiGHS, then the plan read back and recomputed
+    vehicles: tuple[VehiclePlan, ...] = ()
+    relaxed: bool = False  # the MIP found nothing in time: the LP relaxation, rounded to a feasible schedule
 
     @property
     def objective(self) -> float:
@@ -267,6 +374,12 @@ class Plan:
 
     def battery(self, name: str) -> BatteryPlan:
         for plan in self.batteries:
+            if plan.name == name:
+                return plan
+        raise KeyError(name)
+
+    def vehicle(self, name: str) -> VehiclePlan:
+        for plan in self.vehicles:
             if plan.name == name:
                 return plan
         raise KeyError(name)

@@ -9,6 +9,12 @@ without rebuilding anything. The plan it returns is recomputed from the battery 
 A solve never fails with "infeasible": the model is always feasible (formulation.py), a time limit
 returns the best plan found so far (status time_limit), and if HiGHS finds none, or gives up, the plan holds
 every battery idle, which respects every physical bound, with its violations reported like any other.
+
+Cars (problem.ElectricVehicle) with a minimum current make the model a MIP. If it finds no integer plan
+within the time limit, the same model is solved once more as its LP relaxation and each car's powers are
+rounded to a schedule its charger can run (`round_vehicle_power`: 0 or between its minimum and rated
+power, carrying the rounding error to the next step, never past 0..capacity); `Plan.relaxed` says so.
+`evaluate` applies the same rounding to every plan, so no plan ever holds a power a charger cannot run.
 """
 
 from __future__ import annotations
@@ -34,26 +40,33 @@ from optimizer.formulation import (
 from optimizer.problem import (
     Battery,
     BatteryPlan,
+    ElectricVehicle,
     FloatArray,
     Plan,
     PlanStatus,
     SiteProblem,
     TargetMode,
+    VehiclePlan,
     ViolatedLimit,
     Violation,
 )
 
-__all__ = ["DEFAULT_TIME_LIMIT_S", "PlanSolver", "evaluate", "solve"]
+__all__ = ["DEFAULT_TIME_LIMIT_S", "RELAXATION_MINIMUM_S", "PlanSolver", "evaluate", "round_vehicle_power", "solve"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIME_LIMIT_S = 5.0
 # A MIP stops within this relative gap of the best bound: well inside the 1e-6 the scenario format allows.
 DEFAULT_MIP_RELATIVE_GAP = 1e-7
+# The LP relaxation, the fallback of a MIP that found nothing in time, gets at least this long (an LP of a
+# day of steps takes milliseconds): a solve may overrun a tiny time limit by this much, and returns a plan.
+RELAXATION_MINIMUM_S = 0.05
 # Violations smaller than this (kW or kWh) are solver tolerance, not a limit missed.
 VIOLATION_TOLERANCE = 1e-6
 # Powers below this (kW) are rounding left by the solver and read as zero.
 _POWER_NOISE_KW = 1e-9
+# A car's power this close below its charger's floor is the floor (MIP tolerance), not a step to round.
+_FLOOR_TOLERANCE_KW = 1e-6
 
 _FEASIBLE = 2  # HiGHS kSolutionStatusFeasible
 _TIME_LIMIT_STATUSES = {
@@ -150,14 +163,35 @@ class PlanSolver:
         has_solution = status is PlanStatus.OPTIMAL or (
             status is PlanStatus.TIME_LIMIT and info.primal_solution_status == _FEASIBLE
         )
+        relaxed = False
+        iterations = int(info.simplex_iteration_count)
+        if not has_solution and shape.integers:
+            # No integer plan in time: the LP relaxation, whose car powers evaluate rounds to runnable ones
+            # (the next solve of this shape sets the integrality again, _update_binaries).
+            binaries = model.layout.binary_columns
+            highs.changeColsIntegrality(binaries.size, binaries, np.zeros(binaries.size, dtype=np.uint8))
+            highs.setOptionValue("time_limit", highs.getRunTime() + max(limit_s, RELAXATION_MINIMUM_S))
+            highs.run()
+            relaxed_status = highs.getModelStatus()
+            info = highs.getInfo()
+            has_solution = relaxed_status == highspy.HighsModelStatus.kOptimal or (
+                relaxed_status in _TIME_LIMIT_STATUSES and info.primal_solution_status == _FEASIBLE
+            )
+            relaxed = has_solution
+            iterations += int(info.simplex_iteration_count)
+            if status is PlanStatus.OPTIMAL:
+                status = PlanStatus.TIME_LIMIT
         steps, batteries = problem.steps, len(problem.batteries)
         charge = np.zeros((batteries, steps))
         discharge = np.zeros((batteries, steps))
+        vehicle_kw = np.zeros((len(problem.vehicles), steps))
         if has_solution:
             values = np.asarray(highs.getSolution().col_value)
             for b in range(batteries):
                 charge[b] = values[model.layout.charge[b]]
                 discharge[b] = values[model.layout.discharge[b]]
+            for k in range(len(problem.vehicles)):
+                vehicle_kw[k] = values[model.layout.vehicle_charge[k]] - values[model.layout.vehicle_discharge[k]]
         plan = evaluate(
             problem,
             charge,
@@ -166,17 +200,18 @@ class PlanSolver:
             solver_status=highs.modelStatusToString(model_status),
             penalties=penalties,
             binaries=int(data.integrality.sum()),
-            iterations=int(info.simplex_iteration_count),
+            iterations=iterations,
             build_s=built - started,
             solve_s=0.0,
+            vehicle_kw=vehicle_kw,
         )
-        return replace(plan, solve_s=time.perf_counter() - built)
+        return replace(plan, solve_s=time.perf_counter() - built, relaxed=relaxed)
 
     def _build(self, shape: ModelShape) -> _Model:
         structure = build_structure(shape)
         highs = highspy.Highs()  # type: ignore[no-untyped-call]  # highspy leaves __init__ unannotated
         highs.setOptionValue("output_flag", False)
-        highs.setOptionValue("presolve", "on" if shape.binaries else "off")
+        highs.setOptionValue("presolve", "on" if shape.integers else "off")
         highs.setOptionValue("mip_rel_gap", self._mip_relative_gap)
         layout = structure.layout
         lp = highspy.HighsLp()
@@ -251,10 +286,12 @@ def evaluate(
     iterations: int = 0,
     build_s: float = 0.0,
     solve_s: float = 0.0,
+    vehicle_kw: FloatArray | None = None,
 ) -> Plan:
     """The plan that runs each battery at these powers (one row per battery): clipped to the power limits,
     netted where a battery would charge and discharge at once, its SoC path, grid flows, costs and the soft
-    limits it misses, all recomputed from the powers."""
+    limits it misses, all recomputed from the powers. Each car's power (one row per car in `vehicle_kw`,
+    positive charging; None: idle) is rounded to what its charger can run (`round_vehicle_power`)."""
     penalties = penalties or penalties_for(problem)
     dt = problem.step_hours
     batteries: list[BatteryPlan] = []
@@ -287,6 +324,17 @@ def evaluate(
         )
         battery_flow += charge - discharge
         penalty_cost += _battery_violations(battery, energy[1:], penalties, violations)
+    vehicles: list[VehiclePlan] = []
+    for k, vehicle in enumerate(problem.vehicles):
+        wanted = np.zeros(problem.steps) if vehicle_kw is None else np.asarray(vehicle_kw[k], dtype=np.float64)
+        power, energy = round_vehicle_power(vehicle, wanted, dt)
+        vehicles.append(
+            VehiclePlan(
+                name=vehicle.name, power_kw=power, energy_kwh=energy, soc_pct=energy * (100 / vehicle.capacity_kwh)
+            )
+        )
+        battery_flow += power
+        penalty_cost += _vehicle_violations(vehicle, energy, penalties, violations)
     net = problem.load_kw - problem.pv_kw + battery_flow
     grid_import = np.maximum(net, 0.0)
     grid_export = np.maximum(-net, 0.0)
@@ -316,7 +364,66 @@ def evaluate(
         iterations=iterations,
         build_s=build_s,
         solve_s=solve_s,
+        vehicles=tuple(vehicles),
     )
+
+
+def round_vehicle_power(vehicle: ElectricVehicle, power_kw: FloatArray, dt: float) -> tuple[FloatArray, FloatArray]:
+    """A schedule the car's charger can run, as close to `power_kw` as that allows, and its energy path (N + 1).
+
+    Step by step: 0 outside the plug-in window; else the wanted power plus what earlier steps' rounding left
+    over, run as is when at least the charger's floor (its minimum power; the rated power on/off), raised to
+    the floor from half of it, 0 below; at most the rated power (discharge: V2G's limit); never past the
+    capacity, nor (discharging) below the minimum SoC. A MIP optimum passes unchanged (up to solver noise);
+    an LP relaxation becomes a runnable schedule delivering about the same energy."""
+    steps = power_kw.shape[0]
+    plugged = vehicle.plugged(steps)
+    floor = vehicle.floor_kw
+    eta_charge, eta_discharge = vehicle.charge_efficiency, vehicle.discharge_efficiency
+    capacity = vehicle.capacity_kwh
+    energy = np.empty(steps + 1)
+    energy[0] = capacity * vehicle.soc_initial_pct / 100
+    lowest = capacity * vehicle.soc_min_pct / 100
+    power = np.zeros(steps)
+    carry = 0.0
+    for step in range(steps):
+        current = float(energy[step])
+        if not plugged[step]:
+            carry = 0.0
+            energy[step + 1] = current
+            continue
+        wanted = float(power_kw[step]) + carry
+        charging = wanted >= 0
+        limit = vehicle.max_power_kw if charging else vehicle.max_discharge_kw
+        if charging:
+            room = max(0.0, (capacity - current) / (eta_charge * dt))
+        else:
+            room = max(0.0, (current - lowest) * eta_discharge / dt)
+        magnitude = min(abs(wanted), limit, room)
+        if magnitude < floor - _FLOOR_TOLERANCE_KW:
+            # Below the floor: run at the floor if the wanted power is at least half of it and the car
+            # can take (give) it, else not at all.
+            magnitude = floor if abs(wanted) >= floor / 2 and min(limit, room) >= floor - _FLOOR_TOLERANCE_KW else 0.0
+        if magnitude < _POWER_NOISE_KW:
+            magnitude = 0.0
+        value = magnitude if charging else -magnitude
+        power[step] = value
+        carry = wanted - value
+        stored = eta_charge * value * dt if value >= 0 else value * dt / eta_discharge
+        energy[step + 1] = current + stored
+    return power, energy
+
+
+def _vehicle_violations(
+    vehicle: ElectricVehicle, energy: FloatArray, penalties: Penalties, violations: list[Violation]
+) -> float:
+    """Adds a car's shortfall at departure; returns its penalty."""
+    step = vehicle.target_step(energy.shape[0] - 1)
+    if step is None or vehicle.target_soc_pct is None:
+        return 0.0
+    shortfall = np.zeros(energy.shape[0] - 1)
+    shortfall[step] = max(0.0, vehicle.capacity_kwh * vehicle.target_soc_pct / 100 - float(energy[step + 1]))
+    return _collect(ViolatedLimit.DEPARTURE_TARGET, vehicle.name, shortfall, penalties.target, "kWh", violations)
 
 
 def _battery_violations(
