@@ -210,7 +210,12 @@ def shape_of(problem: SiteProblem) -> ModelShape:
         demand_charge=problem.demand_charge is not None,
         binaries=bool(battery_steps.any() or grid_steps.any()),
         vehicles=tuple(
-            (vehicle.kind.value, vehicle.charge_efficiency, vehicle.discharge_efficiency, vehicle_needs_binaries(vehicle))
+            (
+                vehicle.kind.value,
+                vehicle.charge_efficiency,
+                vehicle.discharge_efficiency,
+                vehicle_needs_binaries(vehicle),
+            )
             for vehicle in problem.vehicles
         ),
     )
