@@ -37,11 +37,16 @@ async def broker(amqp_url: str) -> AsyncIterator[Broker]:
 
 async def _add_device(pool: asyncpg.Pool, *, device_type: str = "bess") -> str:
     name = f"battery-{uuid.uuid4().hex[:10]}"
+    metadata: dict[str, Any] = {}
+    if device_type == "bess":
+        metadata = {"max_power_kw": 5, "capacity_kwh": 13.5}
+    elif "ev" in device_type:
+        metadata = {"max_power_kw": 11, "phases": 3, "min_current_a": 6, "ocpp": {"id": name}}
     await pool.execute(
         "INSERT INTO flux.mg_device_registry (name, type, site, metadata) VALUES ($1, $2, 'TEST', $3::jsonb)",
         name,
         device_type,
-        {"max_power_kw": 5, "capacity_kwh": 13.5} if device_type == "bess" else {},
+        metadata,
     )
     return name
 
@@ -258,4 +263,34 @@ async def test_a_plan_for_a_device_that_cannot_be_planned_is_dead_lettered(
     handle = device_plan_handler(CommandRepository(pool), FakeClock(now))
     with pytest.raises(PoisonMessage, match="refused"):
         await handle(_delivery(_plan(device, 1000, start=now, issued_at=now)))
+    assert await pool.fetchval("SELECT count(*) FROM scheduler.commands WHERE device_id = $1", device) == 0
+
+
+async def test_a_v2g_charger_plan_becomes_charge_standby_and_discharge_setpoints_step_by_step(
+    pool: asyncpg.Pool, broker: Broker
+) -> None:
+    """An EV plan step is carried out like a battery's: CHARGE or DISCHARGE with the setpoint in W (what the
+    device-agent's charger path sends as the charging profile's limit), STANDBY for 0."""
+    now = _now()
+    device = await _add_device(pool, device_type="electric_vehicle_v2g")
+    queue = await _action_queue(broker, device)
+    repository = CommandRepository(pool)
+    clock = FakeClock(now)
+    dispatcher = Dispatcher(repository=repository, publisher=broker.publisher, clock=clock)
+    await device_plan_handler(repository, clock)(_delivery(_plan(device, 7000, 0, -5000, start=now, issued_at=now)))
+    seen = []
+    for minutes in (0, 15, 30):
+        clock.set(now + timedelta(minutes=minutes))
+        await dispatcher.fire_due()
+        [action] = await _drain(broker, queue)
+        seen.append((action.mode, action.power_mode, action.setpoint_w))
+    assert seen == [("CHARGE", "SETPOINT", 7000), ("STANDBY", None, None), ("DISCHARGE", "SETPOINT", 5000)]
+
+
+async def test_a_v1g_charger_plan_with_a_discharging_step_is_dead_lettered(pool: asyncpg.Pool) -> None:
+    now = _now()
+    device = await _add_device(pool, device_type="electric_vehicle_v1g")
+    handle = device_plan_handler(CommandRepository(pool), FakeClock(now))
+    with pytest.raises(PoisonMessage, match="cannot discharge"):
+        await handle(_delivery(_plan(device, 4140, -4140, start=now, issued_at=now)))
     assert await pool.fetchval("SELECT count(*) FROM scheduler.commands WHERE device_id = $1", device) == 0

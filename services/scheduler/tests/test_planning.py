@@ -139,3 +139,30 @@ def test_ack_backoff_grows_and_is_capped() -> None:
     assert delays[:4] == [1, 2, 4, 8]
     assert max(delays) == planning.ACK_BACKOFF_CAP_S
     assert delays == sorted(delays)
+
+
+@pytest.mark.parametrize("device_type", ["bess", "on_off_ev_charger", "electric_vehicle_v1g", "electric_vehicle_v2g"])
+def test_batteries_and_the_three_ev_charger_types_can_be_planned(device_type: str) -> None:
+    device = _device(name="ev-1", device_type=device_type, metadata={"max_power_kw": 11, "min_current_a": 6})
+    assert planning.device_refusal("ev-1", device) is None
+
+
+@pytest.mark.parametrize(
+    ("device_type", "discharges", "reason"),
+    [
+        ("meter", False, "only batteries and EV chargers are planned"),
+        ("water_heater", False, "only batteries and EV chargers are planned"),
+        ("electric_vehicle_v1g", True, "it cannot discharge, and the plan has a negative step"),
+        ("on_off_ev_charger", True, "it cannot discharge, and the plan has a negative step"),
+    ],
+)
+def test_a_plan_a_device_cannot_carry_out_is_refused_with_the_reason(
+    device_type: str, discharges: bool, reason: str
+) -> None:
+    refusal = planning.device_refusal("ev-1", _device(name="ev-1", device_type=device_type), discharges=discharges)
+    assert refusal is not None and reason in refusal
+
+
+def test_only_a_v2g_charger_or_a_battery_is_planned_with_discharging_steps() -> None:
+    for device_type in ("bess", "electric_vehicle_v2g"):
+        assert planning.device_refusal("ev-1", _device(name="ev-1", device_type=device_type), discharges=True) is None

@@ -610,7 +610,9 @@ def plan_device_plan(
     if seen.newest_issued_at is not None and plan.issued_at <= seen.newest_issued_at:
         reason = f"plan issued at {plan.issued_at.isoformat()} ignored: {seen.newest_issued_at.isoformat()} is newer"
         return PlanResult.STALE, None, reason
-    refusal = planning.device_refusal(plan.device_name, seen.device)
+    refusal = planning.device_refusal(
+        plan.device_name, seen.device, discharges=any(step.power_w < 0 for step in plan.steps)
+    )
     if refusal is not None:
         return PlanResult.REFUSED, None, refusal
     device = plan.device_name

@@ -24,7 +24,9 @@ from gridloop_common.contracts import (
 __all__ = [
     "ACK_BACKOFF_CAP_S",
     "AVAILABILITY_STALE_AFTER",
+    "DISCHARGING_TYPES",
     "END_GRACE",
+    "PLANNED_TYPES",
     "RELEASE_MARGIN",
     "ActiveCommand",
     "ControlSource",
@@ -232,16 +234,40 @@ def current_action(
     return active, action_for(device_name, active, now=now, action_id=action_id)
 
 
-def device_refusal(device_name: str, device: DeviceFacts | None) -> str | None:
-    """Why a plan cannot be carried out on this device (None: it can). A person reads it in a dead letter."""
+# The device types the optimizer plans (a plan step: power in W, positive into the device).
+PLANNED_TYPES = frozenset(
+    {
+        DeviceType.BESS,
+        DeviceType.ON_OFF_EV_CHARGER,
+        DeviceType.ELECTRIC_VEHICLE_V1G,
+        DeviceType.ELECTRIC_VEHICLE_V2G,
+    }
+)
+# Of those, the ones a negative step (discharge) can be carried out on: an EV charger only with V2G.
+DISCHARGING_TYPES = frozenset({DeviceType.BESS, DeviceType.ELECTRIC_VEHICLE_V2G})
+
+
+def device_refusal(device_name: str, device: DeviceFacts | None, *, discharges: bool = False) -> str | None:
+    """Why a plan cannot be carried out on this device (None: it can); ``discharges``: the plan has a negative
+    step. A person reads it in a dead letter.
+
+    Batteries and the three EV charger types are planned. An EV step becomes the same action as a battery's
+    (CHARGE or DISCHARGE with a SETPOINT in W, STANDBY for 0), which the device-agent's charger path sends as
+    a charging profile limit (services/device-agent/README.md, "EV chargers"); only V2G can discharge.
+    """
     if device is None:
         return f"unknown device {device_name!r}: no such name in the device registry"
     if not device.active:
         return f"device {device.name!r} is deactivated in the device registry"
     if device.metadata_problem is not None:
         return f"device {device.name!r} has {device.metadata_problem.reason}"
-    if device.device_type != DeviceType.BESS:
-        return f"device {device.name!r} is a {device.device_type!r}: only batteries are planned"
+    if device.device_type not in PLANNED_TYPES:
+        return f"device {device.name!r} is a {device.device_type!r}: only batteries and EV chargers are planned"
+    if discharges and device.device_type not in DISCHARGING_TYPES:
+        return (
+            f"device {device.name!r} is a {device.device_type!r}: it cannot discharge, and the plan has a"
+            " negative step (only bess and electric_vehicle_v2g discharge)"
+        )
     return None
 
 
