@@ -309,6 +309,7 @@ class MpcService:
                     kept_steps=kept,
                     live_load=True,
                     with_batteries=request.electric_storage,
+                    with_vehicles=request.electric_vehicle,
                 )
             )
         return horizons

@@ -39,6 +39,7 @@ from optimizer.site_problems import (
     live_load_kw,
     plan_writes,
     plannable_batteries,
+    plannable_vehicles,
     site_answer,
     site_problem,
     violation_records,
@@ -90,6 +91,8 @@ class SiteHorizon:
     kept_steps: int
     live_load: bool = False  # take the first step's load from the site meter when it is fresh
     with_batteries: bool = True  # False: plan the site without its batteries (MPC electric_storage false)
+    # True: plan the site's EV chargers too (MPC electric_vehicle); the other runs do not plan them yet.
+    with_vehicles: bool = False
 
     @property
     def steps(self) -> int:
@@ -195,6 +198,9 @@ class PlanningRun:
         registered = await self.planning.batteries(names)
         states = await self.planning.battery_states([device.name for device in registered])
         batteries = plannable_batteries(registered, states, soc_targets)
+        with_vehicles = [horizon.site.name for horizon in horizons if horizon.with_vehicles]
+        chargers = await self.planning.chargers(with_vehicles) if with_vehicles else []
+        left_out = list(batteries.left_out)
         meters = await self.planning.meter_states(
             {h.site.name: h.site.site_meter for h in horizons if h.live_load and h.site.site_meter}
         )
@@ -211,6 +217,18 @@ class PlanningRun:
                 time_zone=horizon.site.zone,
             )
             site_batteries = batteries.by_site.get(name, []) if horizon.with_batteries else []
+            site_vehicles = []
+            if horizon.with_vehicles:
+                # No charger SoC readings are stored yet: the car's SoC comes from metadata.ev.
+                vehicles = plannable_vehicles(
+                    [charger for charger in chargers if charger.site == name],
+                    {},
+                    start=horizon.start,
+                    step=horizon.step,
+                    zones={name: horizon.site.zone},
+                )
+                site_vehicles = vehicles.by_site.get(name, [])
+                left_out.extend(vehicles.left_out)
             load = list(forecast.load.values)
             pv = list(forecast.pv.values)
             if horizon.live_load:
@@ -234,6 +252,7 @@ class PlanningRun:
                     batteries=site_batteries,
                     import_limit_kw=limits,
                     export_limit_kw=horizon.site.export_limit_kw,
+                    vehicles=site_vehicles,
                 )
             except ProblemError as error:
                 raise Refusal(422, "invalid_request", f"site {name}: {error}", field=error.field) from error
@@ -251,6 +270,7 @@ class PlanningRun:
                         "pv": problem.pv_kw.tolist(),
                         "import_limit": [None if v == float("inf") else v for v in problem.import_limit_kw.tolist()],
                         "batteries": [repr(battery) for battery in problem.batteries],
+                        "vehicles": [repr(vehicle) for vehicle in problem.vehicles],
                     }
                     for name, problem in problems
                 ],
@@ -268,7 +288,7 @@ class PlanningRun:
             )
         )
         result = RunResult(run_id=record.run_id, state=RunState.RUNNING, objective=None, reason=None)
-        result.left_out = batteries.left_out
+        result.left_out = left_out
         result.starting_soc = {
             battery.name: battery.soc_initial_pct for name, problem in problems for battery in problem.batteries
         }

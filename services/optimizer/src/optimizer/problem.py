@@ -339,6 +339,7 @@ class VehiclePlan:
     """One car's schedule: AC power per step (positive charging, negative V2G) and its SoC path."""
 
     name: str
+    kind: EvKind
     power_kw: FloatArray  # N
     energy_kwh: FloatArray  # N + 1, as BatteryPlan's
     soc_pct: FloatArray  # N + 1

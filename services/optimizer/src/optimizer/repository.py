@@ -37,6 +37,7 @@ __all__ = [
     "PlanWrite",
     "PlanningRepository",
     "RegisteredBattery",
+    "RegisteredCharger",
     "RunKind",
     "RunOutcome",
     "RunRecord",
@@ -775,6 +776,16 @@ class RegisteredBattery:
 
 
 @dataclass(frozen=True)
+class RegisteredCharger:
+    """An active EV charger of the registry (on_off_ev_charger, electric_vehicle_v1g or _v2g), as stored."""
+
+    name: str
+    site: str
+    device_type: str
+    metadata: object
+
+
+@dataclass(frozen=True)
 class BatteryState:
     """A battery's latest reading: state of energy (percent) and power (kW, positive charging)."""
 
@@ -841,6 +852,16 @@ class PlanningRepository:
             list(sites),
         )
         return [RegisteredBattery(row["name"], row["site"], row["metadata"]) for row in rows]
+
+    async def chargers(self, sites: Sequence[str]) -> list[RegisteredCharger]:
+        """The active EV chargers of ``sites``, by site and name."""
+        rows = await self._pool.fetch(
+            "SELECT name, site, type, metadata FROM flux.mg_device_registry"
+            " WHERE type IN ('on_off_ev_charger', 'electric_vehicle_v1g', 'electric_vehicle_v2g')"
+            " AND active AND site = ANY ($1::text[]) ORDER BY site, name",
+            list(sites),
+        )
+        return [RegisteredCharger(row["name"], row["site"], row["type"], row["metadata"]) for row in rows]
 
     async def battery_states(self, names: Sequence[str]) -> dict[str, BatteryState]:
         """Each named battery's latest reading of flux.mg_bess_readings; a battery without one is absent."""

@@ -330,7 +330,11 @@ def evaluate(
         power, energy = round_vehicle_power(vehicle, wanted, dt)
         vehicles.append(
             VehiclePlan(
-                name=vehicle.name, power_kw=power, energy_kwh=energy, soc_pct=energy * (100 / vehicle.capacity_kwh)
+                name=vehicle.name,
+                kind=vehicle.kind,
+                power_kw=power,
+                energy_kwh=energy,
+                soc_pct=energy * (100 / vehicle.capacity_kwh),
             )
         )
         battery_flow += power

@@ -19,7 +19,14 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-__all__ = ["OCPP_VERSIONS", "DeviceMetadata", "InvalidDeviceMetadata", "ModbusAddress", "OcppEndpoint"]
+__all__ = [
+    "OCPP_VERSIONS",
+    "DeviceMetadata",
+    "ElectricVehicleDefaults",
+    "InvalidDeviceMetadata",
+    "ModbusAddress",
+    "OcppEndpoint",
+]
 
 _Positive = Annotated[float, Field(gt=0)]
 _Percentage = Annotated[float, Field(ge=0, le=100)]
@@ -58,6 +65,26 @@ class OcppEndpoint(_Metadata):
     )
 
 
+class ElectricVehicleDefaults(_Metadata):
+    """What the optimizer plans an EV charger's car with until the charger reports it: ``metadata.ev``.
+
+    Times are wall-clock times at the site (``HH:MM``, the site's time zone). Without ``arrival`` the car is
+    taken as plugged in from the start of each plan until ``departure``.
+    """
+
+    capacity_kwh: _Positive = Field(description="The car's usable battery, kWh.")
+    departure: str = Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description="Local time the car leaves.")
+    target_soc_pct: _Percentage = Field(description="SoC the car should have at departure, percent (soft).")
+    arrival: str | None = Field(
+        default=None, pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description="Local time the car arrives."
+    )
+    initial_soc_pct: _Percentage | None = Field(
+        default=None,
+        description="The car's SoC to plan from when the charger has reported none. Absent: the car is not "
+        "planned without a reading.",
+    )
+
+
 class DeviceMetadata(_Metadata):
     """``flux.mg_device_registry.metadata``; every field may be absent (or null), none may be wrong."""
 
@@ -76,6 +103,9 @@ class DeviceMetadata(_Metadata):
     phases: int | None = Field(default=None, description="An EV charger's phases, 1 or 3. Absent: 3.")
     min_current_a: _Positive | None = Field(
         default=None, description="An EV charger's minimum current per phase, A (below it, it pauses). Absent: 6."
+    )
+    ev: ElectricVehicleDefaults | None = Field(
+        default=None, description="An EV charger's car, for planning. Absent: the charger is not planned."
     )
 
     @field_validator("phases")
