@@ -48,3 +48,19 @@ def test_a_registry_entry_carries_its_metadata_as_written_and_refuses_a_bad_one(
 
     with pytest.raises(ValidationError, match=r"metadata\.max_power_kw"):
         DeviceRegistryEntry(name="b1", type="bess", site="S", metadata={"max_power_kw": 0})
+
+
+def test_an_ev_chargers_car_is_read_for_planning_and_a_bad_time_or_missing_capacity_is_refused() -> None:
+    car = {"capacity_kwh": 60, "departure": "07:30", "arrival": "18:00", "target_soc_pct": 80}
+    metadata = DeviceMetadata.from_registry({"max_power_kw": 11, "ev": car})
+    assert metadata.ev is not None
+    assert (metadata.ev.capacity_kwh, metadata.ev.departure, metadata.ev.arrival) == (60, "07:30", "18:00")
+    assert metadata.ev.initial_soc_pct is None
+    for bad, field in (
+        ({**car, "departure": "24:00"}, "metadata.ev.departure"),
+        ({"departure": "07:30", "target_soc_pct": 80}, "metadata.ev.capacity_kwh"),
+        ({**car, "target_soc_pct": 101}, "metadata.ev.target_soc_pct"),
+    ):
+        with pytest.raises(InvalidDeviceMetadata) as error:
+            DeviceMetadata.from_registry({"ev": bad})
+        assert error.value.field == field

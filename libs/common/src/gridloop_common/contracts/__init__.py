@@ -7,6 +7,7 @@ from gridloop_common.contracts.agent import DeviceAction, DeviceAvailability, De
 from gridloop_common.contracts.device_metadata import (
     OCPP_VERSIONS,
     DeviceMetadata,
+    ElectricVehicleDefaults,
     InvalidDeviceMetadata,
     ModbusAddress,
     OcppEndpoint,
@@ -87,6 +88,7 @@ __all__ = [
     "DeviceStatus",
     "DeviceType",
     "DirectControlDevice",
+    "ElectricVehicleDefaults",
     "EventType",
     "ExternalForecastRequest",
     "FlatTariffRequest",
