@@ -501,3 +501,45 @@ async def test_mpc_steps_before_the_first_price_take_the_tariff_in_force_else_40
     [plan] = await optimizer.published()
     assert [step.power_w > 0 for step in plan.steps[:2]] == [True, True]
     assert all(step.power_w <= 0 for step in plan.steps[2:])
+
+
+async def test_an_mpc_plans_a_v1g_car_in_the_cheap_step_and_reports_a_charger_without_its_car(
+    optimizer: Optimizer,
+) -> None:
+    """A V1G charger whose car (60 kWh at 30 %, 32 % by 13:00) leaves within the MPC: 1.2 kWh stored at 90 %
+    is 1.33 kWh, 8 kW over the one cheap 10-minute step (12:30, above the 4.14 kW minimum). A charger
+    registered without its car is left out with the reason; with electric_vehicle false none is planned."""
+    await add_site(optimizer.pool, "alpha")
+    car = {"capacity_kwh": 60, "departure": "13:00", "target_soc_pct": 32, "initial_soc_pct": 30}
+    for name, metadata in (
+        ("alpha.ev", {"max_power_kw": 11, "phases": 3, "min_current_a": 6, "ev": car}),
+        ("alpha.ev-unknown-car", {"max_power_kw": 11}),
+    ):
+        await optimizer.pool.execute(
+            "INSERT INTO flux.mg_device_registry (name, type, site, metadata)"
+            " VALUES ($1, 'electric_vehicle_v1g', 'alpha', $2)",
+            name,
+            metadata,
+        )
+    start = datetime(2026, 12, 7, 12, 10, tzinfo=UTC)
+    prices = {start.isoformat(): 0.3, "2026-12-07T12:30:00+00:00": 0.05, "2026-12-07T12:40:00+00:00": 0.3}
+
+    started = await optimizer.ask(OperatorRpc.CALCULATE_MPC, mpc_body(prices=prices))
+
+    assert started.status == 200, started.body
+    [site] = started.body["sites"]  # type: ignore[misc]
+    [device] = site["devices"]
+    assert (device["name"], device["type"]) == ("alpha.ev", "electric_vehicle_v1g")
+    assert device["setpoints"] == pytest.approx([0, 0, 8.0, 0, 0, 0], abs=1e-3)
+    assert site["violations"] == []
+    [left_out] = started.body["left_out"]  # type: ignore[index]
+    assert left_out["device"] == "alpha.ev-unknown-car" and left_out["reason"].startswith("metadata.ev is missing")
+    [plan] = await optimizer.published()
+    assert plan.device_name == "alpha.ev"
+    assert [step.power_w for step in plan.steps] == [0, 0, 8000, 0, 0, 0]
+
+    without = await optimizer.ask(OperatorRpc.CALCULATE_MPC, mpc_body(prices=prices, electric_vehicle=False))
+
+    assert without.status == 200 and without.body["sites"][0]["devices"] == []  # type: ignore[index]
+    [empty] = await optimizer.published()
+    assert empty.device_name == "alpha.ev" and empty.steps == []
