@@ -65,6 +65,8 @@ RELAXATION_MINIMUM_S = 0.05
 VIOLATION_TOLERANCE = 1e-6
 # Powers below this (kW) are rounding left by the solver and read as zero.
 _POWER_NOISE_KW = 1e-9
+# Charge still owed at the end of a car's window above this (kW) is placed in its steps (round_vehicle_power).
+_ROUNDING_OWED_KW = 1e-3
 # A car's power this close below its charger's floor is the floor (MIP tolerance), not a step to round.
 _FLOOR_TOLERANCE_KW = 1e-6
 
@@ -378,9 +380,33 @@ def round_vehicle_power(vehicle: ElectricVehicle, power_kw: FloatArray, dt: floa
     Step by step: 0 outside the plug-in window; else the wanted power plus what earlier steps' rounding left
     over, run as is when at least the charger's floor (its minimum power; the rated power on/off), raised to
     the floor from half of it, 0 below; at most the rated power (discharge: V2G's limit); never past the
-    capacity, nor (discharging) below the minimum SoC. A MIP optimum passes unchanged (up to solver noise);
-    an LP relaxation becomes a runnable schedule delivering about the same energy."""
-    steps = power_kw.shape[0]
+    capacity, nor (discharging) below the minimum SoC. Charge still owed at the end of the window is then
+    added where the charger runs below its rating, else at the floor in the idle steps the wanted powers
+    favour, so the energy meant for the departure is not lost. A MIP optimum passes unchanged (up to solver
+    noise); an LP relaxation becomes a runnable schedule delivering about the same energy."""
+    wanted = np.asarray(power_kw, dtype=np.float64)
+    power, energy, owed = _round_forward(vehicle, wanted, dt)
+    if owed <= _ROUNDING_OWED_KW:
+        return power, energy
+    plugged = vehicle.plugged(wanted.shape[0])
+    limit = vehicle.max_power_kw
+    adjusted = power.copy()
+    running = np.flatnonzero(plugged & (adjusted > 0) & (adjusted < limit))
+    idle = np.flatnonzero(plugged & (adjusted == 0))
+    for step in [*running.tolist(), *sorted(idle.tolist(), key=lambda index: -float(wanted[index]))]:
+        if owed <= _ROUNDING_OWED_KW:
+            break
+        added = min(owed, limit - adjusted[step]) if adjusted[step] > 0 else min(max(owed, vehicle.floor_kw), limit)
+        adjusted[step] += added
+        owed -= added
+    power, energy, _ = _round_forward(vehicle, adjusted, dt)
+    return power, energy
+
+
+def _round_forward(vehicle: ElectricVehicle, wanted_kw: FloatArray, dt: float) -> tuple[FloatArray, FloatArray, float]:
+    """The forward pass of `round_vehicle_power`: (powers, energy path, charge in kW still owed at the end
+    of the window, positive)."""
+    steps = wanted_kw.shape[0]
     plugged = vehicle.plugged(steps)
     floor = vehicle.floor_kw
     eta_charge, eta_discharge = vehicle.charge_efficiency, vehicle.discharge_efficiency
@@ -393,10 +419,9 @@ def round_vehicle_power(vehicle: ElectricVehicle, power_kw: FloatArray, dt: floa
     for step in range(steps):
         current = float(energy[step])
         if not plugged[step]:
-            carry = 0.0
             energy[step + 1] = current
             continue
-        wanted = float(power_kw[step]) + carry
+        wanted = float(wanted_kw[step]) + carry
         charging = wanted >= 0
         limit = vehicle.max_power_kw if charging else vehicle.max_discharge_kw
         if charging:
@@ -415,7 +440,7 @@ def round_vehicle_power(vehicle: ElectricVehicle, power_kw: FloatArray, dt: floa
         carry = wanted - value
         stored = eta_charge * value * dt if value >= 0 else value * dt / eta_discharge
         energy[step + 1] = current + stored
-    return power, energy
+    return power, energy, max(carry, 0.0)
 
 
 def _vehicle_violations(
