@@ -95,7 +95,8 @@ class Stack:
         port = _free_port()
         environment[port_variable] = str(port)
         if name == "agent":
-            environment["GRIDLOOP_OCPP_PORT"] = str(_free_port())  # its OCPP server: never the fixed 9000
+            self.ports["ocpp"] = _free_port()  # its OCPP server: never the fixed 9000
+            environment["GRIDLOOP_OCPP_PORT"] = str(self.ports["ocpp"])
         log = self.log_dir / f"{name}-{len(self.logs)}.log"
         self.logs[name] = log
         handle = log.open("wb")

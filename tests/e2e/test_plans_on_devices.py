@@ -12,6 +12,7 @@ plan spends the charge in the dearest step rather than being indifferent between
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -29,6 +30,7 @@ from gridloop_common.contracts.forecasts import ExternalForecastRequest
 from gridloop_common.messaging import RpcClient, open_broker
 from gridloop_common.settings import AmqpSettings
 from gridloop_simulators.battery import BatterySimulator
+from gridloop_simulators.charger import CarVisit, ChargerSimulator
 
 from .conftest import Stack, command, eventually
 
@@ -283,3 +285,67 @@ async def test_a_tou_tariff_whose_peak_holds_now_makes_the_battery_discharge_in_
     (planned,) = tariff.json()["sites"]
     (device,) = planned["devices"]
     assert device["setpoints"][0] < 0 and max(device["setpoints"]) > 0, device["setpoints"]  # it refills later
+
+
+async def test_an_mpc_makes_a_v1g_charger_charge_in_the_cheap_minute(stack: Stack) -> None:
+    """A V1G charger (the OCPP 1.6 simulator, 11 kW three-phase, 6 A minimum) whose car, 60 kWh at 30 %, must
+    reach 30.2 % by a departure two to three minutes ahead: 0.12 kWh stored at 90 % is 8 kW over one minute,
+    the cheap one (the second). The plan stands the charger still in the dear first minute and charges it in
+    the cheap one; the car's data come from the registry's metadata.ev (no charger telemetry is stored)."""
+    site = f"e2e-ev-{uuid.uuid4().hex[:6]}"
+    name, ocpp_id, password = f"{site}.ev", f"CP-{uuid.uuid4().hex[:8]}", "simulated-charger"
+    start = datetime.now(tz=UTC) - timedelta(seconds=30)
+    departure = (start + 3 * MINUTE).replace(second=0, microsecond=0)
+    await stack.pool.execute(
+        "INSERT INTO flux.mg_device_registry (name, type, site, metadata)"
+        " VALUES ($1, 'electric_vehicle_v1g', $2, $3::jsonb)",
+        name,
+        site,
+        json.dumps(
+            {
+                "max_power_kw": 11,
+                "phases": 3,
+                "min_current_a": 6,
+                "ocpp": {
+                    "id": ocpp_id,
+                    "version": "1.6",
+                    "password_sha256": hashlib.sha256(password.encode()).hexdigest(),
+                },
+                "ev": {
+                    "capacity_kwh": 60,
+                    "departure": departure.strftime("%H:%M"),
+                    "target_soc_pct": 30.2,
+                    "initial_soc_pct": 30,
+                },
+            }
+        ),
+    )
+    await _start_all(stack)
+    charger = ChargerSimulator(
+        url=f"ws://127.0.0.1:{stack.ports['ocpp']}/ocpp/{ocpp_id}",
+        charge_point_id=ocpp_id,
+        password=password,
+        car=CarVisit(capacity_kwh=60, initial_soc_percentage=30),
+        meter_interval_s=5,
+        tick_s=0.2,
+    )
+    async with charger, _operator(stack) as client:
+        await _put_load(stack, site, start=start - 10 * MINUTE, step_minutes=5, steps=6)
+        answer = await client.post("/calculate_mpc", json=_mpc(site, start, [1.0, 0.01, 1.0]))
+        assert answer.status_code == 200, answer.text
+        (planned,) = answer.json()["sites"]
+        (device,) = planned["devices"]
+        assert (device["name"], device["type"]) == (name, "electric_vehicle_v1g")
+        assert device["setpoints"][0] == 0 and abs(device["setpoints"][1] - 0.12 / 0.9 * 60) < 0.01, device
+
+        # The dear minute: the charger, charging at rated by itself until then, stands still.
+        await eventually(
+            lambda: charger.state.limit is not None and charger.state.limit.limit_w == 0 and charger.state.power_w == 0,
+            timeout_s=15,
+            what="the charger standing still under a profile of 0 W",
+        )
+        assert datetime.now(tz=UTC) < start + MINUTE
+        # The cheap minute: the re-plan at its start keeps it, and the charger charges at the plan's power.
+        await eventually(lambda: charger.state.power_w > 0, timeout_s=60, what="the charger charging")
+        assert datetime.now(tz=UTC) >= start + MINUTE, "charged before the cheap minute began"
+        assert abs(charger.state.power_w - 8000) < 20, charger.state.power_w
