@@ -137,8 +137,8 @@ class MpcService:
             raise
         if result is None:  # the stop passed while it was being stored
             raise Refusal(422, "invalid_request", "stop: the MPC's stop has already passed", field="stop")
-        # A device the replaced MPC planned and this one does not (electric_storage false, a battery left
-        # out) returns to its default now rather than when the old plan's steps run out.
+        # A device the replaced MPC planned and this one does not (electric_storage or electric_vehicle false,
+        # a device left out) returns to its default now rather than when the old plan's steps run out.
         planned = {device for _, device in result.devices}
         orphans = await self._devices_of(replaced_runs)
         result.unpublished += await self._planning.publish(
