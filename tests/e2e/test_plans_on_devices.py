@@ -30,7 +30,7 @@ from gridloop_common.contracts.forecasts import ExternalForecastRequest
 from gridloop_common.messaging import RpcClient, open_broker
 from gridloop_common.settings import AmqpSettings
 from gridloop_simulators.battery import BatterySimulator
-from gridloop_simulators.charger import CarVisit, ChargerSimulator
+from gridloop_simulators.charger import CarVisit, ChargerSimulator, ChargerSpec
 
 from .conftest import Stack, command, eventually
 
@@ -287,38 +287,56 @@ async def test_a_tou_tariff_whose_peak_holds_now_makes_the_battery_discharge_in_
     assert device["setpoints"][0] < 0 and max(device["setpoints"]) > 0, device["setpoints"]  # it refills later
 
 
-async def test_an_mpc_makes_a_v1g_charger_charge_in_the_cheap_minute(stack: Stack) -> None:
-    """A V1G charger (the OCPP 1.6 simulator, 11 kW three-phase, 6 A minimum) whose car, 60 kWh at 30 %, must
-    reach 30.2 % by a departure two to three minutes ahead: 0.12 kWh stored at 90 % is 8 kW over one minute,
-    the cheap one (the second). The plan stands the charger still in the dear first minute and charges it in
-    the cheap one; the car's data come from the registry's metadata.ev (no charger telemetry is stored)."""
+async def _site_with_charger(
+    stack: Stack, *, device_type: str, version: str, departure: datetime, soc: float, target: float
+) -> tuple[str, str, str, str]:
+    """A site of its own with one 11 kW three-phase charger (6 A minimum) whose car, 60 kWh, is described in
+    metadata.ev (no charger telemetry is stored); (site, device name, OCPP id, password)."""
     site = f"e2e-ev-{uuid.uuid4().hex[:6]}"
     name, ocpp_id, password = f"{site}.ev", f"CP-{uuid.uuid4().hex[:8]}", "simulated-charger"
+    metadata = {
+        "max_power_kw": 11,
+        "phases": 3,
+        "min_current_a": 6,
+        "ocpp": {"id": ocpp_id, "version": version, "password_sha256": hashlib.sha256(password.encode()).hexdigest()},
+        "ev": {
+            "capacity_kwh": 60,
+            "departure": departure.strftime("%H:%M"),
+            "target_soc_pct": target,
+            "initial_soc_pct": soc,
+        },
+    }
+    await stack.pool.execute(
+        "INSERT INTO flux.mg_device_registry (name, type, site, metadata) VALUES ($1, $2, $3, $4::jsonb)",
+        name,
+        device_type,
+        site,
+        json.dumps(metadata),
+    )
+    return site, name, ocpp_id, password
+
+
+async def _start_charger_mpc(
+    stack: Stack, client: httpx.AsyncClient, site: str, name: str, start: datetime, prices: list[float]
+) -> list[float]:
+    """Start the MPC; the first plan's setpoints (kW, + charging) of the site's one charger."""
+    await _put_load(stack, site, start=start - 10 * MINUTE, step_minutes=5, steps=6)
+    answer = await client.post("/calculate_mpc", json=_mpc(site, start, prices))
+    assert answer.status_code == 200, answer.text
+    (planned,) = answer.json()["sites"]
+    (device,) = planned["devices"]
+    assert device["name"] == name, device
+    return [float(setpoint) for setpoint in device["setpoints"]]
+
+
+async def test_an_mpc_makes_a_v1g_charger_charge_in_the_cheap_minute(stack: Stack) -> None:
+    """A V1G charger (the OCPP 1.6 simulator) whose car, 60 kWh at 30 %, must reach 30.2 % by a departure two
+    to three minutes ahead: 0.12 kWh stored at 90 % is 8 kW over one minute, the cheap one (the second). The
+    plan stands the charger still in the dear first minute and charges it in the cheap one."""
     start = datetime.now(tz=UTC) - timedelta(seconds=30)
     departure = (start + 3 * MINUTE).replace(second=0, microsecond=0)
-    await stack.pool.execute(
-        "INSERT INTO flux.mg_device_registry (name, type, site, metadata)"
-        " VALUES ($1, 'electric_vehicle_v1g', $2, $3::jsonb)",
-        name,
-        site,
-        json.dumps(
-            {
-                "max_power_kw": 11,
-                "phases": 3,
-                "min_current_a": 6,
-                "ocpp": {
-                    "id": ocpp_id,
-                    "version": "1.6",
-                    "password_sha256": hashlib.sha256(password.encode()).hexdigest(),
-                },
-                "ev": {
-                    "capacity_kwh": 60,
-                    "departure": departure.strftime("%H:%M"),
-                    "target_soc_pct": 30.2,
-                    "initial_soc_pct": 30,
-                },
-            }
-        ),
+    site, name, ocpp_id, password = await _site_with_charger(
+        stack, device_type="electric_vehicle_v1g", version="1.6", departure=departure, soc=30, target=30.2
     )
     await _start_all(stack)
     charger = ChargerSimulator(
@@ -330,13 +348,8 @@ async def test_an_mpc_makes_a_v1g_charger_charge_in_the_cheap_minute(stack: Stac
         tick_s=0.2,
     )
     async with charger, _operator(stack) as client:
-        await _put_load(stack, site, start=start - 10 * MINUTE, step_minutes=5, steps=6)
-        answer = await client.post("/calculate_mpc", json=_mpc(site, start, [1.0, 0.01, 1.0]))
-        assert answer.status_code == 200, answer.text
-        (planned,) = answer.json()["sites"]
-        (device,) = planned["devices"]
-        assert (device["name"], device["type"]) == (name, "electric_vehicle_v1g")
-        assert device["setpoints"][0] == 0 and abs(device["setpoints"][1] - 0.12 / 0.9 * 60) < 0.01, device
+        setpoints = await _start_charger_mpc(stack, client, site, name, start, [1.0, 0.01, 1.0])
+        assert setpoints[0] == 0 and abs(setpoints[1] - 0.12 / 0.9 * 60) < 0.01, setpoints
 
         # The dear minute: the charger, charging at rated by itself until then, stands still.
         await eventually(
@@ -349,3 +362,36 @@ async def test_an_mpc_makes_a_v1g_charger_charge_in_the_cheap_minute(stack: Stac
         await eventually(lambda: charger.state.power_w > 0, timeout_s=60, what="the charger charging")
         assert datetime.now(tz=UTC) >= start + MINUTE, "charged before the cheap minute began"
         assert abs(charger.state.power_w - 8000) < 20, charger.state.power_w
+
+
+async def test_an_mpc_makes_a_v2g_charger_serve_the_dear_minute_and_refill_the_car_in_the_cheap_one(
+    stack: Stack,
+) -> None:
+    """A V2G charger (the OCPP 2.1 simulator) whose car, 60 kWh at 50 %, must be back at 50 % by a departure
+    two to three minutes ahead; the site draws 10 kW. Discharging x kW in the dear minute needs x / 0.81 back
+    in the cheap one, at most the 11 kW rating: the plan discharges about 8.9 kW, then charges at 11 kW."""
+    start = datetime.now(tz=UTC) - timedelta(seconds=30)
+    departure = (start + 3 * MINUTE).replace(second=0, microsecond=0)
+    site, name, ocpp_id, password = await _site_with_charger(
+        stack, device_type="electric_vehicle_v2g", version="2.1", departure=departure, soc=50, target=50
+    )
+    await _start_all(stack)
+    charger = ChargerSimulator(
+        url=f"ws://127.0.0.1:{stack.ports['ocpp']}/ocpp/{ocpp_id}",
+        charge_point_id=ocpp_id,
+        password=password,
+        protocol="ocpp2.1",
+        spec=ChargerSpec(v2g=True),
+        car=CarVisit(capacity_kwh=60, initial_soc_percentage=50),
+        meter_interval_s=1,
+        tick_s=0.2,
+    )
+    async with charger, _operator(stack) as client:
+        setpoints = await _start_charger_mpc(stack, client, site, name, start, [1.0, 0.01, 1.0])
+        assert setpoints[0] < -4.14 and setpoints[1] > 4.14, setpoints
+
+        await eventually(lambda: charger.state.power_w < 0, timeout_s=20, what="the car discharging")
+        assert datetime.now(tz=UTC) < start + MINUTE
+        assert abs(charger.state.power_w - setpoints[0] * 1000) < 20, charger.state.power_w
+        await eventually(lambda: charger.state.power_w > 0, timeout_s=60, what="the car refilling")
+        assert datetime.now(tz=UTC) >= start + MINUTE, "refilled before the cheap minute began"

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from gridloop_common.contracts.grid_services import MpcRequest
-from optimizer.mpc import horizon_steps, kept_steps, next_replan, plan_start
+from optimizer.mpc import expected_vehicle_soc, horizon_steps, kept_steps, next_replan, plan_start
 from optimizer.problem import Battery, EvKind
 from optimizer.repository import BatteryState, MeterState, RegisteredBattery, RegisteredCharger
 from optimizer.site_problems import (
@@ -182,3 +182,13 @@ def test_a_site_with_a_v1g_car_and_a_battery_plans_the_car_in_the_cheap_steps_an
     writes = {write.device: write for write in plan_writes("alpha", plan, start=AT, step=timedelta(hours=1), steps=4)}
     assert set(writes) == {"b", "car"}
     assert writes["car"].setpoints_kw == pytest.approx([0, 0, 6.0 / 0.9, 0], abs=1e-4)
+
+
+def test_an_mpc_re_plan_starts_a_car_where_the_last_plan_expected_it() -> None:
+    """No charger telemetry is stored: a re-plan one step later starts the car at the SoC the last plan had at
+    the end of its first step; a re-plan past that plan's steps knows nothing (metadata's SoC then)."""
+    paths = {"car": (AT, timedelta(minutes=10), [31.0, 33.5, 33.5])}
+    assert expected_vehicle_soc(paths, AT + timedelta(minutes=10)) == {"car": 31.0}
+    assert expected_vehicle_soc(paths, AT + timedelta(minutes=30)) == {"car": 33.5}
+    assert expected_vehicle_soc(paths, AT + timedelta(minutes=40)) == {}
+    assert expected_vehicle_soc(paths, AT) == {}

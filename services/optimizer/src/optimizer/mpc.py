@@ -33,7 +33,14 @@ from optimizer.repository import RunKind
 from optimizer.site_problems import step_values
 from optimizer.tariffs import local_day, mean_price
 
-__all__ = ["MpcService", "horizon_steps", "kept_steps", "next_replan", "plan_start"]
+__all__ = [
+    "MpcService",
+    "expected_vehicle_soc",
+    "horizon_steps",
+    "kept_steps",
+    "next_replan",
+    "plan_start",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +99,22 @@ class _LiveMpc:
     # at the SoC it starts from would never spend what an earlier step stored (export earns nothing, so
     # spending now would need refilling within the horizon), and the MPC would pay to charge for nothing.
     soc_targets: dict[str, float] = field(default_factory=dict)
+    # Each car's SoC path in the last plan: (its start, step, SoC % at the end of each step). No charger
+    # telemetry is stored yet, so a re-plan starts a car from where the last plan expected it to be now,
+    # not from metadata.ev.initial_soc_pct again (which would forget what the earlier steps charged or gave).
+    vehicle_paths: dict[str, tuple[datetime, timedelta, list[float]]] = field(default_factory=dict)
+
+
+def expected_vehicle_soc(
+    paths: Mapping[str, tuple[datetime, timedelta, list[float]]], at: datetime
+) -> dict[str, float]:
+    """Each car's SoC at ``at`` as its last plan expected it (absent where that plan does not reach ``at``)."""
+    expected = {}
+    for device, (start, step, soc_pct) in paths.items():
+        index = round((at - start) / step) - 1  # soc_pct[i] is the SoC at the end of step i
+        if 0 <= index < len(soc_pct):
+            expected[device] = soc_pct[index]
+    return expected
 
 
 class MpcService:
@@ -251,9 +274,20 @@ class MpcService:
                 now=now,
                 solver=live.solver,
                 soc_targets=live.soc_targets,
+                vehicle_soc=expected_vehicle_soc(live.vehicle_paths, start),
             )
             for device, soc in result.starting_soc.items():
                 live.soc_targets.setdefault(device, soc)
+            live.vehicle_paths = {
+                device["name"]: (
+                    datetime.fromisoformat(site["starts_at"]),
+                    timedelta(seconds=site["step_seconds"]),
+                    list(device["soc_pct"]),
+                )
+                for site in result.sites
+                for device in site["devices"]
+                if device["type"] != "bess"
+            }
             live.planned_from = start
             await self._planning.planning.record_mpc_run(live.session_id, result.run_id, start)
             return result

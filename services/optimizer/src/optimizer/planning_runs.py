@@ -189,10 +189,12 @@ class PlanningRun:
         iteration: int | None = None,
         tariff_id: UUID | None = None,
         soc_targets: Mapping[str, float] | None = None,
+        vehicle_soc: Mapping[str, float] | None = None,
     ) -> RunResult:
         """Plan every horizon in one run; the run is stored before its plans are published.
 
         Each battery ends the horizon with at least ``soc_targets[name]`` (%), else the SoC it starts with.
+        Each car starts from ``vehicle_soc[name]`` (%) when given (an MPC's last plan), else from its metadata.
         """
         names = [horizon.site.name for horizon in horizons]
         registered = await self.planning.batteries(names)
@@ -219,10 +221,11 @@ class PlanningRun:
             site_batteries = batteries.by_site.get(name, []) if horizon.with_batteries else []
             site_vehicles = []
             if horizon.with_vehicles:
-                # No charger SoC readings are stored yet: the car's SoC comes from metadata.ev.
+                # No charger SoC readings are stored yet: the car's SoC is what an MPC's last plan expects
+                # now (vehicle_soc), else metadata.ev's.
                 vehicles = plannable_vehicles(
                     [charger for charger in chargers if charger.site == name],
-                    {},
+                    vehicle_soc or {},
                     start=horizon.start,
                     step=horizon.step,
                     zones={name: horizon.site.zone},
