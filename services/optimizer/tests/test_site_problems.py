@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -182,6 +183,10 @@ def test_a_site_with_a_v1g_car_and_a_battery_plans_the_car_in_the_cheap_steps_an
     writes = {write.device: write for write in plan_writes("alpha", plan, start=AT, step=timedelta(hours=1), steps=4)}
     assert set(writes) == {"b", "car"}
     assert writes["car"].setpoints_kw == pytest.approx([0, 0, 6.0 / 0.9, 0], abs=1e-4)
+    assert "relaxed" not in answer
+    # A plan from the MIP's relaxation, rounded (the solver's fallback out of time): the answer says so.
+    relaxed = replace(plan, relaxed=True)
+    assert site_answer("alpha", relaxed, start=AT, step=timedelta(hours=1), steps=4)["relaxed"] is True
 
 
 def test_an_mpc_re_plan_starts_a_car_where_the_last_plan_expected_it() -> None:

@@ -297,8 +297,9 @@ def violation_records(site: str, plan: Plan, *, start: datetime, step: timedelta
 
 
 def site_answer(site: str, plan: Plan, *, start: datetime, step: timedelta, steps: int) -> dict[str, Any]:
-    """The per-site part of an answer, over the first ``steps`` steps of the plan (the rest is past the stop)."""
-    return {
+    """The per-site part of an answer, over the first ``steps`` steps of the plan (the rest is past the stop);
+    ``relaxed: true`` when the MIP found nothing in time and the cars' powers are its LP relaxation, rounded."""
+    answer: dict[str, Any] = {
         "site": site,
         "starts_at": start.isoformat(),
         "step_seconds": int(step.total_seconds()),
@@ -326,6 +327,9 @@ def site_answer(site: str, plan: Plan, *, start: datetime, step: timedelta, step
             record for record in violation_records(site, plan, start=start, step=step) if record["step"] < steps
         ],
     }
+    if plan.relaxed:
+        answer["relaxed"] = True
+    return answer
 
 
 def plan_writes(site: str, plan: Plan, *, start: datetime, step: timedelta, steps: int) -> list[PlanWrite]:
