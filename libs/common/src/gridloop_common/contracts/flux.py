@@ -33,6 +33,8 @@ __all__ = [
 _SMALLINT_MAX: Final = 32767
 
 _SmallInt = Annotated[int, Field(ge=0, le=_SMALLINT_MAX)]
+# Bounds on the float, not on the optional: ingest's row decoder translates a bounded float, not a bounded union.
+_Percent = Annotated[float, Field(ge=0, le=100)]
 
 
 class _FluxRow(BaseModel):
@@ -169,7 +171,7 @@ class EvChargerReading(_FluxRow):
     power_kw: float | None = Field(default=None, description="kW, positive into the car.")
     energy_import_kwh: float | None = Field(default=None, description="kWh register, into the car.")
     energy_export_kwh: float | None = Field(default=None, description="kWh register, out of the car (V2G).")
-    soc_pct: float | None = Field(default=None, ge=0, le=100, description="The car's state of charge, percent.")
+    soc_pct: _Percent | None = Field(default=None, description="The car's state of charge, percent.")
     connector_status: str | None = Field(default=None, description="OCPP connector status, e.g. Charging.")
     transaction_id: str | None = Field(default=None, description="The charger's transaction, while one runs.")
 
@@ -189,8 +191,8 @@ class EvSession(_FluxRow):
     plugged_in_at: AwareDatetime
     plugged_out_at: AwareDatetime | None = None
     energy_kwh: float | None = Field(default=None, description="Energy delivered to the car, kWh (net of V2G).")
-    initial_soc_pct: float | None = Field(default=None, ge=0, le=100, description="SoC at plug-in, percent.")
-    final_soc_pct: float | None = Field(default=None, ge=0, le=100, description="SoC at plug-out, percent.")
+    initial_soc_pct: _Percent | None = Field(default=None, description="SoC at plug-in, percent.")
+    final_soc_pct: _Percent | None = Field(default=None, description="SoC at plug-out, percent.")
     stop_reason: str | None = Field(default=None, description="The charger's reason for ending the transaction.")
 
 
