@@ -23,7 +23,7 @@ from device_agent.repository import find_charger
 from gridloop_common.clock import SystemClock
 from gridloop_common.contracts import routing
 from gridloop_common.db import migrate_database, open_pool
-from gridloop_common.messaging import Broker, Delivery, open_broker
+from gridloop_common.messaging import Delivery, open_broker
 from gridloop_common.observability import Health, serve_http
 from gridloop_common.settings import AmqpSettings
 from gridloop_simulators.charger import CarVisit, ChargerSimulator
@@ -136,7 +136,8 @@ async def test_meter_values_become_rows_served_by_the_rest_api_and_the_realtime_
         assert states == [RealtimeSubscribeStates.SUBSCRIBED]
         async with _simulator(stack, ocpp_id, CarVisit(arrive_after_s=0.0, initial_soc_percentage=40.0)):
             row = await stack.stored(
-                "SELECT * FROM flux.mg_ev_charger_readings WHERE device_id = $1 AND power_kw > 0 AND soc_pct IS NOT NULL",
+                "SELECT * FROM flux.mg_ev_charger_readings"
+                " WHERE device_id = $1 AND power_kw > 0 AND soc_pct IS NOT NULL",
                 device_id,
             )
             payload = await asyncio.wait_for(arrivals.get(), WAIT_S)

@@ -92,7 +92,7 @@ async def _next_body(broker: Broker, queue_name: str, accept: Any) -> Any:
 async def test_meter_values_are_published_as_ev_charger_readings(
     pool: asyncpg.Pool, broker: Broker, central_system: tuple[CentralSystem, str]
 ) -> None:
-    system, url = central_system
+    _, url = central_system
     readings_queue = await _queue(broker, routing.TELEMETRY_EXCHANGE, routing.RoutingKeys.TELEMETRY_EV_CHARGER)
     ocpp_id = f"CP-{uuid.uuid4().hex[:6]}"
     _, device_id = await _register(pool, ocpp_id)
