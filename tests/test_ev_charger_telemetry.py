@@ -216,3 +216,20 @@ async def test_a_plug_in_and_plug_out_make_one_session_row_with_energy_and_socs(
     assert 40.0 <= row["initial_soc_pct"] < 42.0
     assert row["final_soc_pct"] > row["initial_soc_pct"] + 5
     assert row["stop_reason"] == "EVDisconnected"
+
+    # Served by the REST API like the readings: anon reads sessions.
+    anon = issue_key(JWT_SECRET, "anon", lifetime_seconds=600)
+    async with httpx.AsyncClient(base_url=stack.api_url) as http:
+        answer = await http.get(
+            "/rest/v1/mg_ev_sessions",
+            params={"device_id": f"eq.{device_id}", "select": "session_id,energy_kwh,final_soc_pct"},
+            headers={"apikey": anon, "Authorization": f"Bearer {anon}"},
+        )
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == [
+        {
+            "session_id": str(row["session_id"]),
+            "energy_kwh": pytest.approx(row["energy_kwh"]),
+            "final_soc_pct": pytest.approx(row["final_soc_pct"]),
+        }
+    ]
