@@ -233,3 +233,30 @@ async def test_a_plug_in_and_plug_out_make_one_session_row_with_energy_and_socs(
             "final_soc_pct": pytest.approx(row["final_soc_pct"]),
         }
     ]
+
+
+async def test_a_session_that_outlives_its_connection_is_closed_by_the_plug_out_after_the_reconnection(
+    stack: Stack,
+) -> None:
+    ocpp_id = f"CP-{uuid.uuid4().hex[:6]}"
+    device_id = await _register(stack.pool, ocpp_id)
+    car = CarVisit(arrive_after_s=0.0, leave_after_s=1.0, initial_soc_percentage=40.0)
+    simulator = _simulator(stack, ocpp_id, car)
+    await simulator.connect()
+    try:
+        started = await stack.stored("SELECT * FROM flux.mg_ev_sessions WHERE device_id = $1", device_id)
+        assert started["plugged_out_at"] is None
+        # The link drops with the car still plugged in; the charger dials in again and, a second later, the car
+        # leaves: its StopTransaction names the transaction begun on the first connection.
+        await simulator.disconnect()
+        await simulator.connect()
+        ended = await stack.stored(
+            "SELECT * FROM flux.mg_ev_sessions WHERE device_id = $1 AND plugged_out_at IS NOT NULL", device_id
+        )
+    finally:
+        await simulator.disconnect()
+
+    assert ended["session_id"] == started["session_id"]
+    assert ended["plugged_in_at"] == started["plugged_in_at"]
+    assert ended["energy_kwh"] == pytest.approx(int(simulator.state.energy_import_wh) / 1000)
+    assert await stack.pool.fetchval("SELECT count(*) FROM flux.mg_ev_sessions WHERE device_id = $1", device_id) == 1

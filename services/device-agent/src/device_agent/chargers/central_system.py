@@ -366,6 +366,11 @@ class CentralSystem:
             settle_s=self._confirm_settle_s,
         )
         previous = self.sessions.get(charger.name)
+        if previous is not None and previous.open_session is not None:
+            # A transaction outlives a connection (OCPP chargers keep it, and end it once they are back): the
+            # session goes on in the new connection, so its plug-out still closes the same record.
+            session.open_session = previous.open_session
+            session.transaction_id = previous.transaction_id
         if previous is not None and previous.connected and previous.connection is not None:
             logger.info("charger reconnected; the older connection is dropped", extra={"device": charger.name})
             await previous.connection.close(1000, "replaced by a newer connection")
