@@ -337,7 +337,10 @@ def test_a_newer_plan_supersedes_the_running_steps_of_the_older_one() -> None:
     ]
     for transition in writes.transitions:
         assert all((old, transition.to_state) in _PAIRS for old in transition.from_states)
-    assert [timer.kind for timer in writes.timers if timer.command_id is None] == [TimerKind.STOP]
+    # One stop, now, named after the step the new plan takes the device from.
+    assert [(timer.kind, timer.command_id) for timer in writes.timers if timer.kind is TimerKind.STOP] == [
+        (TimerKind.STOP, old_steps[0])
+    ]
 
 
 @pytest.mark.parametrize(
@@ -424,3 +427,20 @@ def test_a_pass_names_the_handover_when_another_control_takes_the_device() -> No
         release_known_by=NOW,
     )
     assert same.handover is None  # the same control goes on: nothing to log
+
+
+def test_the_handover_from_a_cancelled_control_names_it() -> None:
+    cancelled = _command(starts_at=(NOW - timedelta(minutes=5)).isoformat(), status="CANCELED")
+    facts = _facts("battery-1", [], [])
+    facts.states[cancelled.id] = CommandState.CANCELED
+    facts.sources[cancelled.id] = ControlSource.UPSTREAM_COMMAND
+
+    [dispatch], _ = lifecycle.plan_dispatch(
+        [DueTimer(3, "battery-1", cancelled.id, TimerKind.STOP)],
+        facts,
+        now=NOW,
+        action_ids={"battery-1": uuid.uuid4()},
+        release_known_by=NOW,
+    )
+
+    assert dispatch.handover == lifecycle.Handover(cancelled.id, ControlSource.UPSTREAM_COMMAND, None, None)

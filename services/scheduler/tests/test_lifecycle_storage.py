@@ -783,3 +783,39 @@ async def test_a_source_is_a_value_an_upstream_command_outranks_a_newer_plan_whi
     states = dict(await pool.fetch("SELECT command_id, state FROM scheduler.commands WHERE device_id = $1", device))
     assert states == {command.id: "completed", step.id: "active"}
     assert await _acks(pool, step.id) == []  # only upstream commands are acknowledged upstream
+
+
+async def test_a_failure_seen_after_the_applied_outcome_of_the_same_action_fails_the_command_once(
+    pool: asyncpg.Pool,
+) -> None:
+    now = _now()
+    device = await _add_battery(pool)
+    command = _command(device, now=now)
+    repository = CommandRepository(pool)
+    await CommandReceiver(repository=repository, clock=FakeClock(now)).receive(
+        command, event_type="command.created", correlation_id=None
+    )
+    action_id = uuid.uuid4()
+    applied = DeviceOutcome(
+        action_id=action_id, command_id=command.id, device_name=device, applied=True, observed_at=now
+    )
+    # The device accepted the write, then did not follow it (an EV charger drawing above its profile).
+    not_followed = DeviceOutcome(
+        action_id=action_id,
+        command_id=command.id,
+        device_name=device,
+        applied=False,
+        reason="charger draws 11040 W, outside the limit of 5000 W",
+        observed_at=now + timedelta(seconds=6),
+    )
+
+    assert await record_outcome(repository, applied) is True
+    assert await record_outcome(repository, not_followed) is True
+    assert await record_outcome(repository, not_followed) is False  # a redelivery
+
+    assert await _acks(pool, command.id) == [
+        ("OK", None),
+        ("FAILED", "charger draws 11040 W, outside the limit of 5000 W"),
+    ]
+    state = await pool.fetchval("SELECT state FROM scheduler.commands WHERE command_id = $1", command.id)
+    assert state == "failed"

@@ -121,7 +121,7 @@ async def test_the_hub_registers_renews_and_drops_its_interest(pool: asyncpg.Poo
         assert await watched() == {"mg_meter_readings"}
         everything = _Subscriber([_binding(None)])
         await hub.subscribe(everything)
-        assert await watched() == {"mg_meter_readings", "mg_bess_readings"}
+        assert await watched() == {"mg_meter_readings", "mg_bess_readings", "mg_ev_charger_readings"}
         first_expiry = await pool.fetchval("SELECT max(expires_at) FROM ingest.realtime_interest")
 
         async def renewed() -> bool:
@@ -134,5 +134,5 @@ async def test_the_hub_registers_renews_and_drops_its_interest(pool: asyncpg.Poo
         async def only_meter() -> bool:
             return await watched() == {"mg_meter_readings"}
 
-        await _eventually(only_meter, what="the bess registration dropped once nobody watches it")
+        await _eventually(only_meter, what="the other registrations dropped once nobody watches them")
     assert await pool.fetchval("SELECT count(*) FROM ingest.realtime_interest") == 0

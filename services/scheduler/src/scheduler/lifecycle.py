@@ -471,7 +471,12 @@ def plan_dispatch(
         trace = facts.correlation_ids.get(trace_command) if trace_command else None
         dispatches.append(
             DeviceDispatch(
-                device_id, tuple(device_timers), action, active, trace, _handover(device_id, action, active, facts)
+                device_id,
+                tuple(device_timers),
+                action,
+                active,
+                trace,
+                _handover(device_id, action, active, facts, tuple(device_timers)),
             )
         )
     held = [
@@ -638,7 +643,8 @@ def plan_device_plan(
         )
     if seen.superseded:
         # What replaces the old steps now: the new plan's current step, or what is below the plan.
-        timers.append(NewTimer(device, None, TimerKind.STOP, now))
+        # Named after the earliest superseded step (the one in force, if any), so the handover names it.
+        timers.append(NewTimer(device, seen.superseded[0], TimerKind.STOP, now))
     return (
         PlanResult.APPLIED,
         LifecyclePlan(
@@ -695,11 +701,27 @@ def _acknowledge(
 
 
 def _handover(
-    device_id: str, action: DeviceAction, active: ActiveCommand | None, facts: DispatchFacts
+    device_id: str,
+    action: DeviceAction,
+    active: ActiveCommand | None,
+    facts: DispatchFacts,
+    timers: tuple[DueTimer, ...] = (),
 ) -> Handover | None:
-    """Who had the device and who has it now, when that changes (the design asks for every handover logged)."""
+    """Who had the device and who has it now, when that changes (the design asks for every handover logged).
+
+    A cancelled control is no longer running when its stop fires: the stop timer names it.
+    """
     before = next(
         (command.command_id for command in facts.running.get(device_id, []) if command.state == CommandState.ACTIVE),
+        None,
+    ) or next(
+        (
+            timer.command_id
+            for timer in timers
+            if timer.kind == TimerKind.STOP
+            and timer.command_id is not None
+            and facts.states.get(timer.command_id) == CommandState.CANCELED
+        ),
         None,
     )
     after = action.command_id

@@ -15,6 +15,8 @@ from gridloop_common.contracts import (
     DeviceOutcome,
     DevicePlan,
     DeviceResyncRequest,
+    EvChargerReading,
+    EvSession,
     MeterReading,
     UpstreamEvent,
     routing,
@@ -180,6 +182,18 @@ def document() -> dict[str, Any]:
                         "Meter readings (one or a list).",
                         routing_key=routing.RoutingKeys.TELEMETRY_METER,
                     ),
+                    "evChargerReadings": _message(
+                        "telemetry.ev_charger",
+                        "EvChargerReading",
+                        "EV charger meter values (one or a list), from OCPP MeterValues and TransactionEvent.",
+                        routing_key=routing.RoutingKeys.TELEMETRY_EV_CHARGER,
+                    ),
+                    "evSessions": _message(
+                        "telemetry.ev_session",
+                        "EvSession",
+                        "EV charging sessions (one or a list), at plug-in and again at plug-out; upserted.",
+                        routing_key=routing.RoutingKeys.TELEMETRY_EV_SESSION,
+                    ),
                 },
                 "bindings": _exchange(routing.TELEMETRY_EXCHANGE),
             },
@@ -217,6 +231,8 @@ def document() -> dict[str, Any]:
                 "messages": [
                     {"$ref": "#/channels/telemetry/messages/bessReadings"},
                     {"$ref": "#/channels/telemetry/messages/meterReadings"},
+                    {"$ref": "#/channels/telemetry/messages/evChargerReadings"},
+                    {"$ref": "#/channels/telemetry/messages/evSessions"},
                 ],
             },
         },
@@ -231,6 +247,8 @@ def document() -> dict[str, Any]:
                 DevicePlan,
                 BessReading,
                 MeterReading,
+                EvChargerReading,
+                EvSession,
             )
         },
     }

@@ -163,6 +163,7 @@ class ChargerSimulator:
         tick_s: float = 1.0,
         fallback_limit_w: float | None = None,
         reject_profiles: str | None = None,
+        ignore_profiles: bool = False,
     ) -> None:
         self.url = url.rstrip("/")
         self.charge_point_id = charge_point_id
@@ -174,6 +175,8 @@ class ChargerSimulator:
         self.tick_s = tick_s
         self.fallback_limit_w = fallback_limit_w
         self.reject_profiles = reject_profiles  # a reason: every profile is rejected with it
+        # A faulty charger: it accepts every profile and goes on at its own limit (the agent's meter check finds it).
+        self.ignore_profiles = ignore_profiles
         self.state = _State(soc_percentage=car.initial_soc_percentage if car else 0.0)
         self.boot_status: str | None = None
         self.heartbeat_interval_s: int | None = None
@@ -431,6 +434,8 @@ class ChargerSimulator:
         self.state.profiles_received.append(profile)
         if self.reject_profiles is not None:
             return False, self.reject_profiles
+        if self.ignore_profiles:
+            return True, None
         self.state.limit = ChargingLimit(
             limit_w=_schedule_limit_w(schedule, self.spec),
             valid_to=_parse_time(profile.get("valid_to")),

@@ -19,6 +19,8 @@ __all__ = [
     "CommandSource",
     "DeviceRegistryEntry",
     "DeviceType",
+    "EvChargerReading",
+    "EvSession",
     "MarketData",
     "MarketDataType",
     "MarketDataTypeId",
@@ -31,6 +33,8 @@ __all__ = [
 _SMALLINT_MAX: Final = 32767
 
 _SmallInt = Annotated[int, Field(ge=0, le=_SMALLINT_MAX)]
+# Bounds on the float, not on the optional: ingest's row decoder translates a bounded float, not a bounded union.
+_Percent = Annotated[float, Field(ge=0, le=100)]
 
 
 class _FluxRow(BaseModel):
@@ -150,6 +154,46 @@ class MeterReading(_FluxRow):
     energy_exported_reactive: float | None = Field(default=None, description="kVARh counter.")
     energy_imported_apparent: float | None = Field(default=None, description="kVAh counter.")
     energy_exported_apparent: float | None = Field(default=None, description="kVAh counter.")
+
+
+class EvChargerReading(_FluxRow):
+    """A row of ``flux.mg_ev_charger_readings``, unique on ``(device_id, time)``: one OCPP MeterValues (or the
+    meter values of a TransactionEvent) of an EV charger, as the device-agent received it.
+
+    Power is positive into the car, negative out of it (V2G); energy columns are the charger's registers.
+    ``id`` and ``created_at`` are assigned by the database, so they are absent on insert.
+    """
+
+    id: UUID | None = None
+    time: AwareDatetime
+    device_id: UUID
+    created_at: AwareDatetime | None = None
+    power_kw: float | None = Field(default=None, description="kW, positive into the car.")
+    energy_import_kwh: float | None = Field(default=None, description="kWh register, into the car.")
+    energy_export_kwh: float | None = Field(default=None, description="kWh register, out of the car (V2G).")
+    soc_pct: _Percent | None = Field(default=None, description="The car's state of charge, percent.")
+    connector_status: str | None = Field(default=None, description="OCPP connector status, e.g. Charging.")
+    transaction_id: str | None = Field(default=None, description="The charger's transaction, while one runs.")
+
+
+class EvSession(_FluxRow):
+    """A row of ``flux.mg_ev_sessions``: one charging session (an OCPP transaction), from plug-in to plug-out.
+
+    The device-agent publishes it at the transaction's start (plug-in time, initial SoC when known) and again at
+    its end (everything); telemetry-ingest upserts on ``session_id``, so the two may arrive in either order.
+    ``session_id`` is the agent's uuid5 of device, transaction id and plug-in time (an OCPP 1.6 transaction id
+    is an integer the central system hands out, which repeats across restarts).
+    """
+
+    session_id: UUID
+    device_id: UUID
+    transaction_id: str = Field(min_length=1)
+    plugged_in_at: AwareDatetime
+    plugged_out_at: AwareDatetime | None = None
+    energy_kwh: float | None = Field(default=None, description="Energy delivered to the car, kWh (net of V2G).")
+    initial_soc_pct: _Percent | None = Field(default=None, description="SoC at plug-in, percent.")
+    final_soc_pct: _Percent | None = Field(default=None, description="SoC at plug-out, percent.")
+    stop_reason: str | None = Field(default=None, description="The charger's reason for ending the transaction.")
 
 
 class MarketDataType(_FluxRow):

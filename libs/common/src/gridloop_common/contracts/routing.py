@@ -57,6 +57,9 @@ class RoutingKeys:
     DEVICE_RESYNC: Final = "device.resync"
     TELEMETRY_BESS: Final = "telemetry.bess"
     TELEMETRY_METER: Final = "telemetry.meter"
+    # EV chargers (OCPP): meter values as EvChargerReading lists, and EvSession lists at plug-in and plug-out.
+    TELEMETRY_EV_CHARGER: Final = "telemetry.ev_charger"
+    TELEMETRY_EV_SESSION: Final = "telemetry.ev_session"
     TELEMETRY_ALL: Final = "telemetry.#"
     OPTIMIZER_ALL: Final = "optimizer.#"
     # An external load or PV forecast for a site (contracts.forecasts.ExternalForecastRequest).

@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from prometheus_client import Counter, Gauge
+from pydantic import ValidationError
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 from websockets.http11 import Request, Response
@@ -31,11 +32,20 @@ from websockets.typing import Subprotocol
 from device_agent.chargers.authentication import basic_credentials, password_matches
 from device_agent.chargers.charge_points import charge_point_for
 from device_agent.chargers.charger_control import ChargerControl
+from device_agent.chargers.charger_telemetry import ChargerOutbox, OpenSession
 from device_agent.chargers.charging_profile import DEFAULT_V2G_MIN_SOC_PERCENTAGE, CarState
 from device_agent.chargers.meter_values import ChargerReading
+from device_agent.chargers.profile_confirmation import DEFAULT_SETTLE_S
 from device_agent.repository import RegisteredCharger, UnusableDevice
 from gridloop_common.clock import Clock
-from gridloop_common.contracts import DeviceAction, DeviceAvailability, DeviceOutcome, DeviceResyncRequest, routing
+from gridloop_common.contracts import (
+    DeviceAction,
+    DeviceAvailability,
+    DeviceOutcome,
+    DeviceResyncRequest,
+    EvChargerReading,
+    routing,
+)
 from gridloop_common.messaging import Publisher, PublishError
 
 __all__ = ["CentralSystem", "ChargerLookup", "ChargerSession", "charge_point_id_of"]
@@ -71,8 +81,17 @@ class _Refusal:
 class ChargerSession:
     """One connected charger: what it last said, and a way to await what it says next."""
 
-    def __init__(self, charger: RegisteredCharger, *, clock: Clock, heartbeat_interval_s: int) -> None:
+    def __init__(
+        self,
+        charger: RegisteredCharger,
+        *,
+        clock: Clock,
+        heartbeat_interval_s: int,
+        outbox: ChargerOutbox | None = None,
+    ) -> None:
         self.charger = charger
+        self._outbox = outbox  # where its meter values, sessions and confirmation outcomes go (None: nowhere)
+        self.open_session: OpenSession | None = None
         self.heartbeat_interval_s = heartbeat_interval_s
         self._clock = clock
         self.booted_as: tuple[str, str] | None = None  # (vendor, model) from its BootNotification
@@ -115,14 +134,50 @@ class ChargerSession:
 
     def metered(self, reading: ChargerReading) -> None:
         self.latest_reading = reading
+        now = self._clock.now()
+        soc = reading.soc_percentage
+        soc = soc if soc is not None and 0.0 <= soc <= 100.0 else None  # a charger's nonsense is not the car's SoC
+        if self.open_session is not None:
+            self.open_session.note(import_wh=reading.energy_import_wh, export_wh=reading.energy_export_wh, soc_pct=soc)
+        if self._outbox is not None:
+            try:
+                published = EvChargerReading(
+                    time=now,
+                    device_id=self.charger.device_id,
+                    power_kw=_kilo(reading.power_w),
+                    energy_import_kwh=_kilo(reading.energy_import_wh),
+                    energy_export_kwh=_kilo(reading.energy_export_wh),
+                    soc_pct=soc,
+                    connector_status=self.connector_status,
+                    transaction_id=self.transaction_id,
+                )
+            except ValidationError as error:  # a value that is no number (NaN): the charger is answered all the same
+                logger.warning("meter values not stored", extra={"device": self.charger.name, "error": str(error)})
+            else:
+                self._outbox.reading(published)
+            if self.control is not None:
+                failed = self.control.observe(reading.power_w, measured_at=now)
+                if failed is not None:
+                    self._outbox.outcome(failed)
         self._notify()
 
-    def transaction_started(self, transaction_id: str) -> None:
+    def transaction_started(self, transaction_id: str, meter_start_wh: float | None = None) -> None:
         self.transaction_id = transaction_id
+        self.open_session = OpenSession(
+            device_id=self.charger.device_id, transaction_id=transaction_id, plugged_in_at=self._clock.now()
+        )
+        self.open_session.note(import_wh=meter_start_wh, export_wh=None, soc_pct=None)
+        if self._outbox is not None:
+            self._outbox.session(self.open_session.record())
         logger.info("charging session started", extra={"device": self.charger.name, "transaction": transaction_id})
         self._notify()
 
-    def transaction_ended(self, transaction_id: str, reason: str | None) -> None:
+    def transaction_ended(self, transaction_id: str, reason: str | None, meter_stop_wh: float | None = None) -> None:
+        if self.open_session is not None and self.open_session.transaction_id == transaction_id:
+            self.open_session.note(import_wh=meter_stop_wh, export_wh=None, soc_pct=None)
+            if self._outbox is not None:
+                self._outbox.session(self.open_session.record(plugged_out_at=self._clock.now(), stop_reason=reason))
+            self.open_session = None
         if self.transaction_id == transaction_id:
             self.transaction_id = None
         logger.info(
@@ -161,6 +216,7 @@ class CentralSystem:
         offline_margin_s: float,
         profile_hold_s: float = 60.0,
         response_timeout_s: float = 30.0,
+        confirm_settle_s: float = DEFAULT_SETTLE_S,
     ) -> None:
         self._find_charger = find_charger
         self._publisher = publisher
@@ -169,6 +225,8 @@ class CentralSystem:
         self.offline_margin_s = offline_margin_s
         self._response_timeout_s = response_timeout_s
         self._profile_hold_s = profile_hold_s
+        self._confirm_settle_s = confirm_settle_s
+        self.outbox = ChargerOutbox(publisher)
         self.sessions: dict[str, ChargerSession] = {}  # by device name
         self._admitted: weakref.WeakKeyDictionary[ServerConnection, RegisteredCharger] = weakref.WeakKeyDictionary()
         self._session_opened = asyncio.Condition()
@@ -190,7 +248,14 @@ class CentralSystem:
             logger=logging.getLogger("device_agent.chargers.websocket"),
         ) as server:
             logger.info("OCPP central system listening", extra={"host": host, "port": port})
-            yield server
+            publishing = asyncio.create_task(self.outbox.run(), name="ocpp-telemetry")
+            try:
+                yield server
+            finally:
+                publishing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await publishing
+                await self.outbox.flush()  # what the last connections said before they closed
 
     async def session_for(self, device_name: str) -> ChargerSession:
         """The connected session of ``device_name``, once it has connected (the caller bounds the wait)."""
@@ -285,15 +350,27 @@ class CentralSystem:
             )
             await connection.close(1002, f"the registry names {charger.protocol} for this charger")
             return
-        session = ChargerSession(charger, clock=self._clock, heartbeat_interval_s=self.heartbeat_interval_s)
+        session = ChargerSession(
+            charger, clock=self._clock, heartbeat_interval_s=self.heartbeat_interval_s, outbox=self.outbox
+        )
         session.connection = connection
         session.charge_point = charge_point_for(
             charger.protocol, charger.ocpp_id, connection, session, response_timeout_s=self._response_timeout_s
         )
         session.control = ChargerControl(
-            charger, session.charge_point, car=session.car, clock=self._clock, hold_s=self._profile_hold_s
+            charger,
+            session.charge_point,
+            car=session.car,
+            clock=self._clock,
+            hold_s=self._profile_hold_s,
+            settle_s=self._confirm_settle_s,
         )
         previous = self.sessions.get(charger.name)
+        if previous is not None and previous.open_session is not None:
+            # A transaction outlives a connection (OCPP chargers keep it, and end it once they are back): the
+            # session goes on in the new connection, so its plug-out still closes the same record.
+            session.open_session = previous.open_session
+            session.transaction_id = previous.transaction_id
         if previous is not None and previous.connected and previous.connection is not None:
             logger.info("charger reconnected; the older connection is dropped", extra={"device": charger.name})
             await previous.connection.close(1000, "replaced by a newer connection")
@@ -339,6 +416,10 @@ class CentralSystem:
             )
         except PublishError as error:
             logger.warning("availability not published", extra={"device": device_name, "error": str(error)})
+
+
+def _kilo(value: float | None) -> float | None:
+    return None if value is None else value / 1000.0
 
 
 def _disconnect_reason(closed: ConnectionClosed) -> str:

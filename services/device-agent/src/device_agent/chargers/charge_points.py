@@ -52,9 +52,9 @@ class ChargerEvents(Protocol):
 
     def metered(self, reading: ChargerReading) -> None: ...
 
-    def transaction_started(self, transaction_id: str) -> None: ...
+    def transaction_started(self, transaction_id: str, meter_start_wh: float | None) -> None: ...
 
-    def transaction_ended(self, transaction_id: str, reason: str | None) -> None: ...
+    def transaction_ended(self, transaction_id: str, reason: str | None, meter_stop_wh: float | None) -> None: ...
 
 
 def _timestamp(events: ChargerEvents) -> str:
@@ -100,16 +100,18 @@ class CentralSystem16(ChargePoint16):
         return result16.Authorize(id_tag_info={"status": AuthorizationStatus.accepted})
 
     @on(Action16.start_transaction)
-    def on_start_transaction(self, **_: Any) -> Any:
+    def on_start_transaction(self, meter_start: int | None = None, **_: Any) -> Any:
         transaction_id, self._next_transaction_id = self._next_transaction_id, self._next_transaction_id + 1
-        self.events.transaction_started(str(transaction_id))
+        self.events.transaction_started(str(transaction_id), None if meter_start is None else float(meter_start))
         return result16.StartTransaction(
             transaction_id=transaction_id, id_tag_info={"status": AuthorizationStatus.accepted}
         )
 
     @on(Action16.stop_transaction)
-    def on_stop_transaction(self, transaction_id: int, reason: str | None = None, **_: Any) -> Any:
-        self.events.transaction_ended(str(transaction_id), reason)
+    def on_stop_transaction(
+        self, transaction_id: int, reason: str | None = None, meter_stop: int | None = None, **_: Any
+    ) -> Any:
+        self.events.transaction_ended(str(transaction_id), reason, None if meter_stop is None else float(meter_stop))
         return result16.StopTransaction()
 
 
@@ -159,11 +161,11 @@ def _charge_point_2x(version_result: Any, base: Any) -> Any:
         ) -> Any:
             transaction_id = str(transaction_info.get("transaction_id"))
             if event_type == "Started":
-                self.events.transaction_started(transaction_id)
+                self.events.transaction_started(transaction_id, None)
             if meter_value:
                 self.events.metered(reading_from_meter_values(meter_value))
             if event_type == "Ended":
-                self.events.transaction_ended(transaction_id, transaction_info.get("stopped_reason"))
+                self.events.transaction_ended(transaction_id, transaction_info.get("stopped_reason"), None)
             return version_result.TransactionEvent()
 
     return CentralSystem2x

@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from ocpp.exceptions import OCPPError
@@ -27,6 +28,12 @@ from device_agent.chargers.charging_profile import (
     plan_charging_limit,
     profile_request_2x,
     profile_request_16,
+)
+from device_agent.chargers.profile_confirmation import (
+    DEFAULT_SETTLE_S,
+    ProfileExpectation,
+    Verdict,
+    confirm_profile,
 )
 from device_agent.repository import RegisteredCharger
 from gridloop_common.clock import Clock
@@ -52,8 +59,10 @@ class ChargerControl:
         car: Callable[[], CarState],
         clock: Clock,
         hold_s: float,
+        settle_s: float = DEFAULT_SETTLE_S,
     ) -> None:
         self.charger = charger
+        self._settle_s = settle_s
         self._car = car
         self._charge_point = charge_point
         self._clock = clock
@@ -67,6 +76,8 @@ class ChargerControl:
         self._lock = asyncio.Lock()
         self._keeper: asyncio.Task[None] | None = None
         self.held: DeviceAction | None = None
+        # The profile last accepted, until the next meter values confirm it or not (observe).
+        self.expectation: ProfileExpectation | None = None
 
     async def apply(self, action: DeviceAction) -> DeviceOutcome:
         """Send ``action``'s profile and report what the charger answered."""
@@ -79,11 +90,58 @@ class ChargerControl:
                 return self._outcome(action, applied=False, reason=str(refused))
             refusal = await self._send(plan)
             if refusal is not None:
+                self.expectation = None
                 return self._outcome(action, applied=False, reason=refusal)
             self.held = action
+            # A release restates the charger's own default: nothing of gridloop's to confirm.
+            self.expectation = (
+                None
+                if plan.released
+                else ProfileExpectation(
+                    action_id=action.action_id,
+                    command_id=action.command_id,
+                    limit_w=plan.limit_w,
+                    accepted_at=self._clock.now(),
+                    settle_s=self._settle_s,
+                )
+            )
         if not plan.released:
             self._keeper = asyncio.create_task(self._keep_alive(action), name=f"ocpp-keep-{self.charger.name}")
         return self._outcome(action, applied=True, reason=plan.note, applied_setpoint_w=round(abs(plan.limit_w)))
+
+    def observe(self, power_w: float | None, *, measured_at: datetime) -> DeviceOutcome | None:
+        """The failed outcome of the accepted profile if this meter value shows the charger past its limit.
+
+        The first meter value after the profile has settled decides, once: conforming (or unmeasured) ends the
+        check; a charger past its limit fails the action with the measured power.
+        """
+        expectation = self.expectation
+        if expectation is None:
+            return None
+        confirmation = confirm_profile(expectation, power_w, measured_at=measured_at, device_name=self.charger.name)
+        if confirmation.verdict is Verdict.WAITING:
+            return None
+        self.expectation = None
+        if confirmation.verdict is Verdict.UNMEASURED:
+            logger.info(
+                "charging profile not confirmed: no power in the meter values", extra={"device": self.charger.name}
+            )
+            return None
+        if confirmation.verdict is Verdict.CONFORMS:
+            logger.debug("charging profile confirmed", extra={"device": self.charger.name, "power_w": power_w})
+            return None
+        logger.warning(
+            "charger exceeds its charging profile",
+            extra={"device": self.charger.name, "power_w": power_w, "limit_w": expectation.limit_w},
+        )
+        return DeviceOutcome(
+            action_id=expectation.action_id,
+            command_id=expectation.command_id,
+            device_name=self.charger.name,
+            applied=False,
+            reason=confirmation.reason,
+            observed_at=measured_at,
+        )
 
     def close(self) -> None:
         """The connection is gone: stop renewing (the charger drops the profile at its validTo)."""

@@ -70,7 +70,11 @@ class DeviceFreshness:
             """
             SELECT registry.id, registry.name, greatest(
                 (SELECT max(bess.time) FROM flux.mg_bess_readings AS bess WHERE bess.device_id = registry.id),
-                (SELECT max(meter.time) FROM flux.mg_meter_readings AS meter WHERE meter.device_id = registry.id)
+                (SELECT max(meter.time) FROM flux.mg_meter_readings AS meter WHERE meter.device_id = registry.id),
+                (
+                    SELECT max(charger.time) FROM flux.mg_ev_charger_readings AS charger
+                    WHERE charger.device_id = registry.id
+                )
             ) AS last_reading_at
             FROM flux.mg_device_registry AS registry
             WHERE registry.active

@@ -14,7 +14,7 @@ import msgspec
 from pydantic import BaseModel, ValidationError
 
 from gridloop_common.clock import Clock, SystemClock
-from gridloop_common.contracts import routing
+from gridloop_common.contracts import EvSession, routing
 from gridloop_common.messaging import (
     DEAD_LETTER_REASON_HEADER,
     Delivery,
@@ -34,10 +34,11 @@ logger = logging.getLogger(__name__)
 _KINDS: Final = {
     routing.RoutingKeys.TELEMETRY_BESS: ReadingKind.BESS,
     routing.RoutingKeys.TELEMETRY_METER: ReadingKind.METER,
+    routing.RoutingKeys.TELEMETRY_EV_CHARGER: ReadingKind.EV_CHARGER,
 }
 
 
-def _invalid_reason(model: type[BaseModel], item: Any) -> tuple[BaseModel | None, str | None]:
+def _invalid_reason(model: type[BaseModel], item: Any, *, noun: str = "reading") -> tuple[BaseModel | None, str | None]:
     try:
         reading = model.model_validate(item)
     except ValidationError as error:
@@ -45,10 +46,10 @@ def _invalid_reason(model: type[BaseModel], item: Any) -> tuple[BaseModel | None
         for detail in error.errors()[:5]:
             location = ".".join(str(part) for part in detail["loc"]) or "reading"
             parts.append(f"{location}: {detail['msg']}")
-        return None, "invalid reading: " + "; ".join(parts)
+        return None, f"invalid {noun}: " + "; ".join(parts)
     for name, value in reading:
         if isinstance(value, float) and not (math.isfinite(value) and abs(value) <= REAL_MAX):
-            return None, f"invalid reading: {name}: {value!r} does not fit a real column"
+            return None, f"invalid {noun}: {name}: {value!r} does not fit a real column"
     return reading, None
 
 
@@ -74,6 +75,9 @@ def readings_handler(
     clock = clock or SystemClock()
 
     async def handle(delivery: Delivery) -> None:
+        if delivery.routing_key == routing.RoutingKeys.TELEMETRY_EV_SESSION:
+            await _store_sessions(delivery)
+            return
         kind = _KINDS.get(delivery.routing_key)
         if kind is None:
             raise PoisonMessage(f"no reading kind for routing key {delivery.routing_key!r}")
@@ -119,6 +123,25 @@ def readings_handler(
         for index, item, reason in rejected:
             await _dead_letter(publisher, queue_name, delivery, index, item, reason, at=clock.now())
         logger.debug("readings stored", extra={"kind": str(kind), "valid": len(valid), "rejected": len(rejected)})
+
+    async def _store_sessions(delivery: Delivery) -> None:
+        # EV sessions share the readings queue (telemetry.#) rather than a queue and consumer of their own: a few
+        # messages per car visit, so the group commit and the fast decoder have nothing to gain; each valid
+        # session is upserted, each invalid one dead-lettered with its reason, as readings are.
+        items = delivery.json()
+        if not isinstance(items, list):
+            raise PoisonMessage(f"a sessions batch is a JSON list, got {type(items).__name__}")
+        valid: list[EvSession] = []
+        rejected: list[tuple[int, Any, str]] = []
+        for index, item in enumerate(items):
+            session, reason = _invalid_reason(EvSession, item, noun="session")
+            if isinstance(session, EvSession):
+                valid.append(session)
+            else:
+                rejected.append((index, item, reason or "invalid session"))
+        await repository.upsert_sessions(valid)
+        for index, item, reason in rejected:
+            await _dead_letter(publisher, queue_name, delivery, index, item, reason, at=clock.now())
 
     return handle
 

@@ -31,14 +31,15 @@ import annotated_types
 import msgspec
 from pydantic import AwareDatetime, BaseModel
 
-from gridloop_common.contracts import BessReading, MeterReading
+from gridloop_common.contracts import BessReading, EvChargerReading, MeterReading
 from telemetry_ingest.ingest.repository import ReadingKind, ReadingRecord, table_columns
 
 __all__ = ["READING_MODELS", "REAL_MAX", "ReadingDecoder", "decoder", "row_struct"]
 
-READING_MODELS: Final[dict[ReadingKind, type[BessReading] | type[MeterReading]]] = {
+READING_MODELS: Final[dict[ReadingKind, type[BessReading] | type[MeterReading] | type[EvChargerReading]]] = {
     ReadingKind.BESS: BessReading,
     ReadingKind.METER: MeterReading,
+    ReadingKind.EV_CHARGER: EvChargerReading,
 }
 
 # Largest finite float4: the readings columns are real, and a larger value would fail the whole COPY.
@@ -95,6 +96,10 @@ def _struct_type(annotation: Any, metadata: Sequence[Any] = ()) -> Any:
         if metadata:
             raise TypeError("constraints on a uuid are not translated")
         return CanonicalUuid
+    if annotation is str:
+        if metadata:
+            raise TypeError("constraints on a text are not translated")
+        return str
     if annotation in (float, int):
         bounds = _bounds(metadata)
         return Annotated[annotation, msgspec.Meta(**bounds)] if bounds else annotation

@@ -12,7 +12,7 @@ from typing import Any, Final
 import asyncpg
 from prometheus_client import Gauge
 
-from gridloop_common.contracts import BessReading, MeterReading
+from gridloop_common.contracts import BessReading, EvChargerReading, EvSession, MeterReading
 
 __all__ = [
     "DEVICE_LAST_READING",
@@ -39,6 +39,7 @@ class ReadingKind(enum.StrEnum):
 
     BESS = "bess"
     METER = "meter"
+    EV_CHARGER = "ev_charger"
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,17 @@ _METER_COLUMNS: Final = (
     *((name, "real") for name in MeterReading.model_fields if name not in ("id", "time", "device_id", "created_at")),
 )
 
+_EV_CHARGER_COLUMNS: Final = (
+    ("time", "timestamptz"),
+    ("device_id", "uuid"),
+    ("power_kw", "real"),
+    ("energy_import_kwh", "real"),
+    ("energy_export_kwh", "real"),
+    ("soc_pct", "real"),
+    ("connector_status", "text"),
+    ("transaction_id", "text"),
+)
+
 _TABLES: Final = {
     ReadingKind.BESS: _Table(
         "mg_bess_readings",
@@ -81,7 +93,33 @@ _TABLES: Final = {
         tuple(name for name, _ in _METER_COLUMNS),
         tuple(kind for _, kind in _METER_COLUMNS),
     ),
+    ReadingKind.EV_CHARGER: _Table(
+        "mg_ev_charger_readings",
+        "ingest_ev_charger_readings",
+        tuple(name for name, _ in _EV_CHARGER_COLUMNS),
+        tuple(kind for _, kind in _EV_CHARGER_COLUMNS),
+    ),
 }
+
+# A session's start message and its end message may arrive in either order (or again, redelivered): the first
+# known start figures and the last known end figures win, so any order ends with the same row.
+_UPSERT_SESSIONS: Final = """
+INSERT INTO flux.mg_ev_sessions AS stored (
+    session_id, device_id, transaction_id, plugged_in_at, plugged_out_at, energy_kwh, initial_soc_pct,
+    final_soc_pct, stop_reason
+)
+SELECT * FROM unnest(
+    $1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::real[], $7::real[], $8::real[],
+    $9::text[]
+)
+ON CONFLICT (session_id) DO UPDATE SET
+    plugged_out_at = coalesce(excluded.plugged_out_at, stored.plugged_out_at),
+    energy_kwh = coalesce(excluded.energy_kwh, stored.energy_kwh),
+    initial_soc_pct = coalesce(stored.initial_soc_pct, excluded.initial_soc_pct),
+    final_soc_pct = coalesce(excluded.final_soc_pct, stored.final_soc_pct),
+    stop_reason = coalesce(excluded.stop_reason, stored.stop_reason),
+    updated_at = now()
+"""
 
 
 def record_of(kind: ReadingKind) -> Callable[[Any], ReadingRecord]:
@@ -109,12 +147,18 @@ class ReadingsRepository:
         return dict(self._last_reading)
 
     @staticmethod
-    def records(kind: ReadingKind, readings: Sequence[BessReading] | Sequence[MeterReading]) -> list[ReadingRecord]:
+    def records(
+        kind: ReadingKind, readings: Sequence[BessReading] | Sequence[MeterReading] | Sequence[EvChargerReading]
+    ) -> list[ReadingRecord]:
         """The readings as COPY records of their table (columns in table order)."""
         record_of = _TABLES[kind].record_of
         return [record_of(reading) for reading in readings]
 
-    async def insert(self, kind: ReadingKind, readings: Sequence[BessReading] | Sequence[MeterReading]) -> int:
+    async def insert(
+        self,
+        kind: ReadingKind,
+        readings: Sequence[BessReading] | Sequence[MeterReading] | Sequence[EvChargerReading],
+    ) -> int:
         """Store a batch in one transaction; returns how many rows were new (duplicates are skipped)."""
         return await self.insert_records(kind, self.records(kind, readings))
 
@@ -162,6 +206,30 @@ class ReadingsRepository:
             )
         return status
 
+    async def upsert_sessions(self, sessions: Sequence[EvSession]) -> None:
+        """Store session records in one statement (see ``_UPSERT_SESSIONS`` for how start and end messages merge)."""
+        if not sessions:
+            return
+        columns = (
+            "session_id",
+            "device_id",
+            "transaction_id",
+            "plugged_in_at",
+            "plugged_out_at",
+            "energy_kwh",
+            "initial_soc_pct",
+            "final_soc_pct",
+            "stop_reason",
+        )
+        # Sessions of one batch are merged first: ON CONFLICT may not touch the same row twice in one statement.
+        merged: dict[Any, EvSession] = {}
+        for session in sessions:
+            known = merged.get(session.session_id)
+            merged[session.session_id] = session if known is None else _merged(known, session)
+        await self._pool.execute(
+            _UPSERT_SESSIONS, *([getattr(session, name) for session in merged.values()] for name in columns)
+        )
+
     def _note_records(self, records: Sequence[ReadingRecord]) -> None:
         # Keyed by the canonical text of the id: the fast path's rows hold it already (reading_rows.py), and a
         # str hashes and compares in C (uuid.UUID does both in Python, which made this loop cost more than
@@ -181,3 +249,15 @@ class ReadingsRepository:
                 if gauge is None:
                     gauge = self._gauges[key] = DEVICE_LAST_READING.labels(key)
                 gauge.set(moment_s)
+
+
+def _merged(first: EvSession, second: EvSession) -> EvSession:
+    return first.model_copy(
+        update={
+            "plugged_out_at": second.plugged_out_at or first.plugged_out_at,
+            "energy_kwh": second.energy_kwh if second.energy_kwh is not None else first.energy_kwh,
+            "initial_soc_pct": first.initial_soc_pct if first.initial_soc_pct is not None else second.initial_soc_pct,
+            "final_soc_pct": second.final_soc_pct if second.final_soc_pct is not None else first.final_soc_pct,
+            "stop_reason": second.stop_reason or first.stop_reason,
+        }
+    )

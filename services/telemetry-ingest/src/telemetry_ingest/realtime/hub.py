@@ -31,7 +31,11 @@ __all__ = [
 logger = logging.getLogger("telemetry_ingest.realtime")
 
 NOTIFY_CHANNEL: Final = "flux_changes"  # the channel migration 0004's trigger notifies on
-PUBLISHED_TABLES: Final = (("flux", "mg_bess_readings"), ("flux", "mg_meter_readings"))
+PUBLISHED_TABLES: Final = (
+    ("flux", "mg_bess_readings"),
+    ("flux", "mg_meter_readings"),
+    ("flux", "mg_ev_charger_readings"),
+)
 # How long a replica's registered interest in a table lasts unless refreshed (migration 0009); the hub
 # refreshes at a third of it, so one missed refresh never lets a live subscription lapse.
 INTEREST_TTL_S: Final = 60.0
