@@ -543,3 +543,40 @@ async def test_an_mpc_plans_a_v1g_car_in_the_cheap_step_and_reports_a_charger_wi
     assert without.status == 200 and without.body["sites"][0]["devices"] == []  # type: ignore[index]
     [empty] = await optimizer.published()
     assert empty.device_name == "alpha.ev" and empty.steps == []
+
+
+async def test_a_car_starts_from_its_chargers_latest_soc_reading_while_a_transaction_runs(
+    optimizer: Optimizer,
+) -> None:
+    """Two chargers with the same car in metadata (30 %): one whose latest reading, in a transaction, says
+    31 %, planned from 31 %; one whose latest reading has no transaction (the car left; an older reading of
+    45 % was another car's), planned from its metadata's 30 %. Prices are flat and no target binds at once,
+    so neither charges in the first step and its SoC there is the one it started from."""
+    await add_site(optimizer.pool, "alpha")
+    car = {"capacity_kwh": 60, "departure": "13:00", "target_soc_pct": 20, "initial_soc_pct": 30}
+    for name, readings in (
+        ("alpha.plugged", [(NOW - timedelta(minutes=2), 31.0, "7")]),
+        ("alpha.left", [(NOW - timedelta(minutes=5), 45.0, "6"), (NOW - timedelta(minutes=1), None, None)]),
+    ):
+        device_id = await optimizer.pool.fetchval(
+            "INSERT INTO flux.mg_device_registry (name, type, site, metadata)"
+            " VALUES ($1, 'electric_vehicle_v1g', 'alpha', $2) RETURNING id",
+            name,
+            {"max_power_kw": 11, "ev": car},
+        )
+        for time, soc, transaction in readings:
+            await optimizer.pool.execute(
+                "INSERT INTO flux.mg_ev_charger_readings (time, device_id, soc_pct, transaction_id)"
+                " VALUES ($1, $2, $3, $4)",
+                time,
+                device_id,
+                soc,
+                transaction,
+            )
+
+    started = await optimizer.ask(OperatorRpc.CALCULATE_MPC, mpc_body())
+
+    assert started.status == 200, started.body
+    [site] = started.body["sites"]  # type: ignore[misc]
+    first_soc = {device["name"]: device["soc_pct"][0] for device in site["devices"]}
+    assert first_soc == {"alpha.plugged": 31.0, "alpha.left": 30.0}

@@ -194,7 +194,8 @@ class PlanningRun:
         """Plan every horizon in one run; the run is stored before its plans are published.
 
         Each battery ends the horizon with at least ``soc_targets[name]`` (%), else the SoC it starts with.
-        Each car starts from ``vehicle_soc[name]`` (%) when given (an MPC's last plan), else from its metadata.
+        Each car starts from its charger's latest SoC reading, else ``vehicle_soc[name]`` (%) when given (an
+        MPC's last plan), else from its metadata.
         """
         names = [horizon.site.name for horizon in horizons]
         registered = await self.planning.batteries(names)
@@ -202,6 +203,8 @@ class PlanningRun:
         batteries = plannable_batteries(registered, states, soc_targets)
         with_vehicles = [horizon.site.name for horizon in horizons if horizon.with_vehicles]
         chargers = await self.planning.chargers(with_vehicles) if with_vehicles else []
+        # A car's SoC: the charger's latest reading, else what an MPC's last plan expects now, else metadata.ev.
+        car_soc = {**(vehicle_soc or {}), **await self.planning.charger_soc([charger.name for charger in chargers])}
         left_out = list(batteries.left_out)
         meters = await self.planning.meter_states(
             {h.site.name: h.site.site_meter for h in horizons if h.live_load and h.site.site_meter}
@@ -221,11 +224,9 @@ class PlanningRun:
             site_batteries = batteries.by_site.get(name, []) if horizon.with_batteries else []
             site_vehicles = []
             if horizon.with_vehicles:
-                # No charger SoC readings are stored yet: the car's SoC is what an MPC's last plan expects
-                # now (vehicle_soc), else metadata.ev's.
                 vehicles = plannable_vehicles(
                     [charger for charger in chargers if charger.site == name],
-                    vehicle_soc or {},
+                    car_soc,
                     start=horizon.start,
                     step=horizon.step,
                     zones={name: horizon.site.zone},

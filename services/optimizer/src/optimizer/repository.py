@@ -863,6 +863,21 @@ class PlanningRepository:
         )
         return [RegisteredCharger(row["name"], row["site"], row["type"], row["metadata"]) for row in rows]
 
+    async def charger_soc(self, names: Sequence[str]) -> dict[str, float]:
+        """Each named charger's car SoC (%) from its latest reading (flux.mg_ev_charger_readings), when that
+        reading has a SoC and a transaction (a car plugged in now); a charger whose latest reading has not is
+        absent: an older SoC may be another car's."""
+        rows = await self._pool.fetch(
+            "SELECT registry.name, reading.soc_pct"
+            " FROM flux.mg_device_registry AS registry"
+            " CROSS JOIN LATERAL (SELECT soc_pct, transaction_id FROM flux.mg_ev_charger_readings AS charger"
+            "                     WHERE charger.device_id = registry.id ORDER BY time DESC LIMIT 1) AS reading"
+            " WHERE registry.name = ANY ($1::text[])"
+            " AND reading.soc_pct IS NOT NULL AND reading.transaction_id IS NOT NULL",
+            list(names),
+        )
+        return {row["name"]: float(row["soc_pct"]) for row in rows}
+
     async def battery_states(self, names: Sequence[str]) -> dict[str, BatteryState]:
         """Each named battery's latest reading of flux.mg_bess_readings; a battery without one is absent."""
         rows = await self._pool.fetch(
