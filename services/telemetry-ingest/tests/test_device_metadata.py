@@ -83,6 +83,32 @@ EXAMPLES: list[tuple[str, str | None]] = [
     ('{"min_current_a": 0}', "metadata.min_current_a"),
     ('{"min_current_a": true}', "metadata.min_current_a"),
     ('{"ac_power_sign": 2, "phases": "3"}', "metadata.ac_power_sign"),
+    ('{"ev": {"capacity_kwh": 60, "departure": "07:30", "target_soc_pct": 80}}', None),
+    ('{"ev": {"capacity_kwh": 60, "departure": "07:30", "target_soc_pct": 80, "arrival": null}}', None),
+    (
+        '{"ev": {"capacity_kwh": 60, "departure": "07:30", "target_soc_pct": 80, "arrival": "18:00",'
+        ' "initial_soc_pct": 35.5}}',
+        None,
+    ),
+    ('{"ev": "car"}', "metadata.ev"),
+    ('{"ev": {"departure": "07:30", "target_soc_pct": 80}}', "metadata.ev.capacity_kwh"),
+    ('{"ev": {"capacity_kwh": 0, "departure": "07:30", "target_soc_pct": 80}}', "metadata.ev.capacity_kwh"),
+    ('{"ev": {"capacity_kwh": null, "departure": "07:30", "target_soc_pct": 80}}', "metadata.ev.capacity_kwh"),
+    ('{"ev": {"capacity_kwh": 60, "target_soc_pct": 80}}', "metadata.ev.departure"),
+    ('{"ev": {"capacity_kwh": 60, "departure": "7:30", "target_soc_pct": 80}}', "metadata.ev.departure"),
+    ('{"ev": {"capacity_kwh": 60, "departure": "24:00", "target_soc_pct": 80}}', "metadata.ev.departure"),
+    ('{"ev": {"capacity_kwh": 60, "departure": 730, "target_soc_pct": 80}}', "metadata.ev.departure"),
+    ('{"ev": {"capacity_kwh": 60, "departure": "07:30"}}', "metadata.ev.target_soc_pct"),
+    ('{"ev": {"capacity_kwh": 60, "departure": "07:30", "target_soc_pct": 101}}', "metadata.ev.target_soc_pct"),
+    (
+        '{"ev": {"capacity_kwh": 60, "departure": "07:30", "target_soc_pct": 80, "arrival": "noon"}}',
+        "metadata.ev.arrival",
+    ),
+    (
+        '{"ev": {"capacity_kwh": 60, "departure": "07:30", "target_soc_pct": 80, "initial_soc_pct": -1}}',
+        "metadata.ev.initial_soc_pct",
+    ),
+    ('{"ev": {"capacity_kwh": "60", "departure": "x"}, "phases": 2}', "metadata.phases"),  # the first, in order
     ("[1, 2]", "metadata"),
     ('"text"', "metadata"),
 ]

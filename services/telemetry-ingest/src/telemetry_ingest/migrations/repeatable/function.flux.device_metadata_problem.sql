@@ -9,6 +9,7 @@ AS $$
 DECLARE
     modbus jsonb := metadata -> 'modbus';
     ocpp jsonb := metadata -> 'ocpp';
+    ev jsonb := metadata -> 'ev';
     problem text;
     field text;
     sign text;
@@ -98,6 +99,26 @@ BEGIN
     problem := flux.device_metadata_value_problem(metadata -> 'min_current_a', 'number', true, 0, true);
     IF problem IS NOT NULL THEN
         RETURN format('metadata.min_current_a: %s', problem);
+    END IF;
+    -- An EV charger's car for planning (gridloop_common's ElectricVehicleDefaults), last as in the contract.
+    IF ev IS NOT NULL AND jsonb_typeof(ev) <> 'null' THEN
+        IF jsonb_typeof(ev) <> 'object' THEN
+            RETURN 'metadata.ev: must be a JSON object';
+        END IF;
+        FOR field, problem IN VALUES
+            ('capacity_kwh', CASE WHEN NOT ev ? 'capacity_kwh' THEN 'required'
+                ELSE flux.device_metadata_value_problem(ev -> 'capacity_kwh', 'number', false, 0, true) END),
+            ('departure', CASE WHEN NOT ev ? 'departure' THEN 'required'
+                ELSE flux.device_metadata_clock_time_problem(ev -> 'departure', false) END),
+            ('target_soc_pct', CASE WHEN NOT ev ? 'target_soc_pct' THEN 'required'
+                ELSE flux.device_metadata_value_problem(ev -> 'target_soc_pct', 'number', false, 0, false, 100) END),
+            ('arrival', flux.device_metadata_clock_time_problem(ev -> 'arrival', true)),
+            ('initial_soc_pct', flux.device_metadata_value_problem(ev -> 'initial_soc_pct', 'number', true, 0, false, 100))
+        LOOP
+            IF problem IS NOT NULL THEN
+                RETURN format('metadata.ev.%s: %s', field, problem);
+            END IF;
+        END LOOP;
     END IF;
     RETURN NULL;
 END
