@@ -250,3 +250,33 @@ async def test_a_reading_is_stored_alike_whether_its_batch_takes_the_fast_or_the
     assert REGISTRY.get_sample_value(gauge, {"device": str(upper_device).upper()}) is None
     rejected = await dead_letters.find(f"{careful_id}:2")
     assert "device_id" in str((rejected.headers or {})[DEAD_LETTER_REASON_HEADER])
+
+
+async def test_a_charger_reporting_once_a_minute_is_not_stale_where_a_polled_battery_would_be(
+    pool: asyncpg.Pool, repository: ReadingsRepository
+) -> None:
+    charger, battery = uuid.uuid4(), uuid.uuid4()
+    suffix = uuid.uuid4().hex[:8]
+    await pool.executemany(
+        "INSERT INTO flux.mg_device_registry (id, name, type, site) VALUES ($1, $2, $3, 'TEST')",
+        [(charger, f"charger-{suffix}", "electric_vehicle_v1g"), (battery, f"battery-{suffix}", "bess")],
+    )
+    # Both last reported 40 s ago: one of a charger's minute-long report intervals, eight battery polls.
+    forty_seconds_ago = datetime.now(UTC) - timedelta(seconds=40)
+    await pool.execute(
+        "INSERT INTO flux.mg_ev_charger_readings (time, device_id, power_kw) VALUES ($1, $2, 7.4)",
+        forty_seconds_ago,
+        charger,
+    )
+    await pool.execute(
+        "INSERT INTO flux.mg_bess_readings (time, device_id, soe, target_power) VALUES ($1, $2, 50, 0)",
+        forty_seconds_ago,
+        battery,
+    )
+
+    freshness = DeviceFreshness(pool, repository, poll_interval_s=5.0, charger_report_interval_s=60.0)
+    by_name = {status.name: status for status in await freshness.device_status()}
+
+    assert by_name[f"charger-{suffix}"].stale is False
+    assert by_name[f"battery-{suffix}"].stale is True
+    assert freshness.stale_after_for("electric_vehicle_v1g") == 180.0 and freshness.stale_after_for("bess") == 15.0

@@ -13,11 +13,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gridloop_common.clock import Clock, SystemClock
+from gridloop_common.contracts import DeviceType
 from telemetry_ingest.api.auth import AuthenticationError, Authenticator
 from telemetry_ingest.api.postgrest import PostgrestError
 from telemetry_ingest.ingest.repository import DEVICE_LAST_READING, ReadingsRepository
 
 __all__ = ["DeviceFreshness", "DeviceStatus", "device_status_route"]
+
+
+_CHARGER_TYPES = frozenset(
+    {DeviceType.ON_OFF_EV_CHARGER, DeviceType.ELECTRIC_VEHICLE_V1G, DeviceType.ELECTRIC_VEHICLE_V2G}
+)
 
 
 @dataclass(frozen=True)
@@ -45,7 +51,8 @@ class DeviceFreshness:
     and the newest reading this replica wrote (``readings``), which the database may not show yet.
 
     ``stale_after_s`` defaults to three of the agent's poll intervals: one lost cycle is noise, three
-    in a row mean the device (or its agent) is gone.
+    in a row mean the device (or its agent) is gone. EV chargers are not polled: they send meter values at
+    their own interval (the agent asks for one a minute), so they are stale after three of those.
     """
 
     def __init__(
@@ -55,20 +62,22 @@ class DeviceFreshness:
         *,
         poll_interval_s: float = 5.0,
         stale_after_intervals: float = 3.0,
+        charger_report_interval_s: float = 60.0,
         clock: Clock | None = None,
     ) -> None:
-        if poll_interval_s <= 0 or stale_after_intervals <= 0:
-            raise ValueError("poll_interval_s and stale_after_intervals must be positive")
+        if poll_interval_s <= 0 or stale_after_intervals <= 0 or charger_report_interval_s <= 0:
+            raise ValueError("poll_interval_s, stale_after_intervals and charger_report_interval_s must be positive")
         self._pool = pool
         self._readings = readings
         self.stale_after_s = poll_interval_s * stale_after_intervals
+        self.charger_stale_after_s = charger_report_interval_s * stale_after_intervals
         self._clock: Clock = clock or SystemClock()
 
     async def device_status(self) -> list[DeviceStatus]:
         """Freshness of every active registered device and of every device this replica has seen."""
         rows = await self._pool.fetch(
             """
-            SELECT registry.id, registry.name, greatest(
+            SELECT registry.id, registry.name, registry.type, greatest(
                 (SELECT max(bess.time) FROM flux.mg_bess_readings AS bess WHERE bess.device_id = registry.id),
                 (SELECT max(meter.time) FROM flux.mg_meter_readings AS meter WHERE meter.device_id = registry.id),
                 (
@@ -83,9 +92,11 @@ class DeviceFreshness:
         now = self._clock.now().timestamp()
         last_readings = self._readings.last_readings()
         names: dict[UUID, str | None] = {UUID(key): None for key in last_readings}
+        types: dict[UUID, str] = {}
         latest: dict[UUID, float] = {UUID(key): moment for key, moment in last_readings.items()}
         for row in rows:
             names[row["id"]] = row["name"]
+            types[row["id"]] = row["type"]
             stored: datetime | None = row["last_reading_at"]
             if stored is not None:
                 moment = stored.timestamp()
@@ -103,11 +114,15 @@ class DeviceFreshness:
                     name=name,
                     last_reading_at=None if moment_or_none is None else datetime.fromtimestamp(moment_or_none, tz=UTC),
                     age_s=age_s,
-                    stale=age_s is None or age_s > self.stale_after_s,
+                    stale=age_s is None or age_s > self.stale_after_for(types.get(device_id)),
                 )
             )
         statuses.sort(key=lambda status: (status.name is None, status.name or "", status.device))
         return statuses
+
+    def stale_after_for(self, device_type: str | None) -> float:
+        """Seconds without a reading after which a device of ``device_type`` counts as stale."""
+        return self.charger_stale_after_s if device_type in _CHARGER_TYPES else self.stale_after_s
 
     async def stale_devices(self) -> list[DeviceStatus]:
         """Devices with no reading for more than ``stale_after_s`` (or none at all)."""
