@@ -6,7 +6,6 @@ flux.mg_device_registry, which the optimizer reads.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -14,9 +13,10 @@ import asyncpg
 import pytest
 
 from gridloop_common.contracts import routing
-from gridloop_common.db import migrate_database, open_pool
+from gridloop_common.db import open_pool
 from gridloop_common.messaging import Broker, open_broker
 from gridloop_common.settings import AmqpSettings
+from gridloop_common.testing import side_database
 
 _TABLES = (
     "optimizer.run_details, optimizer.mpc_sessions, optimizer.plans, optimizer.runs, optimizer.tariffs,"
@@ -28,25 +28,10 @@ _TABLES = (
 @pytest.fixture(scope="session")
 def optimizer_database_url(database_url: str) -> Iterator[str]:
     """A fresh database beside the session's, with the flux and optimizer schemas."""
-    server, name = database_url.rsplit("/", 1)
-    url = f"{server}/{name}_optimizer"
-
-    async def migrate() -> None:
-        await migrate_database(url, owner="telemetry-ingest", package="telemetry_ingest")
-        await migrate_database(url, owner="optimizer", package="optimizer")
-
-    async def drop() -> None:
-        connection = await asyncpg.connect(f"{server}/postgres")
-        try:
-            await connection.execute(f'DROP DATABASE IF EXISTS "{name}_optimizer" WITH (FORCE)')
-        finally:
-            await connection.close()
-
-    try:
-        asyncio.run(migrate())
+    with side_database(
+        database_url, "optimizer", owners=(("telemetry-ingest", "telemetry_ingest"), ("optimizer", "optimizer"))
+    ) as url:
         yield url
-    finally:
-        asyncio.run(drop())
 
 
 @pytest.fixture

@@ -6,13 +6,13 @@ share one with the end-to-end tests (or with each other's leftovers).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
 
-from gridloop_common.db import migrate_database, open_pool
+from gridloop_common.db import open_pool
+from gridloop_common.testing import side_database
 
 _SCHEDULER_TABLES = (
     "scheduler.command_versions, scheduler.commands, scheduler.command_history, scheduler.timers,"
@@ -25,25 +25,10 @@ _SCHEDULER_TABLES = (
 def scheduler_database_url(database_url: str) -> Iterator[str]:
     """A fresh database beside the session's, migrated as `gridloop-ingest migrate` and `gridloop-scheduler
     migrate` would (telemetry-ingest owns flux.mg_device_registry, which the scheduler reads)."""
-    server, name = database_url.rsplit("/", 1)
-    url = f"{server}/{name}_scheduler"
-
-    async def migrate() -> None:
-        await migrate_database(url, owner="telemetry-ingest", package="telemetry_ingest")
-        await migrate_database(url, owner="scheduler", package="scheduler")
-
-    async def drop() -> None:
-        connection = await asyncpg.connect(f"{server}/postgres")
-        try:
-            await connection.execute(f'DROP DATABASE IF EXISTS "{name}_scheduler" WITH (FORCE)')
-        finally:
-            await connection.close()
-
-    try:
-        asyncio.run(migrate())
+    with side_database(
+        database_url, "scheduler", owners=(("telemetry-ingest", "telemetry_ingest"), ("scheduler", "scheduler"))
+    ) as url:
         yield url
-    finally:
-        asyncio.run(drop())
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,43 +30,11 @@ from scheduler.lifecycle import (
 )
 from scheduler.planning import ActiveCommand, ControlSource
 
-NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+from .builders import NOW
+from .builders import command as _command
+from .builders import device as _device
+
 README = Path(__file__).parents[1] / "README.md"
-
-
-def _command(**changes: Any) -> Command:
-    battery = {"mode": "DISCHARGE", "power_mode": "SETPOINT", "setpoint_w": 3000}
-    battery.update(changes.pop("battery", {}))
-    base: dict[str, Any] = {
-        "id": str(uuid.uuid4()),
-        "event_id": None,
-        "device_id": "battery-1",
-        "starts_at": (NOW + timedelta(minutes=10)).isoformat(),
-        "ends_at": (NOW + timedelta(hours=1)).isoformat(),
-        "duration_s": 3000,
-        "is_preparatory_action": False,
-        "battery_commands": battery,
-        "status": "OK",
-        "device_status": "PENDING",
-        "created_at": NOW.isoformat(),
-        "updated_at": NOW.isoformat(),
-    }
-    base.update(changes)
-    return Command.model_validate(base)
-
-
-def _device(**changes: Any) -> planning.DeviceFacts:
-    values: dict[str, Any] = {
-        "name": "battery-1",
-        "device_type": "bess",
-        "active": True,
-        "metadata": {"max_power_kw": 5},
-        "online": True,
-        "offline_reason": None,
-        "observed_at": NOW,
-    }
-    values.update(changes)
-    return planning.DeviceFacts.from_registry(**values)
 
 
 def _look(state: CommandState | None, *, device: planning.DeviceFacts | None) -> CommandLook:
